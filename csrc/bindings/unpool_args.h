@@ -1,0 +1,79 @@
+// Argument checks for unpool, shared by the CPU (_core) and CUDA (_core_cuda) modules so both
+// accept and reject exactly the same inputs.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "checks.h"
+#include "pyanalyzer/unpool.h"
+
+namespace pyanalyzer::bindings {
+
+using Pair = std::array<int64_t, 2>;
+
+struct UnpoolArgs {
+  UnpoolShape shape;
+  PoolGeometry geometry;
+  std::array<py::ssize_t, 4> out_shape;  // [N, C, H, W]
+};
+
+// Checks dtypes, ranks, contiguity, shapes and geometry, then that every switch lies in
+// [0, H*W) and inside its own pool window (the GIL is released for that pass).
+inline UnpoolArgs check_unpool_args(const py::array& values, const py::array& switches,
+                                    int64_t out_h, int64_t out_w, const Pair& kernel,
+                                    const Pair& stride, const Pair& padding,
+                                    const Pair& dilation) {
+  constexpr const char* f = "unpool";
+  require_array<float>(values, f, "values", 4, "[N, C, Ho, Wo]");
+  require_array<int64_t>(switches, f, "switches", 4, "[N, C, Ho, Wo]");
+  require_same_shape(values, "values", switches, "switches", f, "[N, C, Ho, Wo]");
+  require_at_least(out_h, 0, f, "out_h");
+  require_at_least(out_w, 0, f, "out_w");
+  require_pair_at_least(kernel, 1, f, "kernel");
+  require_pair_at_least(stride, 1, f, "stride");
+  require_pair_at_least(padding, 0, f, "padding");
+  require_pair_at_least(dilation, 1, f, "dilation");
+
+  UnpoolArgs args{};
+  args.shape = UnpoolShape{values.shape(0) * values.shape(1), values.shape(2), values.shape(3),
+                           out_h, out_w};
+  args.geometry = PoolGeometry{kernel[0], kernel[1],  stride[0],   stride[1],
+                               padding[0], padding[1], dilation[0], dilation[1]};
+  args.out_shape = {values.shape(0), values.shape(1), static_cast<py::ssize_t>(out_h),
+                    static_cast<py::ssize_t>(out_w)};
+
+  const auto* sw = static_cast<const int64_t*>(switches.data());
+  int64_t bad = -1;
+  {
+    py::gil_scoped_release release;
+    bad = find_invalid_switch(sw, args.shape, args.geometry);
+  }
+  if (bad >= 0) {
+    const int64_t ho = args.shape.pooled_h, wo = args.shape.pooled_w;
+    const int64_t c_dim = values.shape(1);
+    const int64_t ow = bad % wo, oh = (bad / wo) % ho, c = (bad / (wo * ho)) % c_dim,
+                  n = bad / (wo * ho * c_dim);
+    const int64_t s = sw[bad];
+    const std::string where = "switches[" + std::to_string(n) + ", " + std::to_string(c) + ", " +
+                              std::to_string(oh) + ", " + std::to_string(ow) + "] = " +
+                              std::to_string(s);
+    if (s < 0 || s >= out_h * out_w) {
+      throw py::value_error(std::string(f) + ": " + where + " is out of range for an output " +
+                            "plane of " + std::to_string(out_h) + "x" + std::to_string(out_w) +
+                            " (valid: 0 <= switch < " + std::to_string(out_h * out_w) + ")");
+    }
+    throw py::value_error(
+        std::string(f) + ": " + where + " (row " + std::to_string(s / out_w) + ", column " +
+        std::to_string(s % out_w) + ") is not inside the window of its pool output for " +
+        "kernel (" + std::to_string(kernel[0]) + ", " + std::to_string(kernel[1]) + "), stride (" +
+        std::to_string(stride[0]) + ", " + std::to_string(stride[1]) + "), padding (" +
+        std::to_string(padding[0]) + ", " + std::to_string(padding[1]) + "), dilation (" +
+        std::to_string(dilation[0]) + ", " + std::to_string(dilation[1]) +
+        "); switches must come from a max-pool with this geometry and output size");
+  }
+  return args;
+}
+
+}  // namespace pyanalyzer::bindings

@@ -1,0 +1,30 @@
+// Exact upper quantiles by mergeable top-k selection.
+//
+// A state [U, k] float32 holds, per unit, the k largest values seen so far, sorted descending
+// and padded with -inf while fewer than k have been seen. Merging a batch or another state
+// keeps the k largest of the union, so batches and shards combine exactly in any order (the
+// result is a multiset; equal values are indistinguishable). The q-th upper quantile of a unit
+// over T values is then read off its state when k >= ceil((1 - q) * T).
+#pragma once
+
+#include <cstdint>
+
+namespace pyanalyzer {
+
+// Flat index of the first NaN in `data` (n floats), or -1. OpenMP-parallel.
+int64_t find_nan(const float* data, int64_t n);
+
+// Index u of the first row of `state` [units, k] that contains NaN or is not sorted
+// descending, or -1 when every row is a valid state.
+int64_t find_invalid_state_row(const float* state, int64_t units, int64_t k);
+
+// out[u] = the k largest of state[u] and batch[:, u, :, :], sorted descending, padded with
+// -inf. state [units, k]; batch [n, units, hw] (hw = h * w); out [units, k], may not alias.
+// The state must be valid and the batch free of NaN. OpenMP over units.
+void topk_merge(const float* state, const float* batch, int64_t units, int64_t k, int64_t n,
+                int64_t hw, float* out);
+
+// out[u] = the k largest of a[u] and b[u], sorted descending. a, b, out [units, k].
+void topk_merge_states(const float* a, const float* b, int64_t units, int64_t k, float* out);
+
+}  // namespace pyanalyzer

@@ -1,0 +1,68 @@
+// Unpooling: scatter max-pool values back to their switches.
+//
+// Contract (shared by the CPU reference in csrc/cpu and the CUDA kernel in csrc/cuda):
+//
+//   values   [N, C, Ho, Wo]  float32, C-contiguous
+//   switches [N, C, Ho, Wo]  int64,   C-contiguous; each entry is the flat position y * W + x
+//                            inside its (n, c) plane of the unpooled map, exactly as
+//                            torch.nn.functional.max_pool2d(..., return_indices=True) gives it
+//   out      [N, C, H, W]    float32, H = out_h, W = out_w
+//
+// Every value is added to the pixel its switch names. With overlapping pools (3x3 stride 2,
+// as in AlexNet) two pool outputs can share one switch; their values are summed, which equals
+// autograd's max-pool backward. Each output pixel sums its contributions in row-major order of
+// the pool outputs, starting from +0.0f, on CPU and CUDA alike, so the two are bitwise equal.
+//
+// Switches must lie inside their own pool window (as any matching max-pool produces them):
+// the CUDA kernel is a gather that only looks at the windows covering a pixel.
+// `find_invalid_switch` checks this on the host before either kernel runs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace pyanalyzer {
+
+// Geometry of the max-pool whose switches are being undone (torch's conventions).
+struct PoolGeometry {
+  int64_t kernel_h, kernel_w;
+  int64_t stride_h, stride_w;
+  int64_t pad_h, pad_w;
+  int64_t dilation_h, dilation_w;
+};
+
+// Sizes of one unpool call; `planes` = N * C.
+struct UnpoolShape {
+  int64_t planes;
+  int64_t pooled_h, pooled_w;  // Ho, Wo
+  int64_t out_h, out_w;        // H, W
+};
+
+// Flat index (into values/switches) of the first switch that is out of [0, H*W) or outside
+// the window of its pool output, or -1 when all are valid. OpenMP-parallel; the smallest bad
+// index is returned, so the answer does not depend on the thread count.
+int64_t find_invalid_switch(const int64_t* switches, const UnpoolShape& shape,
+                            const PoolGeometry& geometry);
+
+// CPU reference: out (N*C*H*W floats) is overwritten. OpenMP over (n, c) planes; each plane is
+// a scatter in row-major order of the pool outputs. Switches must have been validated.
+void unpool(const float* values, const int64_t* switches, const UnpoolShape& shape,
+            const PoolGeometry& geometry, float* out);
+
+namespace cuda {
+
+// Number of visible CUDA devices; 0 when there is none or the driver is missing. Never throws.
+int device_count() noexcept;
+
+// Name of device `index`; throws std::out_of_range for a bad index, std::runtime_error on a
+// CUDA error.
+std::string device_name(int index);
+
+// Same contract as pyanalyzer::unpool, on device `device`, with HOST pointers: copies the
+// inputs to the device, runs the gather kernel (one thread per output pixel, no atomics) and
+// copies the result back into `out`. Throws std::runtime_error on any CUDA error.
+void unpool(const float* values, const int64_t* switches, const UnpoolShape& shape,
+            const PoolGeometry& geometry, float* out, int device);
+
+}  // namespace cuda
+}  // namespace pyanalyzer

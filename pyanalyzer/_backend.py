@@ -1,0 +1,227 @@
+"""The one place that imports pyanalyzer's compiled code and picks the device.
+
+``pyanalyzer._core`` holds the CPU reference kernels and must be importable; without it the
+package is not installed (build it with ``pip install -e .``). ``pyanalyzer._core_cuda`` holds
+the same contracts in CUDA; it is optional, so a failure to import it is recorded and only
+raised when CUDA is asked for explicitly (``device="cuda"``). ``device="auto"`` uses CUDA when
+the module loaded and sees a GPU, else the CPU.
+
+Nothing else in the package imports the compiled modules: the rest of pyanalyzer calls the
+wrappers below, which take arrays in any float/int dtype and layout and hand the kernels
+C-contiguous float32/int64 copies only where needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from pyanalyzer.errors import BackendUnavailableError
+
+__all__ = [
+    "CoreImportError",
+    "Device",
+    "info",
+    "kernels",
+    "topk_empty",
+    "topk_merge",
+    "topk_merge_states",
+    "unpool",
+]
+
+Device = Literal["auto", "cpu", "cuda"]
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+class CoreImportError(ImportError):
+    """``pyanalyzer._core`` (the compiled CPU kernels) cannot be imported."""
+
+
+try:
+    _core = importlib.import_module("pyanalyzer._core")
+except ImportError as exc:  # pragma: no cover - only without a build
+    raise CoreImportError(
+        "pyanalyzer's compiled core (pyanalyzer._core) is missing or broken: "
+        f"{type(exc).__name__}: {exc}. Install pyanalyzer with `pip install -e .` (or "
+        "`pip install .`) so the C++ extension is built; running from a source checkout "
+        "without building it does not work."
+    ) from exc
+
+_core_cuda: ModuleType | None
+_cuda_error: str | None
+try:
+    _core_cuda = importlib.import_module("pyanalyzer._core_cuda")
+    _cuda_error = None
+except ImportError as exc:
+    _core_cuda = None
+    _cuda_error = (
+        "pyanalyzer._core_cuda is not built (no CUDA compiler at build time, or "
+        "PYANALYZER_CUDA=OFF)"
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "pyanalyzer._core_cuda"
+        else f"pyanalyzer._core_cuda failed to import: {type(exc).__name__}: {exc}"
+    )
+
+
+def _cuda_device_count() -> int:
+    return int(_core_cuda.device_count()) if _core_cuda is not None else 0
+
+
+def _cuda_device_name(index: int) -> str:
+    try:
+        return str(_core_cuda.device_name(index))  # type: ignore[union-attr]
+    except (RuntimeError, IndexError) as exc:  # a misbehaving driver must not break info()
+        return f"<unknown: {exc}>"
+
+
+def info() -> dict[str, Any]:
+    """Describe the compiled backends available in this process.
+
+    Returns:
+        A dict with keys ``core_loaded`` (bool), ``core_error`` (str | None),
+        ``cuda_module_loaded`` (bool), ``cuda_module_error`` (str | None), ``cuda_devices``
+        (int), ``cuda_device_names`` (list[str]), ``openmp`` (bool) and
+        ``omp_max_threads`` (int).
+    """
+    count = _cuda_device_count()
+    names = [_cuda_device_name(i) for i in range(count)]
+    return {
+        "core_loaded": True,  # importing this module fails otherwise
+        "core_error": None,
+        "cuda_module_loaded": _core_cuda is not None,
+        "cuda_module_error": _cuda_error,
+        "cuda_devices": count,
+        "cuda_device_names": names,
+        "openmp": bool(_core.has_openmp()),
+        "omp_max_threads": int(_core.omp_max_threads()),
+    }
+
+
+def kernels(device: str = "auto") -> ModuleType:
+    """Return the compiled module that runs on ``device``.
+
+    Args:
+        device: ``"cpu"`` (the reference ``_core``), ``"cuda"`` (``_core_cuda``) or
+            ``"auto"`` (CUDA when its module loaded and sees a device, else CPU).
+
+    Raises:
+        BackendUnavailableError: ``"cuda"`` was asked for but the module is missing or no
+            CUDA device is visible; the message says why.
+        ValueError: ``device`` is not one of ``"auto"``, ``"cpu"``, ``"cuda"``.
+    """
+    if device not in _DEVICES:
+        raise ValueError(f"device must be one of {', '.join(map(repr, _DEVICES))}, got {device!r}")
+    if device == "cpu":
+        return _core
+    if _core_cuda is not None and _cuda_device_count() > 0:
+        return _core_cuda
+    if device == "auto":
+        return _core
+    reason = _cuda_error if _core_cuda is None else "no CUDA device is visible"
+    raise BackendUnavailableError(f"device='cuda' was requested but CUDA is unavailable: {reason}")
+
+
+def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    """An int or a pair of ints as an (h, w) pair of Python ints."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    pair = tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _as(array: npt.ArrayLike, dtype: type[np.generic], kinds: str, name: str) -> np.ndarray:
+    """``array`` as a C-contiguous array of ``dtype``, accepting only the dtype kinds given."""
+    arr = np.asarray(array)
+    if arr.dtype.kind not in kinds:
+        raise ValueError(
+            f"{name} must have a {np.dtype(dtype).name}-compatible dtype, got {arr.dtype}"
+        )
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def unpool(
+    values: npt.ArrayLike,
+    switches: npt.ArrayLike,
+    out_size: int | tuple[int, int],
+    kernel: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    device: str = "auto",
+) -> np.ndarray:
+    """Scatter max-pool values back to their switches (DeconvNet's unpooling).
+
+    Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks" (2014). Values
+    whose switches coincide (overlapping pools such as AlexNet's 3x3 stride 2) are summed,
+    which equals autograd's max-pool backward.
+
+    Args:
+        values: [N, C, Ho, Wo] floats (cast to float32).
+        switches: [N, C, Ho, Wo] ints (cast to int64): flat index ``y * W + x`` in each (n, c)
+            plane, as ``torch.nn.functional.max_pool2d(..., return_indices=True)`` gives.
+        out_size: (H, W) of the unpooled map (the max-pool's input), or one int for both.
+        kernel, stride, padding, dilation: the max-pool's geometry; ``stride`` defaults to
+            ``kernel`` as in torch.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :func:`kernels`).
+
+    Returns:
+        float32 [N, C, H, W]; CPU and CUDA results are bitwise equal.
+
+    Raises:
+        ValueError: bad dtype, rank, shapes or geometry, or a switch out of range or outside
+            its pool window (switches must come from a max-pool with this geometry).
+        BackendUnavailableError: ``device="cuda"`` without CUDA.
+    """
+    module = kernels(device)
+    out_h, out_w = _pair(out_size, "out_size")
+    k = _pair(kernel, "kernel")
+    s = k if stride is None else _pair(stride, "stride")
+    return module.unpool(
+        _as(values, np.float32, "fiub", "values"),
+        _as(switches, np.int64, "iu", "switches"),
+        out_h,
+        out_w,
+        k,
+        s,
+        _pair(padding, "padding"),
+        _pair(dilation, "dilation"),
+    )
+
+
+def topk_empty(units: int, k: int) -> np.ndarray:
+    """An empty top-k state: float32 [units, k] filled with -inf."""
+    return np.full((units, k), -np.inf, dtype=np.float32)
+
+
+def topk_merge(state: npt.ArrayLike, batch: npt.ArrayLike) -> np.ndarray:
+    """Merge a batch of activations into a top-k state (CPU).
+
+    Args:
+        state: [U, k] float32, each row sorted descending and padded with -inf (start from
+            :func:`topk_empty`).
+        batch: [N, U, h, w] floats (cast to float32), no NaN.
+
+    Returns:
+        float32 [U, k]: per unit, the k largest of the state and of the batch's N*h*w values,
+        sorted descending, -inf padded while fewer than k were seen.
+
+    Raises:
+        ValueError: bad dtype, rank or shapes, NaN in the batch, or an invalid state.
+    """
+    return _core.topk_merge(
+        _as(state, np.float32, "f", "state"), _as(batch, np.float32, "fiub", "batch")
+    )
+
+
+def topk_merge_states(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
+    """Merge two top-k states [U, k] (e.g. from two shards) into one (CPU).
+
+    Raises:
+        ValueError: bad dtype, rank or shapes, or an invalid state.
+    """
+    return _core.topk_merge_states(_as(a, np.float32, "f", "a"), _as(b, np.float32, "f", "b"))

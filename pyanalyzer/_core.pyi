@@ -1,0 +1,38 @@
+"""pyanalyzer CPU reference kernels (private: use pyanalyzer._backend)."""
+
+import numpy as np
+import numpy.typing as npt
+
+def has_openmp() -> bool:
+    """Whether the kernels were built with OpenMP."""
+
+def omp_max_threads() -> int:
+    """Threads an OpenMP region would use now (1 without OpenMP)."""
+
+def unpool(
+    values: npt.NDArray[np.float32],
+    switches: npt.NDArray[np.int64],
+    out_h: int,
+    out_w: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> npt.NDArray[np.float32]:
+    """Scatter max-pool values to their switches, summing shared switches.
+
+    values float32 [N, C, Ho, Wo] and switches int64 [N, C, Ho, Wo], both C-contiguous;
+    returns float32 [N, C, out_h, out_w]. Raises ValueError on a bad dtype, rank, layout,
+    shape or geometry, and on a switch out of range or outside its pool window.
+    """
+
+def topk_merge(
+    state: npt.NDArray[np.float32], batch: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """Merge batch float32 [N, U, h, w] into state float32 [U, k] (rows descending, -inf
+    padded); returns the new [U, k] state. Raises ValueError on NaN or bad shapes."""
+
+def topk_merge_states(
+    a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """Merge two top-k states float32 [U, k] into one."""

@@ -1,0 +1,51 @@
+"""Exceptions raised by pyanalyzer.
+
+Every mistake a user can make (a bad path, a broken model, an unknown layer, an impossible
+parameter) raises a subclass of :class:`UserInputError`; the CLI prints its message on one
+line and exits with code 2. Anything else is a bug or an environment failure (exit code 1).
+"""
+
+from __future__ import annotations
+
+
+class PyanalyzerError(Exception):
+    """Base class of all pyanalyzer exceptions."""
+
+
+class UserInputError(PyanalyzerError, ValueError):
+    """The input given by the user cannot be used (CLI exit code 2)."""
+
+
+class ModelError(UserInputError):
+    """The ONNX file is missing, unreadable, invalid or not an image model."""
+
+
+class LayerNotFoundError(UserInputError, KeyError):
+    """A layer name or alias does not exist in the model's layer catalogue."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class PreprocessingError(UserInputError):
+    """A preprocessing spec is impossible for the model (wrong channel count, zero std...)."""
+
+
+class ImageError(UserInputError):
+    """An image cannot be read or does not fit the model."""
+
+
+class GradientUnavailableError(UserInputError):
+    """The model could not be converted to torch, so gradient-based methods cannot run."""
+
+
+class StoreError(PyanalyzerError):
+    """The result store is unreadable or an entry is missing."""
+
+
+class BackendUnavailableError(PyanalyzerError):
+    """A compiled backend (``_core`` or ``_core_cuda``) was asked for but is not available."""
+
+
+class ParityWarning(UserWarning):
+    """onnxruntime and the torch conversion disagree beyond tolerance on some layer."""

@@ -1,0 +1,233 @@
+"""unpool against autograd's max-pool backward, hand-computed cases and bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyanalyzer import _backend
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+# (name, input H, W, kernel, stride, padding, dilation, ceil_mode)
+GEOMETRIES = [
+    ("2x2/2", 8, 8, (2, 2), (2, 2), (0, 0), (1, 1), False),
+    ("3x3/2 alexnet", 27, 27, (3, 3), (2, 2), (0, 0), (1, 1), False),
+    ("3x3/2 pad1", 13, 13, (3, 3), (2, 2), (1, 1), (1, 1), False),
+    ("3x3/1 pad1 dil2", 11, 12, (3, 3), (1, 1), (1, 1), (2, 2), False),
+    ("3x2/2x1 pad(1,0)", 9, 10, (3, 2), (2, 1), (1, 0), (1, 1), False),
+    ("3x3/2 ceil", 10, 10, (3, 3), (2, 2), (0, 0), (1, 1), True),
+    ("2x3/1x2 dil(2,1) ceil", 9, 11, (2, 3), (1, 2), (0, 1), (2, 1), True),
+]
+
+
+def torch_reference(x: np.ndarray, grad: np.ndarray | None, geometry: tuple) -> tuple:
+    """Pool x with torch; return (pooled, switches, x.grad for grad_output = grad)."""
+    _, _, _, kernel, stride, padding, dilation, ceil_mode = geometry
+    xt = torch.from_numpy(x).requires_grad_(True)
+    pooled, switches = F.max_pool2d(
+        xt, kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True
+    )
+    if grad is None:
+        return pooled.detach().numpy(), switches.numpy(), None
+    pooled.backward(torch.from_numpy(grad))
+    return pooled.detach().numpy(), switches.numpy(), xt.grad.numpy()
+
+
+def run_unpool(values, switches, x_shape, geometry, device):
+    _, _, _, kernel, stride, padding, dilation, _ = geometry
+    return _backend.unpool(
+        values, switches, x_shape[-2:], kernel, stride, padding, dilation, device=device
+    )
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=[g[0] for g in GEOMETRIES])
+def test_matches_autograd_with_ties(geometry, device):
+    """Integer-valued inputs tie in many windows; torch's own switches decide the winners and
+    the integer-valued sums are exact, so the result must equal autograd's exactly."""
+    _, h, w, *_ = geometry
+    rng = np.random.default_rng(1234)
+    x = rng.integers(0, 3, size=(2, 5, h, w)).astype(np.float32)
+    _, switches, _ = torch_reference(x, None, geometry)
+    grad = rng.integers(-4, 5, size=switches.shape).astype(np.float32)
+    _, _, expected = torch_reference(x, grad, geometry)
+    got = run_unpool(grad, switches, x.shape, geometry, device)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=[g[0] for g in GEOMETRIES])
+def test_matches_autograd_random(geometry, device):
+    _, h, w, *_ = geometry
+    rng = np.random.default_rng(99)
+    x = rng.standard_normal((3, 4, h, w), dtype=np.float32)
+    _, switches, _ = torch_reference(x, None, geometry)
+    grad = rng.standard_normal(switches.shape, dtype=np.float32)
+    _, _, expected = torch_reference(x, grad, geometry)
+    got = run_unpool(grad, switches, x.shape, geometry, device)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_overlapping_pools_sum_shared_switches(device):
+    """AlexNet-sized 3x3/2 pools with peaks at rows and columns 4a + 2: every window holds one
+    peak, and each peak is the maximum of the four windows around it, so four pool outputs
+    share each switch and their values must add up, as in autograd."""
+    geometry = ("alexnet", 55, 55, (3, 3), (2, 2), (0, 0), (1, 1), False)
+    rng = np.random.default_rng(5)
+    x = rng.random((2, 3, 55, 55), dtype=np.float32)
+    x[:, :, 2::4, 2::4] += 10
+    _, switches, _ = torch_reference(x, None, geometry)
+    values = np.ones_like(switches, dtype=np.float32)
+    _, _, expected = torch_reference(x, values, geometry)
+    got = run_unpool(values, switches, x.shape, geometry, device)
+    assert got.max() == 4  # four pool outputs shared a switch
+    np.testing.assert_array_equal(got, expected)
+    assert got.sum() == values.sum()
+
+
+def test_hand_computed_2x2(device):
+    """A 4x4 map pooled 2x2/2, written out by hand (cf. captum's 4x4 deconvolution test)."""
+    x = np.array(
+        [
+            [1, 2, 5, 3],
+            [4, 0, 1, 1],
+            [0, 7, 2, 9],
+            [3, 1, 8, 6],
+        ],
+        dtype=np.float32,
+    )[None, None]
+    # window maxima: 4 at (1, 0), 5 at (0, 2), 7 at (2, 1), 9 at (2, 3)
+    switches = np.array([[[[4, 2], [9, 11]]]], dtype=np.int64)
+    values = np.array([[[[10, 20], [30, 40]]]], dtype=np.float32)
+    expected = np.array(
+        [
+            [0, 0, 20, 0],
+            [10, 0, 0, 0],
+            [0, 30, 0, 40],
+            [0, 0, 0, 0],
+        ],
+        dtype=np.float32,
+    )[None, None]
+    got = _backend.unpool(values, switches, (4, 4), 2, device=device)
+    np.testing.assert_array_equal(got, expected)
+    _, torch_switches = F.max_pool2d(torch.from_numpy(x), 2, return_indices=True)
+    np.testing.assert_array_equal(torch_switches.numpy(), switches)
+
+
+def test_hand_computed_overlap(device):
+    """5x5 pooled 3x3/2: the centre pixel lies in all four windows; all four pick it."""
+    switches = np.full((1, 1, 2, 2), 2 * 5 + 2, dtype=np.int64)
+    values = np.array([[[[1, 2], [3, 4]]]], dtype=np.float32)
+    got = _backend.unpool(values, switches, 5, 3, 2, device=device)
+    expected = np.zeros((1, 1, 5, 5), dtype=np.float32)
+    expected[0, 0, 2, 2] = 10
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_empty_batch(device):
+    values = np.zeros((0, 3, 2, 2), dtype=np.float32)
+    switches = np.zeros((0, 3, 2, 2), dtype=np.int64)
+    got = _backend.unpool(values, switches, 4, 2, device=device)
+    assert got.shape == (0, 3, 4, 4) and got.dtype == np.float32
+
+
+def test_wrapper_casts_and_copies(device):
+    """float64 / int32 / non-contiguous inputs are converted by the wrapper, not rejected."""
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    switches = np.array([[[[5, 7], [13, 15]]]], dtype=np.int32)
+    values = np.asfortranarray(x[:, :, ::2, ::2])
+    got = _backend.unpool(values, switches, (4, 4), (2, 2), device=device)
+    assert got.dtype == np.float32
+    assert got[0, 0, 1, 1] == 0 and got[0, 0, 1, 3] == 2 and got[0, 0, 3, 1] == 8
+    assert got[0, 0, 3, 3] == 10
+
+
+# --- bad inputs: the binding checks dtype, rank, layout, shapes, geometry and switches --------
+
+
+def _good():
+    values = np.ones((1, 2, 2, 2), dtype=np.float32)
+    switches = np.zeros((1, 2, 2, 2), dtype=np.int64)
+    switches[..., 0, 1] = 2
+    switches[..., 1, 0] = 8
+    switches[..., 1, 1] = 10
+    return values, switches
+
+
+CORE_GEOMETRY = ((2, 2), (2, 2), (0, 0), (1, 1))
+
+
+def test_good_inputs_pass():
+    values, switches = _good()
+    out = _backend.kernels("cpu").unpool(values, switches, 4, 4, *CORE_GEOMETRY)
+    assert out.sum() == 8
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda v, s: (v.astype(np.float64), s), "values must be float32"),
+        (lambda v, s: (v, s.astype(np.int32)), "switches must be int64"),
+        (lambda v, s: (v[0], s[0]), r"must have shape \[N, C, Ho, Wo\]"),
+        (lambda v, s: (v, s[:, :1]), "same shape"),
+        (lambda v, s: (np.asfortranarray(v.transpose(0, 1, 3, 2)), s), "C-contiguous"),
+    ],
+    ids=["values-dtype", "switches-dtype", "rank", "mismatched-shapes", "layout"],
+)
+def test_binding_rejects_bad_arrays(change, match):
+    values, switches = change(*_good())
+    with pytest.raises(ValueError, match=match):
+        _backend.kernels("cpu").unpool(values, switches, 4, 4, *CORE_GEOMETRY)
+
+
+@pytest.mark.parametrize("bad", [-1, 16, 1 << 40])
+def test_out_of_range_switch(bad):
+    values, switches = _good()
+    switches[0, 1, 1, 0] = bad
+    with pytest.raises(ValueError, match=r"switches\[0, 1, 1, 0\].*out of range"):
+        _backend.unpool(values, switches, 4, 2, device="cpu")
+
+
+def test_switch_outside_its_window():
+    values, switches = _good()
+    switches[0, 0, 0, 0] = 15  # in range, but in the bottom-right window
+    with pytest.raises(ValueError, match="not inside the window"):
+        _backend.unpool(values, switches, 4, 2, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"kernel": 0}, r"kernel\[0\] must be >= 1"),
+        ({"stride": (2, 0)}, r"stride\[1\] must be >= 1"),
+        ({"padding": -1}, r"padding\[0\] must be >= 0"),
+        ({"dilation": 0}, r"dilation\[0\] must be >= 1"),
+        ({"out_size": (-1, 4)}, "out_h must be >= 0"),
+        ({"kernel": (2, 2, 2)}, "kernel must be an int or a pair"),
+    ],
+)
+def test_bad_geometry(kwargs, match):
+    values, switches = _good()
+    args = {"out_size": 4, "kernel": 2} | kwargs
+    with pytest.raises(ValueError, match=match):
+        _backend.unpool(values, switches, device="cpu", **args)
+
+
+def test_wrapper_rejects_non_numeric():
+    values, switches = _good()
+    with pytest.raises(ValueError, match="values must have a float32-compatible dtype"):
+        _backend.unpool(values.astype(np.complex64), switches, 4, 2, device="cpu")
+    with pytest.raises(ValueError, match="switches must have a int64-compatible dtype"):
+        _backend.unpool(values, switches.astype(np.float32), 4, 2, device="cpu")
+
+
+def test_switch_between_dilated_taps():
+    """A 3x3 window with dilation 2 on a 5x5 map taps rows and columns 0, 2, 4 only."""
+    values = np.ones((1, 1, 1, 1), dtype=np.float32)
+    on_tap = np.full((1, 1, 1, 1), 2 * 5 + 4, dtype=np.int64)
+    out = _backend.unpool(values, on_tap, 5, 3, 1, 0, 2, device="cpu")
+    assert out[0, 0, 2, 4] == 1 and out.sum() == 1
+    between = np.full((1, 1, 1, 1), 1 * 5 + 1, dtype=np.int64)
+    with pytest.raises(ValueError, match="not inside the window"):
+        _backend.unpool(values, between, 5, 3, 1, 0, 2, device="cpu")
