@@ -1,0 +1,345 @@
+"""The loaded model: validated ONNX graph, image input, layers, preprocessing, two engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from pyanalyzer.errors import (
+    GradientUnavailableError,
+    ModelError,
+    ParityWarning,
+    PreprocessingError,
+)
+from pyanalyzer.model import graph as _graph
+from pyanalyzer.model.forward import ForwardEngine
+from pyanalyzer.model.onnx_io import read_model
+from pyanalyzer.model.preprocessing import METADATA_KEY, PreprocessSpec, build_spec
+
+PARITY_RTOL = 1e-3
+"""Parity tolerance: max |ort - torch| relative to max |ort| on each layer."""
+
+
+@dataclass(frozen=True)
+class LayerParity:
+    name: str
+    alias: str
+    max_abs: float
+    max_rel: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel <= PARITY_RTOL
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How far the torch conversion is from onnxruntime, per shared layer, on one random input.
+
+    ``max_rel`` is ``max |a - b| / max |a|`` over the layer (a = onnxruntime).
+    """
+
+    layers: tuple[LayerParity, ...]
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(layer.ok for layer in self.layers)
+
+    @property
+    def worst(self) -> LayerParity | None:
+        return max(self.layers, key=lambda p: p.max_rel, default=None)
+
+    def describe(self) -> str:
+        if self.error:
+            return f"not checked: {self.error}"
+        w = self.worst
+        if w is None:
+            return "no shared layers"
+        status = "ok" if self.ok else "MISMATCH"
+        return (
+            f"{status}: {len(self.layers)} layers compared, worst {w.alias} "
+            f"max abs {w.max_abs:.3g}, max rel {w.max_rel:.3g} (tolerance {PARITY_RTOL:g})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "tolerance": PARITY_RTOL,
+            "layers": [
+                {"name": p.name, "alias": p.alias, "max_abs": p.max_abs, "max_rel": p.max_rel}
+                for p in self.layers
+            ],
+        }
+
+
+def _sidecar(path: Path) -> tuple[str, dict[str, Any]] | None:
+    side = path.with_name(path.name + ".json")
+    if not side.is_file():
+        return None
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PreprocessingError(
+            f"preprocessing sidecar {str(side)!r} is not valid JSON: {exc}"
+        ) from None
+    if (
+        isinstance(data, dict)
+        and "preprocessing" in data
+        and isinstance(data["preprocessing"], dict)
+    ):
+        data = data["preprocessing"]
+    return f"sidecar {side.name}", data
+
+
+class Model:
+    """An ONNX image model ready for analysis. Build it with :func:`load_model`.
+
+    Attributes:
+        path: the resolved file path.
+        sha256: digest of the file (and its external data): the store's model key.
+        proto: the validated ONNX graph, external data loaded.
+        input: the image input (:class:`~pyanalyzer.model.graph.InputInfo`).
+        preprocessing: the resolved :class:`PreprocessSpec`.
+        layers: the layer catalogue, in graph order.
+        metadata: the model's ``metadata_props``.
+    """
+
+    def __init__(
+        self,
+        proto: onnx.ModelProto,
+        path: Path,
+        sha256: str,
+        preprocessing: PreprocessSpec | Mapping[str, Any] | str | None = None,
+        providers: Sequence[str] | None = None,
+    ):
+        self.proto = proto
+        self.path = path
+        self.sha256 = sha256
+        self.metadata = {p.key: p.value for p in proto.metadata_props}
+        self.input = _graph.find_image_input(proto)
+        self.preprocessing = self._resolve_preprocessing(preprocessing)
+        h, w = self.preprocessing.input_size
+        shapes = _graph.infer_shapes(proto, self.input, h, w)
+        missing = [o for n in proto.graph.node for o in n.output if o and o not in shapes]
+        self._providers = providers
+        if missing:
+            shapes.update(self._probe_shapes(missing))
+        self.layers = _graph.build_catalogue(proto, self.input, shapes)
+        if not self.layers:
+            raise ModelError("the model has no spatial feature maps or outputs to analyse")
+        self._gradient_error: str | None = None
+
+    # ---- preprocessing ---------------------------------------------------------------------
+    def _resolve_preprocessing(self, given) -> PreprocessSpec:
+        if isinstance(given, PreprocessSpec):
+            given = {k: v for k, v in given.to_dict().items() if k != "channels"}
+        elif isinstance(given, str):
+            given = {"preset": given}
+        layers: list[tuple[str, Mapping[str, Any] | None]] = []
+        if METADATA_KEY in self.metadata:
+            try:
+                layers.append(("model metadata", json.loads(self.metadata[METADATA_KEY])))
+            except json.JSONDecodeError as exc:
+                raise PreprocessingError(
+                    f"the model's metadata {METADATA_KEY!r} is not valid JSON: {exc}"
+                ) from None
+        side = _sidecar(self.path)
+        if side:
+            layers.append(side)
+        layers.append(("arguments", given))
+        info = self.input
+        return build_spec(
+            channels=info.channels,
+            layout=info.layout,
+            model_size=(info.height, info.width),
+            layers=layers,
+        )
+
+    # ---- catalogue -------------------------------------------------------------------------
+    def layer(self, name: str) -> _graph.LayerInfo:
+        """A layer by ONNX tensor name or alias; raises LayerNotFoundError with suggestions."""
+        return _graph.resolve_layer(self.layers, name)
+
+    def spatial_layer(self, name: str) -> _graph.LayerInfo:
+        """Like :meth:`layer`, but refuses tensors that are not spatial maps."""
+        layer = self.layer(name)
+        if not layer.is_spatial:
+            from pyanalyzer.errors import UserInputError
+
+            raise UserInputError(
+                f"layer {layer.alias} ({layer.name!r}, shape {list(layer.shape)}) is not a "
+                "spatial feature map [N, C, H, W]"
+            )
+        return layer
+
+    @property
+    def class_names(self) -> list[str] | None:
+        raw = self.metadata.get("pyanalyzer.class_names")
+        try:
+            names = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            return None
+        return [str(n) for n in names] if isinstance(names, list) else None
+
+    @property
+    def opset(self) -> int:
+        return next(
+            (int(o.version) for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0
+        )
+
+    # ---- engines ---------------------------------------------------------------------------
+    @cached_property
+    def forward(self) -> ForwardEngine:
+        """The onnxruntime engine (built on first use)."""
+        return ForwardEngine(self, providers=self._providers)
+
+    def _probe_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
+        """Shapes shape inference could not give, read off one onnxruntime run."""
+        eng = ForwardEngine(self, providers=self._providers)
+        self.__dict__["forward"] = eng  # reuse it as the cached forward engine
+        x = eng._random_input(1)
+        try:
+            outs = eng.session(names).run(names, {self.input.name: x})
+        except Exception:
+            return {}
+        return {n: tuple(o.shape) for n, o in zip(names, outs, strict=True) if hasattr(o, "shape")}
+
+    @cached_property
+    def _gradient(self):
+        from pyanalyzer.model.gradient import GradientEngine
+
+        try:
+            return GradientEngine(self.proto, self.input.name)
+        except GradientUnavailableError as exc:
+            self._gradient_error = str(exc)
+            return None
+
+    @property
+    def gradient_available(self) -> bool:
+        return self._gradient is not None
+
+    @property
+    def gradient_error(self) -> str | None:
+        _ = self._gradient
+        return self._gradient_error
+
+    @property
+    def gradient(self):
+        """The torch engine (:class:`~pyanalyzer.model.gradient.GradientEngine`).
+
+        Raises:
+            GradientUnavailableError: naming the ops that could not be converted.
+        """
+        eng = self._gradient
+        if eng is None:
+            raise GradientUnavailableError(
+                f"gradient-based methods are unavailable for this model: {self._gradient_error}"
+            )
+        return eng
+
+    # ---- parity ----------------------------------------------------------------------------
+    def parity(self, seed: int = 0) -> ParityReport:
+        """Run both engines on one random image and compare every layer they share."""
+        if self._gradient is None:
+            return ParityReport((), error=self._gradient_error)
+        import torch
+
+        eng = self._gradient
+        shared = [layer for layer in self.layers if eng.has_tensor(layer.name)]
+        spec = self.preprocessing
+        rng = np.random.default_rng(seed)
+        h, w = spec.input_size
+        pix = rng.integers(0, 256, size=(1, h, w, spec.channels), dtype=np.uint8)
+        x = spec.normalize(pix)
+        ref = self.forward.run(x, [layer.name for layer in shared])
+        with torch.no_grad(), eng.taps([layer.name for layer in shared]) as got:
+            eng(torch.from_numpy(x))
+        results = []
+        for layer in shared:
+            a = ref[layer.name].astype(np.float64)
+            t = got.get(layer.name)
+            if t is None or tuple(t.shape) != a.shape:
+                results.append(LayerParity(layer.name, layer.alias, float("inf"), float("inf")))
+                continue
+            b = t.detach().double().numpy()
+            diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+            scale = float(np.max(np.abs(a))) if a.size else 0.0
+            results.append(LayerParity(layer.name, layer.alias, diff, diff / max(scale, 1e-12)))
+        return ParityReport(tuple(results))
+
+    # ---- description -----------------------------------------------------------------------
+    def summary(self, parity: ParityReport | None = None) -> dict[str, Any]:
+        """Everything ``pyanalyzer info --json`` prints."""
+        p = self.proto
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "producer": f"{p.producer_name} {p.producer_version}".strip(),
+            "ir_version": int(p.ir_version),
+            "opset": self.opset,
+            "input": {
+                "name": self.input.name,
+                "shape": [d if d is not None else "?" for d in self.input.shape],
+                "layout": self.input.layout,
+                "channels": self.input.channels,
+                "dtype": self.input.numpy_dtype.name,
+            },
+            "batch_mode": self.forward.batch_mode,
+            "preprocessing": self.preprocessing.to_dict(),
+            "preprocessing_source": dict(self.preprocessing.source),
+            "class_names": self.class_names,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "gradient": {"available": self.gradient_available, "error": self.gradient_error},
+            "parity": parity.to_dict() if parity is not None else None,
+        }
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    preprocessing: PreprocessSpec | Mapping[str, Any] | str | None = None,
+    *,
+    check_parity: bool = True,
+    providers: Sequence[str] | None = None,
+) -> Model:
+    """Load, validate and describe an ONNX image model.
+
+    Args:
+        path: the ``.onnx`` file. External data must sit inside its folder.
+        preprocessing: a preset name (``imagenet``, ``caffe``, ``unit``, ``raw``), a partial
+            dict of :class:`PreprocessSpec` fields (``{"preset": "caffe", "input_size": 227}``)
+            or a full spec; it overrides the model's metadata and JSON sidecar.
+        check_parity: convert to torch and compare with onnxruntime now, warning
+            (:class:`~pyanalyzer.errors.ParityWarning`) when a layer is off by more than
+            :data:`PARITY_RTOL`. A failed conversion is not an error: forward-only methods
+            still work, gradient methods raise naming the ops.
+        providers: onnxruntime execution providers (default: CUDA first when available).
+
+    Raises:
+        ModelError: the file is missing, unreadable, invalid, hostile or not an image model.
+        PreprocessingError: the preprocessing spec is impossible for the model.
+    """
+    proto, resolved, sha = read_model(path)
+    model = Model(proto, resolved, sha, preprocessing, providers=providers)
+    if check_parity:
+        report = model.parity()
+        model.parity_report = report
+        if report.error is None and not report.ok:
+            warnings.warn(
+                f"{resolved.name}: onnxruntime and torch disagree: {report.describe()}",
+                ParityWarning,
+                stacklevel=2,
+            )
+    else:
+        model.parity_report = None
+    return model

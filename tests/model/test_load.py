@@ -1,0 +1,186 @@
+"""Model import: real ONNX files exported from torch and hand-built tf2onnx-style graphs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import onnx_factory as fac
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import pyanalyzer as pa
+from pyanalyzer.errors import GradientUnavailableError, ParityWarning
+
+
+def _plain_ort(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 17])
+@pytest.mark.parametrize("batch", ["dynamic", 1])
+def test_torch_export_nchw(tmp_path, opset, batch):
+    path = fac.tiny_cnn(tmp_path, opset=opset, batch=batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ParityWarning)
+        m = pa.load_model(path)
+    assert m.input.layout == "nchw" and m.input.channels == 3
+    assert (m.input.height, m.input.width) == (32, 32)
+    assert m.input.batch == (1 if batch == 1 else None)
+    # The architecture is 3 -> 8 (32x32) -> pool -> 16 (16x16) -> pool -> 16 (8x8).
+    convs = [layer for layer in m.layers if layer.op == "Conv"]
+    assert [(c.alias, c.channels, c.height) for c in convs] == [
+        ("conv1", 8, 32), ("conv2", 16, 16), ("conv3", 16, 8),
+    ]  # fmt: skip
+    assert m.layers[-1].is_output and m.layers[-1].channels == 10
+    assert m.parity_report.ok, m.parity_report.describe()
+    # A batch of 5 through the engine equals 5 plain onnxruntime runs of the file itself.
+    x = np.random.default_rng(1).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    got = m.forward.run(x, [m.layers[-1].name])[m.layers[-1].name]
+    ref = np.concatenate([_plain_ort(path, x[i : i + 1])[0] for i in range(5)])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    if batch == 1:
+        assert m.forward.batch_mode in ("rewritten", "loop")
+
+
+def test_batch1_rewrite_is_measured_choice(tmp_path):
+    # tiny_cnn(batch=1) hard-codes a Reshape to [1, -1]: the rewrite must be refused.
+    m = pa.load_model(fac.tiny_cnn(tmp_path, batch=1), check_parity=False)
+    assert m.forward.batch_mode == "loop"
+
+
+def test_nhwc_torch_export(tmp_path):
+    m = pa.load_model(fac.tiny_cnn_nhwc(tmp_path))
+    assert m.input.layout == "nhwc" and m.preprocessing.layout == "nhwc"
+    assert m.parity_report.ok
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    out = m.forward.run(x, [m.layers[-1].name])[m.layers[-1].name]
+    np.testing.assert_allclose(out, _plain_ort(m.path, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_tf2onnx_style_same_padding_and_transposes(tmp_path):
+    path = fac.tf2onnx_style(tmp_path)
+    m = pa.load_model(path)
+    assert m.input.layout == "nhwc" and m.input.name == "input_1:0"
+    assert m.gradient_available, m.gradient_error
+    assert m.parity_report.ok, m.parity_report.describe()
+    # Every layer of the graph is compared, SAME-padded convs and pools included.
+    compared = {p.alias for p in m.parity_report.layers}
+    assert {"conv2", "conv3", "maxpool1", "avgpool1"} <= compared
+    layouts = {layer.alias: layer.layout for layer in m.layers if layer.is_spatial}
+    assert "nhwc" in layouts.values() and layouts["conv1"] == "nchw"
+
+
+def test_slice_with_attributes_opset9(tmp_path):
+    m = pa.load_model(fac.slice_opset9(tmp_path))
+    assert m.opset == 9 and m.gradient_available, m.gradient_error
+    assert m.parity_report.ok
+    assert any(layer.op == "Slice" and layer.height == 28 for layer in m.layers)
+
+
+def test_grayscale_model(tmp_path):
+    m = pa.load_model(fac.channels1(tmp_path))
+    assert m.input.channels == 1 and m.preprocessing.channels == 1
+    assert m.parity_report.ok
+
+
+def test_external_data_inside_folder(tmp_path):
+    m = pa.load_model(fac.external_data(tmp_path))
+    assert m.parity_report.ok
+    # The digest covers the weights file: changing it changes the model key.
+    before = m.sha256
+    weights = next(p for p in tmp_path.iterdir() if p.suffix != ".onnx")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert pa.load_model(m.path, check_parity=False).sha256 != before
+
+
+def _with_unsupported_op(tmp_path):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Shrink", ["c"], ["s"], lambd=0.5),
+        helper.make_node("Relu", ["s"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])],
+        initializer=[w],
+    )  # fmt: skip
+    path = tmp_path / "shrink.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_unconvertible_op_keeps_forward_and_names_op(tmp_path):
+    m = pa.load_model(_with_unsupported_op(tmp_path))
+    assert not m.gradient_available
+    x = np.zeros((2, 3, 16, 16), np.float32)
+    assert m.forward.run(x, ["relu1"])["y"].shape == (2, 4, 16, 16)
+    with pytest.raises(GradientUnavailableError, match="Shrink"):
+        _ = m.gradient
+    assert "Shrink" in m.parity_report.describe()
+
+
+def test_parity_mismatch_warns(tmp_path, monkeypatch):
+    from pyanalyzer.model import gradient
+
+    original = gradient.GradientEngine.__init__
+
+    def broken(self, *a, **k):
+        original(self, *a, **k)
+        conv = next(mod for mod in self.module.modules() if isinstance(mod, torch.nn.Conv2d))
+        conv.weight.data += 0.5  # a converter bug in miniature
+
+    monkeypatch.setattr(gradient.GradientEngine, "__init__", broken)
+    with pytest.warns(ParityWarning, match="disagree"):
+        m = pa.load_model(fac.tiny_cnn(tmp_path))
+    assert not m.parity_report.ok and m.parity_report.worst.max_rel > 1e-3
+
+
+def test_taps_match_onnxruntime_and_hooks_are_removed(tmp_path):
+    m = pa.load_model(fac.tiny_cnn(tmp_path), check_parity=False)
+    eng = m.gradient
+    names = [m.layer("relu2").name, m.layer("conv3").name]
+    x = np.random.default_rng(3).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    ref = m.forward.run(x, names)
+    with eng.taps(names) as got:
+        eng(torch.from_numpy(x))
+    for n in names:
+        np.testing.assert_allclose(got[n].detach().numpy(), ref[n], rtol=1e-4, atol=1e-5)
+    assert eng.hook_count() == 0
+    with pytest.raises(RuntimeError, match="boom"), eng.taps(names):
+        raise RuntimeError("boom")
+    assert eng.hook_count() == 0
+    # Taps keep the autograd graph: a channel's gradient reaches the input.
+    xt = torch.from_numpy(x).requires_grad_(True)
+    with eng.taps(names[:1]) as got:
+        eng(xt)
+        got[names[0]][:, 3].mean().backward()
+    assert xt.grad is not None and float(xt.grad.abs().sum()) > 0
+
+
+def test_layer_lookup_by_alias_and_name(tmp_path):
+    m = pa.load_model(fac.tiny_cnn(tmp_path), check_parity=False)
+    layer = m.layer("conv2")
+    assert m.layer(layer.name) is layer
+    assert len({x.alias for x in m.layers}) == len(m.layers)
+    with pytest.raises(pa.LayerNotFoundError, match="did you mean 'conv2'"):
+        m.layer("conv22")
+    with pytest.raises(pa.UserInputError, match="not a spatial"):
+        m.spatial_layer(m.layers[-1].alias)
+
+
+def test_default_model_loads(default_model):
+    m = pa.load_model(default_model)
+    assert m.parity_report.ok
+    assert m.input.channels == 3 and m.preprocessing.input_size == (64, 64)
+    assert m.preprocessing.source["mean"] == "model metadata"
+    assert m.class_names and len(m.class_names) >= 6
