@@ -9,7 +9,10 @@ network (build requirements already installed)::
 
 Every check prints its findings and returns PASS/FAIL; the script ends with a summary and
 exits with status 1 when any check failed. CUDA results must be BITWISE equal to the CPU's:
-both sum shared switches in the same order (see csrc/include/pyanalyzer/unpool.h).
+unpool sums shared switches in the same order (csrc/include/pyanalyzer/unpool.h), the tally's
+upsampling follows one float32 order and its counts are integers (tally.h), and a top-k state
+is a descending row of canonical floats (quantile.h). The tally is also timed at Broden scale
+(63,305 images x 512 units, 7x7 -> 112x112, 2 label channels, 1,200 concepts).
 
 To add a kernel (tally, quantile on CUDA), write a ``check_...`` function returning a
 :class:`Result` and append it to ``CHECKS`` at the bottom (marked ``ADD NEW CHECKS HERE``).
@@ -180,12 +183,238 @@ def check_unpool_large() -> Result:
     return Result("unpool CUDA 64-bit indexing", same)
 
 
-# The checks, in order. ADD NEW CHECKS HERE (e.g. check_tally_equality, check_quantile_cuda).
+# --- tally ----------------------------------------------------------------------------------
+
+TALLY_FIELDS = ("intersection", "unit_area_cat", "unit_area", "concept_area")
+
+
+def make_tally_case(
+    rng: np.random.Generator,
+    n: int,
+    units: int,
+    hw: tuple[int, int],
+    size: int,
+    channels: int,
+    labels: int,
+    concepts: int,
+    categories: int,
+    quantile: float,
+    offset: float = 0.0,
+) -> dict:
+    """Random tally inputs; thresholds at `quantile` of each unit's coarse values."""
+    acts = rng.standard_normal((n, units, *hw), dtype=np.float32) + np.float32(offset)
+    per_unit = acts.transpose(1, 0, 2, 3).reshape(units, -1)
+    thresholds = np.quantile(per_unit, quantile, axis=1).astype(np.float32)
+    # Concept blobs: blocks of about size/8 pixels, one concept per block and channel.
+    cell = max(1, size // 8)
+    blocks = rng.integers(0, concepts, size=(n, channels, -(-size // cell), -(-size // cell)))
+    seg = np.repeat(np.repeat(blocks.astype(np.int32), cell, axis=2), cell, axis=3)
+    seg = np.ascontiguousarray(seg[:, :, :size, :size])
+    return {
+        "acts": acts,
+        "thresholds": thresholds,
+        "seg": seg,
+        "image_labels": rng.integers(0, concepts, size=(n, labels), dtype=np.int32),
+        "concept_category": rng.integers(0, categories, size=concepts, dtype=np.int32),
+        "image_categories": (rng.random((n, categories)) < 0.7).astype(np.uint8),
+    }
+
+
+def run_tally(case: dict, device: str) -> _backend.TallyCounts:
+    counts = _backend.TallyCounts.zeros(
+        case["acts"].shape[1], case["concept_category"].shape[0], case["image_categories"].shape[1]
+    )
+    return _backend.tally(**case, counts=counts, device=device)
+
+
+def same_counts(a: _backend.TallyCounts, b: _backend.TallyCounts) -> bool:
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in TALLY_FIELDS)
+
+
+# (name, N, U, (h, w), S, K, L, C, G, quantile, offset)
+TALLY_CASES = [
+    ("7x7->112 q99.5 K2 L1", 64, 256, (7, 7), 112, 2, 1, 200, 6, 0.995, 0.0),
+    ("7x7->112 q90 K3 L2", 16, 64, (7, 7), 112, 3, 2, 50, 4, 0.9, 0.0),
+    ("5x3->13 q80 K1 L0", 32, 33, (5, 3), 13, 1, 0, 9, 2, 0.8, 0.0),
+    ("13x13->50 negative q99", 8, 40, (13, 13), 50, 2, 1, 30, 3, 0.99, -5.0),
+    ("14x14->7 downsampling q70", 8, 40, (14, 14), 7, 2, 1, 30, 3, 0.7, 0.0),
+    ("28x28->113 q99 K0 L2", 8, 16, (28, 28), 113, 0, 2, 20, 2, 0.99, 0.0),
+    ("1x1->4 q50", 8, 8, (1, 1), 4, 1, 1, 5, 2, 0.5, 0.0),
+]
+
+
+def check_tally_equality() -> Result:
+    """CUDA vs CPU tally on fresh random data: identical counts; upsampling bitwise equal."""
+    rng = np.random.default_rng(2025)
+    failures = []
+    for name, n, u, hw, size, k, lab, c, g, q, offset in TALLY_CASES:
+        case = make_tally_case(rng, n, u, hw, size, k, lab, c, g, q, offset)
+        cpu, gpu = run_tally(case, "cpu"), run_tally(case, "cuda")
+        same = same_counts(cpu, gpu)
+        up_same = bitwise_equal(
+            _backend.upsample_bilinear(case["acts"][:4], size, device="cpu"),
+            _backend.upsample_bilinear(case["acts"][:4], size, device="cuda"),
+        )
+        fired = int(cpu.unit_area.sum())
+        print(
+            f"    {name:28s} counts {'identical' if same else 'DIFFER'}, upsampling "
+            f"{'bitwise equal' if up_same else 'DIFFERS'} ({fired:,} fired pixels)"
+        )
+        if not (same and up_same):
+            failures.append(name)
+    # Thresholds exactly at upsampled values: the pruning's edge, on both devices.
+    case = make_tally_case(rng, 16, 32, (7, 7), 37, 2, 1, 20, 3, 0.9)
+    up = _backend.upsample_bilinear(case["acts"], 37, device="cpu").transpose(1, 0, 2, 3)
+    up = up.reshape(32, -1)
+    case["thresholds"] = up[np.arange(32), rng.integers(0, up.shape[1], 32)].copy()
+    same = same_counts(run_tally(case, "cpu"), run_tally(case, "cuda"))
+    print(f"    {'thresholds = upsampled values':28s} counts {'identical' if same else 'DIFFER'}")
+    if not same:
+        failures.append("thresholds on the edge")
+    return Result("tally CUDA == CPU (identical counts)", not failures, ", ".join(failures))
+
+
+def check_tally_validation() -> Result:
+    """The CUDA module rejects a concept id >= C on the host, like the CPU one."""
+    case = make_tally_case(np.random.default_rng(3), 2, 3, (4, 4), 8, 1, 1, 5, 2, 0.5)
+    case["seg"][1, 0, 2, 3] = 5
+    try:
+        run_tally(case, "cuda")
+    except ValueError as exc:
+        print(f"    concept id 5 with C = 5 -> ValueError: {exc}")
+        return Result("tally CUDA validation", True)
+    return Result("tally CUDA validation", False, "an out-of-range concept id was accepted")
+
+
+def bench_tally_broden() -> Result:
+    """Broden scale: 63,305 images x 512 units, 7x7 -> 112x112, K=2, C=1200, in batches of
+    512 images (two pre-generated batches reused cyclically), end to end from host arrays."""
+    images, units, batch, concepts, categories = 63_305, 512, 512, 1200, 6
+    rng = np.random.default_rng(11)
+    start = time.perf_counter()
+    batches = [
+        make_tally_case(rng, batch, units, (7, 7), 112, 2, 1, concepts, categories, 0.995)
+        for _ in range(2)
+    ]
+    thresholds = batches[0]["thresholds"]
+    for b in batches:
+        b["thresholds"] = thresholds
+    print(f"    generated 2 batches of {batch} images in {time.perf_counter() - start:.1f} s")
+
+    # One batch on both devices: identical counts, and the CPU's time for scale.
+    t0 = time.perf_counter()
+    cpu = run_tally(batches[0], "cpu")
+    t_cpu = time.perf_counter() - t0
+    gpu = run_tally(batches[0], "cuda")  # also warms up the device
+    same = same_counts(cpu, gpu)
+    print(
+        f"    one batch: CPU ({_backend.info()['omp_max_threads']} threads) {t_cpu:.3f} s; "
+        f"counts {'identical' if same else 'DIFFER'}"
+    )
+
+    counts = _backend.TallyCounts.zeros(units, concepts, categories)
+    calls, done = 0, 0
+    t0 = time.perf_counter()
+    while done < images:
+        case = batches[calls % 2]
+        m = min(batch, images - done)
+        if m < batch:
+            case = {
+                k: (v if k in ("thresholds", "concept_category") else v[:m])
+                for k, v in case.items()
+            }
+        _backend.tally(**case, counts=counts, device="cuda")
+        done += m
+        calls += 1
+    elapsed = time.perf_counter() - t0
+    fired = int(counts.unit_area.sum())
+    print(
+        f"    CUDA: {images:,} images x {units} units in {calls} calls: {elapsed:.2f} s "
+        f"= {images / elapsed:,.0f} images/s ({elapsed / calls * 1e3:.1f} ms per call, "
+        f"host arrays in, copies and host-side checks included)"
+    )
+    print(
+        f"    CPU at the same rate would take ~{t_cpu * images / batch:.1f} s; "
+        f"fired pixels {fired:,}"
+    )
+    return Result(
+        f"tally Broden scale: {images / elapsed:,.0f} images/s", same, "" if same else "differ"
+    )
+
+
+# --- top-k ------------------------------------------------------------------------------------
+
+
+def check_topk_equality() -> Result:
+    """CUDA vs CPU topk_merge / topk_merge_states, bitwise, incl. ties, infinities, -0.0."""
+    rng = np.random.default_rng(5)
+    failures = []
+    # (name, units, k, batches of [N, h, w], kind)
+    cases = [
+        ("small k", 11, 7, [(6, 6, 5)] * 3, "normal"),
+        ("k > values seen", 5, 300, [(2, 3, 3)] * 2, "normal"),
+        ("ties, zeros, infinities", 64, 100, [(8, 13, 13)] * 3, "ties"),
+        ("k = 1", 32, 1, [(4, 7, 7)] * 2, "normal"),
+        ("conv layer 56x56", 64, 500, [(16, 56, 56)] * 2, "normal"),
+    ]
+    for name, units, k, shapes, kind in cases:
+        cpu_state = gpu_state = _backend.topk_empty(units, k)
+        for n, h, w in shapes:
+            batch = rng.standard_normal((n, units, h, w), dtype=np.float32)
+            if kind == "ties":
+                batch = np.round(batch * 2) / 2
+                batch[batch == 0] = np.float32(-0.0)
+                batch[0, 0, 0, 0], batch[0, 1, 0, 0] = np.inf, -np.inf
+            cpu_state = _backend.topk_merge(cpu_state, batch, device="cpu")
+            gpu_state = _backend.topk_merge(gpu_state, batch, device="cuda")
+        other = _backend.topk_merge(_backend.topk_empty(units, k), batch + 0.25, device="cpu")
+        same = bitwise_equal(cpu_state, gpu_state) and bitwise_equal(
+            _backend.topk_merge_states(cpu_state, other, device="cpu"),
+            _backend.topk_merge_states(gpu_state, other, device="cuda"),
+        )
+        print(f"    {name:26s} U={units:<4d} k={k:<5d} {'bitwise equal' if same else 'DIFFERS'}")
+        if not same:
+            failures.append(name)
+    return Result("topk CUDA == CPU (bitwise)", not failures, ", ".join(failures))
+
+
+def bench_topk() -> Result:
+    """U=512, batches of 256 images x 7x7 (12,544 values per unit), k = 15,510 (the exact
+    99.5% quantile of 63,305 images x 49 values)."""
+    units, k = 512, 15_510
+    rng = np.random.default_rng(6)
+    batch = rng.standard_normal((256, units, 7, 7), dtype=np.float32)
+    state = _backend.topk_merge(_backend.topk_empty(units, k), batch, device="cpu")
+    batch = rng.standard_normal((256, units, 7, 7), dtype=np.float32)
+    t_cpu = _time(lambda: _backend.topk_merge(state, batch, device="cpu"), repeats=3, warmup=1)
+    t_gpu = _time(lambda: _backend.topk_merge(state, batch, device="cuda"), repeats=5, warmup=1)
+    same = bitwise_equal(
+        _backend.topk_merge(state, batch, device="cpu"),
+        _backend.topk_merge(state, batch, device="cuda"),
+    )
+    print(f"    topk_merge U={units}, k={k}, batch [256, {units}, 7, 7], median:")
+    print(
+        f"      CPU  ({_backend.info()['omp_max_threads']} OpenMP threads): {t_cpu * 1e3:8.1f} ms"
+    )
+    print(f"      CUDA (incl. host<->device copies):  {t_gpu * 1e3:8.1f} ms")
+    ok = same and t_gpu < 1.0
+    detail = "" if same else "results differ"
+    if t_gpu >= 1.0:
+        detail = f"CUDA took {t_gpu:.2f} s (target: well under 1 s)"
+    return Result(f"topk timing U=512 k=15510: CUDA {t_gpu * 1e3:.0f} ms", ok, detail)
+
+
+# The checks, in order. ADD NEW CHECKS HERE.
 CHECKS: list[Callable[[], Result]] = [
     check_info,
     check_unpool_equality,
     check_unpool_validation,
     bench_unpool,
+    check_tally_equality,
+    check_tally_validation,
+    check_topk_equality,
+    bench_topk,
+    bench_tally_broden,
 ]
 LARGE_CHECKS: list[Callable[[], Result]] = [check_unpool_large]
 

@@ -8,12 +8,14 @@ the module loaded and sees a GPU, else the CPU.
 
 Nothing else in the package imports the compiled modules: the rest of pyanalyzer calls the
 wrappers below, which take arrays in any float/int dtype and layout and hand the kernels
-C-contiguous float32/int64 copies only where needed.
+C-contiguous float32/int32/int64 copies only where needed (count arrays that the kernels add
+to in place are the exception: they must already be C-contiguous int64).
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
@@ -25,12 +27,15 @@ from pyanalyzer.errors import BackendUnavailableError
 __all__ = [
     "CoreImportError",
     "Device",
+    "TallyCounts",
     "info",
     "kernels",
+    "tally",
     "topk_empty",
     "topk_merge",
     "topk_merge_states",
     "unpool",
+    "upsample_bilinear",
 ]
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -198,30 +203,170 @@ def topk_empty(units: int, k: int) -> np.ndarray:
     return np.full((units, k), -np.inf, dtype=np.float32)
 
 
-def topk_merge(state: npt.ArrayLike, batch: npt.ArrayLike) -> np.ndarray:
-    """Merge a batch of activations into a top-k state (CPU).
+def topk_merge(state: npt.ArrayLike, batch: npt.ArrayLike, device: str = "auto") -> np.ndarray:
+    """Merge a batch of activations into a top-k state.
 
     Args:
         state: [U, k] float32, each row sorted descending and padded with -inf (start from
             :func:`topk_empty`).
         batch: [N, U, h, w] floats (cast to float32), no NaN.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :func:`kernels`); CPU and CUDA results
+            are bitwise equal.
 
     Returns:
         float32 [U, k]: per unit, the k largest of the state and of the batch's N*h*w values,
-        sorted descending, -inf padded while fewer than k were seen.
+        sorted descending, -inf padded while fewer than k were seen; zeros are stored as +0.0.
 
     Raises:
         ValueError: bad dtype, rank or shapes, NaN in the batch, or an invalid state.
+        BackendUnavailableError: ``device="cuda"`` without CUDA.
     """
-    return _core.topk_merge(
+    module = kernels(device)
+    return module.topk_merge(
         _as(state, np.float32, "f", "state"), _as(batch, np.float32, "fiub", "batch")
     )
 
 
-def topk_merge_states(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
-    """Merge two top-k states [U, k] (e.g. from two shards) into one (CPU).
+def topk_merge_states(a: npt.ArrayLike, b: npt.ArrayLike, device: str = "auto") -> np.ndarray:
+    """Merge two top-k states [U, k] (e.g. from two shards) into one.
 
     Raises:
         ValueError: bad dtype, rank or shapes, or an invalid state.
+        BackendUnavailableError: ``device="cuda"`` without CUDA.
     """
-    return _core.topk_merge_states(_as(a, np.float32, "f", "a"), _as(b, np.float32, "f", "b"))
+    module = kernels(device)
+    return module.topk_merge_states(_as(a, np.float32, "f", "a"), _as(b, np.float32, "f", "b"))
+
+
+def _as_int32(array: npt.ArrayLike, name: str) -> np.ndarray:
+    """An integer array as C-contiguous int32, refusing values that int32 cannot hold."""
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "iub":
+        raise ValueError(f"{name} must have an integer dtype, got {arr.dtype}")
+    if arr.dtype.kind != "b" and arr.dtype.itemsize >= 4 and arr.dtype != np.int32 and arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < np.iinfo(np.int32).min or hi > np.iinfo(np.int32).max:
+            raise ValueError(f"{name} holds values outside int32 ([{lo}, {hi}])")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+@dataclass
+class TallyCounts:
+    """The int64 counts that :func:`tally` adds to; batches and shards add up.
+
+    Attributes:
+        intersection: [U, C] fired pixels of unit u labelled with concept c (per label
+            channel; image-level labels add the unit's whole mask). Column 0 stays 0.
+        unit_area_cat: [U, G] fired pixels of unit u on images labelled in category g.
+        unit_area: [U] fired pixels of unit u.
+        concept_area: [C] pixels labelled c (image-level labels count S*S). Entry 0 stays 0.
+    """
+
+    intersection: np.ndarray
+    unit_area_cat: np.ndarray
+    unit_area: np.ndarray
+    concept_area: np.ndarray
+
+    @classmethod
+    def zeros(cls, units: int, concepts: int, categories: int) -> TallyCounts:
+        """All-zero counts for U units, C concept ids (0 included) and G categories."""
+        return cls(
+            np.zeros((units, concepts), np.int64),
+            np.zeros((units, categories), np.int64),
+            np.zeros(units, np.int64),
+            np.zeros(concepts, np.int64),
+        )
+
+    def add(self, other: TallyCounts) -> TallyCounts:
+        """Add another shard's counts to these, in place; returns self."""
+        self.intersection += other.intersection
+        self.unit_area_cat += other.unit_area_cat
+        self.unit_area += other.unit_area
+        self.concept_area += other.concept_area
+        return self
+
+
+def tally(
+    acts: npt.ArrayLike,
+    thresholds: npt.ArrayLike,
+    seg: npt.ArrayLike,
+    image_labels: npt.ArrayLike | None,
+    concept_category: npt.ArrayLike,
+    image_categories: npt.ArrayLike,
+    counts: TallyCounts,
+    device: str = "auto",
+) -> TallyCounts:
+    """Add one batch's network-dissection counts to ``counts`` (in place).
+
+    Bau et al., "Network Dissection: Quantifying Interpretability of Deep Visual
+    Representations" (CVPR 2017). Each map ``acts[n, u]`` is upsampled bilinearly to the
+    segmentation size (half-pixel centres, as torch's ``align_corners=False``; the exact float32
+    order is in ``csrc/include/pyanalyzer/tally.h``), thresholded (``> thresholds[u]``) to the
+    unit's mask M, and counted: ``unit_area[u] += |M|``; ``unit_area_cat[u, g] += |M|`` for each
+    category g of the image; ``intersection[u, c] += 1`` per pixel of M and label channel whose
+    concept is c != 0; ``intersection[u, c] += |M|`` per image label c != 0. ``concept_area``
+    counts each concept's pixels once per call, independently of the units.
+
+    Args:
+        acts: [N, U, h, w] floats (cast to float32), no NaN.
+        thresholds: [U] floats (cast to float32), no NaN.
+        seg: [N, K, S, S] ints (cast to int32) in [0, C), 0 = unlabelled; K may be 0.
+        image_labels: [N, L] ints (cast to int32) in [0, C), 0 = padding, or None (L = 0).
+        concept_category: [C] ints: the category index in [0, G) of each concept id (entry 0 is
+            unused). Only checked here: the caller uses it for the IoU denominators.
+        image_categories: [N, G] bools/ints: nonzero where image n is labelled in category g.
+        counts: the :class:`TallyCounts` to add to (C-contiguous int64, shapes [U, C], [U, G],
+            [U], [C]); start from :meth:`TallyCounts.zeros`.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :func:`kernels`). CUDA copies the whole
+            batch to the GPU: batch large N (a few hundred images per call).
+
+    Returns:
+        ``counts``, updated. CPU and CUDA counts are identical.
+
+    Raises:
+        ValueError: bad dtype, rank or shapes, NaN, an id out of range, or counts that are
+            not writeable C-contiguous int64 arrays.
+        BackendUnavailableError: ``device="cuda"`` without CUDA.
+    """
+    module = kernels(device)
+    acts_ = _as(acts, np.float32, "fiub", "acts")
+    if image_labels is None:
+        image_labels = np.zeros((acts_.shape[0] if acts_.ndim else 0, 0), np.int32)
+    cats = np.asarray(image_categories)
+    if cats.dtype.kind not in "iub":
+        raise ValueError(f"image_categories must have a bool or integer dtype, got {cats.dtype}")
+    if cats.dtype != np.uint8:
+        cats = cats != 0
+    module.tally(
+        acts_,
+        _as(thresholds, np.float32, "fiub", "thresholds"),
+        _as_int32(seg, "seg"),
+        _as_int32(image_labels, "image_labels"),
+        _as_int32(concept_category, "concept_category"),
+        np.ascontiguousarray(cats, dtype=np.uint8),
+        counts.intersection,
+        counts.unit_area_cat,
+        counts.unit_area,
+        counts.concept_area,
+    )
+    return counts
+
+
+def upsample_bilinear(
+    acts: npt.ArrayLike, size: int | tuple[int, int], device: str = "auto"
+) -> np.ndarray:
+    """The tally's bilinear upsampling alone (for tests and debugging).
+
+    Args:
+        acts: [N, U, h, w] floats (cast to float32).
+        size: (S_h, S_w) or one int S.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        float32 [N, U, S_h, S_w]: bitwise the values :func:`tally` thresholds; equal to
+        ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` up to float32
+        rounding.
+    """
+    module = kernels(device)
+    out_h, out_w = _pair(size, "size")
+    return module.upsample_bilinear(_as(acts, np.float32, "fiub", "acts"), out_h, out_w)

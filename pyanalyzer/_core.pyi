@@ -30,9 +30,37 @@ def topk_merge(
     state: npt.NDArray[np.float32], batch: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
     """Merge batch float32 [N, U, h, w] into state float32 [U, k] (rows descending, -inf
-    padded); returns the new [U, k] state. Raises ValueError on NaN or bad shapes."""
+    padded, zeros stored as +0.0); returns the new [U, k] state. Raises ValueError on NaN or
+    bad shapes."""
 
 def topk_merge_states(
     a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
     """Merge two top-k states float32 [U, k] into one."""
+
+def tally(
+    acts: npt.NDArray[np.float32],
+    thresholds: npt.NDArray[np.float32],
+    seg: npt.NDArray[np.int32],
+    image_labels: npt.NDArray[np.int32],
+    concept_category: npt.NDArray[np.int32],
+    image_categories: npt.NDArray[np.uint8],
+    intersection: npt.NDArray[np.int64],
+    unit_area_cat: npt.NDArray[np.int64],
+    unit_area: npt.NDArray[np.int64],
+    concept_area: npt.NDArray[np.int64],
+) -> None:
+    """Network-dissection tally of one batch, added in place to the int64 counts.
+
+    acts [N, U, h, w], thresholds [U], seg [N, K, S, S] (ids in [0, C), 0 = unlabelled),
+    image_labels [N, L], concept_category [C] (in [0, G); entry 0 unused), image_categories
+    [N, G] (nonzero = labelled); counts intersection [U, C], unit_area_cat [U, G], unit_area
+    [U], concept_area [C]. Contract and float order: csrc/include/pyanalyzer/tally.h. Raises
+    ValueError on a bad dtype, rank, layout or shape, read-only counts, NaN or an id out of
+    range.
+    """
+
+def upsample_bilinear(
+    acts: npt.NDArray[np.float32], out_h: int, out_w: int
+) -> npt.NDArray[np.float32]:
+    """The tally's bilinear upsampling alone: float32 [N, U, h, w] -> [N, U, out_h, out_w]."""

@@ -14,7 +14,10 @@
 
 #include "checks.h"
 #include "pyanalyzer/quantile.h"
+#include "pyanalyzer/tally.h"
 #include "pyanalyzer/unpool.h"
+#include "quantile_args.h"
+#include "tally_args.h"
 #include "unpool_args.h"
 
 namespace py = pybind11;
@@ -39,49 +42,12 @@ py::array_t<float> unpool_cpu(const py::array& values, const py::array& switches
   return out;
 }
 
-void require_state(const py::array& state, const char* func, const char* name) {
-  require_array<float>(state, func, name, 2, "[U, k]");
-  require_at_least(state.shape(1), 1, func, std::string(name) + " k (shape[1])");
-  int64_t bad = -1;
-  {
-    const auto* p = static_cast<const float*>(state.data());
-    const int64_t units = state.shape(0), k = state.shape(1);
-    py::gil_scoped_release release;
-    bad = find_invalid_state_row(p, units, k);
-  }
-  if (bad >= 0) {
-    throw py::value_error(std::string(func) + ": " + name + " row " + std::to_string(bad) +
-                          " is not a top-k state (NaN, or not sorted descending); start from " +
-                          "a state filled with -inf");
-  }
-}
-
 py::array_t<float> topk_merge_cpu(const py::array& state, const py::array& batch) {
-  constexpr const char* f = "topk_merge";
-  require_state(state, f, "state");
-  require_array<float>(batch, f, "batch", 4, "[N, U, h, w]");
-  if (batch.shape(1) != state.shape(0)) {
-    throw py::value_error(std::string(f) + ": batch [N, U, h, w] has U = " +
-                          std::to_string(batch.shape(1)) + " units but state [U, k] has U = " +
-                          std::to_string(state.shape(0)));
-  }
+  check_topk_merge_args(state, batch);
   const int64_t units = state.shape(0), k = state.shape(1), n = batch.shape(0),
                 hw = batch.shape(2) * batch.shape(3);
   const auto* st = static_cast<const float*>(state.data());
   const auto* b = static_cast<const float*>(batch.data());
-  int64_t nan_at = -1;
-  {
-    py::gil_scoped_release release;
-    nan_at = find_nan(b, n * units * hw);
-  }
-  if (nan_at >= 0) {
-    const int64_t w = batch.shape(3), h = batch.shape(2);
-    throw py::value_error(std::string(f) + ": batch contains NaN at [" +
-                          std::to_string(nan_at / (units * hw)) + ", " +
-                          std::to_string((nan_at / hw) % units) + ", " +
-                          std::to_string((nan_at / w) % h) + ", " + std::to_string(nan_at % w) +
-                          "]");
-  }
   py::array_t<float> out({static_cast<py::ssize_t>(units), static_cast<py::ssize_t>(k)});
   float* o = out.mutable_data();
   {
@@ -92,10 +58,7 @@ py::array_t<float> topk_merge_cpu(const py::array& state, const py::array& batch
 }
 
 py::array_t<float> topk_merge_states_cpu(const py::array& a, const py::array& b) {
-  constexpr const char* f = "topk_merge_states";
-  require_state(a, f, "a");
-  require_state(b, f, "b");
-  require_same_shape(a, "a", b, "b", f, "[U, k]");
+  check_topk_merge_states_args(a, b);
   const int64_t units = a.shape(0), k = a.shape(1);
   py::array_t<float> out({static_cast<py::ssize_t>(units), static_cast<py::ssize_t>(k)});
   const auto* pa = static_cast<const float*>(a.data());
@@ -104,6 +67,30 @@ py::array_t<float> topk_merge_states_cpu(const py::array& a, const py::array& b)
   {
     py::gil_scoped_release release;
     topk_merge_states(pa, pb, units, k, o);
+  }
+  return out;
+}
+
+void tally_cpu(const py::array& acts, const py::array& thresholds, const py::array& seg,
+               const py::array& image_labels, const py::array& concept_category,
+               const py::array& image_categories, py::array intersection,
+               py::array unit_area_cat, py::array unit_area, py::array concept_area) {
+  const TallyArgs args =
+      check_tally_args(acts, thresholds, seg, image_labels, concept_category, image_categories,
+                       intersection, unit_area_cat, unit_area, concept_area);
+  py::gil_scoped_release release;
+  tally(args.inputs, args.shape, args.counts);
+}
+
+py::array_t<float> upsample_bilinear_cpu(const py::array& acts, int64_t out_h, int64_t out_w) {
+  const auto out_shape = check_upsample_args(acts, out_h, out_w);
+  py::array_t<float> out(out_shape);
+  const auto* a = static_cast<const float*>(acts.data());
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    upsample_bilinear(a, acts.shape(0) * acts.shape(1), acts.shape(2), acts.shape(3), out_h,
+                      out_w, o);
   }
   return out;
 }
@@ -157,9 +144,44 @@ Args:
     batch: float32 [N, U, h, w], no NaN.
 
 Returns:
-    float32 [U, k]: per unit, the k largest of the state and the batch, descending.
+    float32 [U, k]: per unit, the k largest of the state and the batch, descending
+    (zeros stored as +0.0).
 )doc");
 
   m.def("topk_merge_states", &topk_merge_states_cpu, py::arg("a"), py::arg("b"),
         R"doc(Merge two top-k states of the same shape [U, k] into one.)doc");
+
+  m.def("tally", &tally_cpu, py::arg("acts"), py::arg("thresholds"), py::arg("seg"),
+        py::arg("image_labels"), py::arg("concept_category"), py::arg("image_categories"),
+        py::arg("intersection"), py::arg("unit_area_cat"), py::arg("unit_area"),
+        py::arg("concept_area"),
+        R"doc(Network-dissection tally of one batch, added in place to the int64 counts.
+
+Each map acts[n, u] is upsampled bilinearly to S x S (half-pixel centres, as torch's
+align_corners=False), thresholded (> thresholds[u]) and counted against seg and the image
+labels; see csrc/include/pyanalyzer/tally.h for the contract and the float evaluation order.
+
+Args:
+    acts: float32 [N, U, h, w], no NaN.
+    thresholds: float32 [U], no NaN.
+    seg: int32 [N, K, S, S] concept ids in [0, C), 0 = unlabelled (K may be 0).
+    image_labels: int32 [N, L] image-level concept ids in [0, C), 0 = padding (L may be 0).
+    concept_category: int32 [C] category index in [0, G) of each concept (entry 0 unused).
+    image_categories: uint8 [N, G], nonzero where image n is labelled in category g.
+    intersection: int64 [U, C], accumulated in place.
+    unit_area_cat: int64 [U, G], accumulated in place.
+    unit_area: int64 [U], accumulated in place.
+    concept_area: int64 [C], accumulated in place (once per call, not per unit).
+
+Raises:
+    ValueError: wrong dtype, rank, layout or shape; read-only counts; NaN; an id out of range.
+)doc");
+
+  m.def("upsample_bilinear", &upsample_bilinear_cpu, py::arg("acts"), py::arg("out_h"),
+        py::arg("out_w"),
+        R"doc(The tally's bilinear upsampling alone: float32 [N, U, h, w] -> [N, U, out_h, out_w].
+
+Bitwise what tally thresholds (see csrc/include/pyanalyzer/tally.h); within float rounding of
+torch.nn.functional.interpolate(mode="bilinear", align_corners=False).
+)doc");
 }

@@ -9,7 +9,11 @@
 #include <string>
 
 #include "checks.h"
+#include "pyanalyzer/quantile.h"
+#include "pyanalyzer/tally.h"
 #include "pyanalyzer/unpool.h"
+#include "quantile_args.h"
+#include "tally_args.h"
 #include "unpool_args.h"
 
 namespace py = pybind11;
@@ -45,6 +49,65 @@ py::array_t<float> unpool_cuda(const py::array& values, const py::array& switche
   return out;
 }
 
+py::array_t<float> topk_merge_cuda(const py::array& state, const py::array& batch, int device) {
+  check_topk_merge_args(state, batch);
+  require_device(device, "topk_merge");
+  const int64_t units = state.shape(0), k = state.shape(1), n = batch.shape(0),
+                hw = batch.shape(2) * batch.shape(3);
+  const auto* st = static_cast<const float*>(state.data());
+  const auto* b = static_cast<const float*>(batch.data());
+  py::array_t<float> out({static_cast<py::ssize_t>(units), static_cast<py::ssize_t>(k)});
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cuda::topk_merge(st, b, units, k, n, hw, o, device);
+  }
+  return out;
+}
+
+py::array_t<float> topk_merge_states_cuda(const py::array& a, const py::array& b, int device) {
+  check_topk_merge_states_args(a, b);
+  require_device(device, "topk_merge_states");
+  const int64_t units = a.shape(0), k = a.shape(1);
+  py::array_t<float> out({static_cast<py::ssize_t>(units), static_cast<py::ssize_t>(k)});
+  const auto* pa = static_cast<const float*>(a.data());
+  const auto* pb = static_cast<const float*>(b.data());
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cuda::topk_merge_states(pa, pb, units, k, o, device);
+  }
+  return out;
+}
+
+void tally_cuda(const py::array& acts, const py::array& thresholds, const py::array& seg,
+                const py::array& image_labels, const py::array& concept_category,
+                const py::array& image_categories, py::array intersection,
+                py::array unit_area_cat, py::array unit_area, py::array concept_area,
+                int device) {
+  const TallyArgs args =
+      check_tally_args(acts, thresholds, seg, image_labels, concept_category, image_categories,
+                       intersection, unit_area_cat, unit_area, concept_area);
+  require_device(device, "tally");
+  py::gil_scoped_release release;
+  cuda::tally(args.inputs, args.shape, args.counts, device);
+}
+
+py::array_t<float> upsample_bilinear_cuda(const py::array& acts, int64_t out_h, int64_t out_w,
+                                          int device) {
+  const auto out_shape = check_upsample_args(acts, out_h, out_w);
+  require_device(device, "upsample_bilinear");
+  py::array_t<float> out(out_shape);
+  const auto* a = static_cast<const float*>(acts.data());
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cuda::upsample_bilinear(a, acts.shape(0) * acts.shape(1), acts.shape(2), acts.shape(3),
+                            out_h, out_w, o, device);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core_cuda, m) {
@@ -64,4 +127,27 @@ PYBIND11_MODULE(_core_cuda, m) {
 Host arrays in and out (copied to the device and back). Switches are checked on the host
 before the kernel runs, exactly as on the CPU; the result is bitwise equal to the CPU's.
 )doc");
+
+  m.def("topk_merge", &topk_merge_cuda, py::arg("state"), py::arg("batch"), py::arg("device") = 0,
+        R"doc(Same contract as pyanalyzer._core.topk_merge on CUDA device `device` (host arrays in
+and out, CUB segmented sort); bitwise equal to the CPU's.)doc");
+
+  m.def("topk_merge_states", &topk_merge_states_cuda, py::arg("a"), py::arg("b"),
+        py::arg("device") = 0,
+        R"doc(Same contract as pyanalyzer._core.topk_merge_states on CUDA device `device`.)doc");
+
+  m.def("tally", &tally_cuda, py::arg("acts"), py::arg("thresholds"), py::arg("seg"),
+        py::arg("image_labels"), py::arg("concept_category"), py::arg("image_categories"),
+        py::arg("intersection"), py::arg("unit_area_cat"), py::arg("unit_area"),
+        py::arg("concept_area"), py::arg("device") = 0,
+        R"doc(Same contract as pyanalyzer._core.tally on CUDA device `device`.
+
+Host arrays in; the batch's counts are computed on the device and added to the host count
+arrays in place. Inputs are checked on the host exactly as on the CPU; counts equal the CPU's.
+Batch large N (all inputs of one call are copied to the device at once).
+)doc");
+
+  m.def("upsample_bilinear", &upsample_bilinear_cuda, py::arg("acts"), py::arg("out_h"),
+        py::arg("out_w"), py::arg("device") = 0,
+        R"doc(pyanalyzer._core.upsample_bilinear on CUDA device `device`; bitwise equal.)doc");
 }

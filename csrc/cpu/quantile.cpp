@@ -13,15 +13,16 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Writes the k largest of two descending runs a[0..na) and b[0..nb) into out, descending,
-// padded with -inf.
+// padded with -inf. Adding +0.0f turns -0.0f into +0.0f and leaves every other value as it is:
+// the contract stores zeros as +0.0f.
 void merge_descending(const float* a, int64_t na, const float* b, int64_t nb, int64_t k,
                       float* out) {
   int64_t i = 0, j = 0, o = 0;
   while (o < k && (i < na || j < nb)) {
     if (j >= nb || (i < na && a[i] >= b[j])) {
-      out[o++] = a[i++];
+      out[o++] = a[i++] + 0.0f;
     } else {
-      out[o++] = b[j++];
+      out[o++] = b[j++] + 0.0f;
     }
   }
   std::fill(out + o, out + k, kNegInf);

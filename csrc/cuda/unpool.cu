@@ -6,6 +6,8 @@
 // scatter: the two are bitwise equal.
 #include "pyanalyzer/unpool.h"
 
+#include "common.cuh"
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -18,46 +20,9 @@ namespace pyanalyzer {
 namespace cuda {
 namespace {
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    throw std::runtime_error(std::string("CUDA error in ") + what + ": " +
-                             cudaGetErrorString(status));
-  }
-}
-
-// Selects a device for the lifetime of the guard and restores the previous one afterwards, so
-// callers (torch, other libraries) keep their current device.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-};
-
-// Device allocation freed on scope exit, also when a later CUDA call throws.
-template <typename T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(int64_t count) {
-    if (count > 0) {
-      check(cudaMalloc(reinterpret_cast<void**>(&ptr_), sizeof(T) * count), "cudaMalloc");
-    }
-  }
-  ~DeviceBuffer() { cudaFree(ptr_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  T* get() const { return ptr_; }
-
- private:
-  T* ptr_ = nullptr;
-};
+using detail::check;
+using detail::DeviceBuffer;
+using detail::DeviceGuard;
 
 // Index is int32_t when every flat index fits (integer division is much cheaper), else int64_t.
 template <typename Index>

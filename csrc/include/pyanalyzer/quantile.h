@@ -3,7 +3,9 @@
 // A state [U, k] float32 holds, per unit, the k largest values seen so far, sorted descending
 // and padded with -inf while fewer than k have been seen. Merging a batch or another state
 // keeps the k largest of the union, so batches and shards combine exactly in any order (the
-// result is a multiset; equal values are indistinguishable). The q-th upper quantile of a unit
+// result is a multiset; equal values are indistinguishable). Zeros are stored as +0.0f (a -0.0f
+// input is kept as +0.0f), so that a state, a descending row of canonical floats, has exactly one
+// bit pattern: the CPU and CUDA results are bitwise equal. The q-th upper quantile of a unit
 // over T values is then read off its state when k >= ceil((1 - q) * T).
 #pragma once
 
@@ -26,5 +28,18 @@ void topk_merge(const float* state, const float* batch, int64_t units, int64_t k
 
 // out[u] = the k largest of a[u] and b[u], sorted descending. a, b, out [units, k].
 void topk_merge_states(const float* a, const float* b, int64_t units, int64_t k, float* out);
+
+namespace cuda {
+
+// Same contracts on device `device` with HOST pointers (inputs validated by the caller): the
+// state row and the unit's batch values form one segment per unit, sorted descending by CUB's
+// segmented radix sort; the first k are kept. Bitwise equal to the CPU. Throws
+// std::runtime_error on any CUDA error.
+void topk_merge(const float* state, const float* batch, int64_t units, int64_t k, int64_t n,
+                int64_t hw, float* out, int device);
+void topk_merge_states(const float* a, const float* b, int64_t units, int64_t k, float* out,
+                       int device);
+
+}  // namespace cuda
 
 }  // namespace pyanalyzer
