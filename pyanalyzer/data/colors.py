@@ -10,14 +10,14 @@ pyanalyzer does not ship that table. It uses a simple, documented rule instead:
 
     **nearest prototype in CIELab.** Each pixel (sRGB, D65) is converted to CIELab and given
     the name of the nearest of :data:`PROTOTYPES` (Euclidean distance, i.e. CIE76 ΔE).
-    Each name has one to four hand-picked prototypes (a dark, a mid and a light variant where
+    Each name has two to eight hand-picked prototypes (a dark, a mid and a light variant where
     the term covers a wide range of lightness, e.g. navy and sky blue are both "blue").
 
 The rule is deterministic, needs only numpy, and names pure and typical colours as people do
-(red (255, 0, 0), navy (0, 0, 128), olive-brown (128, 96, 48)...); on the RGB cube it agrees
-with van de Weijer's argmax for roughly three quarters of the colours, the disagreements lying
-on the borders between neighbouring terms (grey/white, brown/orange/red...), where people
-disagree too.
+(red (255, 0, 0), navy (0, 0, 128), olive (128, 128, 0) as brown...). On a uniform 32x32x32
+grid of the RGB cube it agrees with van de Weijer's argmax for 73 % of the colours; the
+disagreements lie on the borders between neighbouring terms (purple/blue, blue/grey,
+yellow/brown...), where people disagree too.
 
 Names are numbered 1..11 in the order of :data:`COLOR_NAMES` (alphabetical, as
 :data:`pyanalyzer.data.synthetic.COLORS`); 0 is never produced.
@@ -48,17 +48,23 @@ COLOR_NAMES: tuple[str, ...] = (
 
 PROTOTYPES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "black": ((0, 0, 0), (35, 35, 35)),
-    "blue": ((0, 0, 255), (30, 70, 200), (0, 0, 128), (100, 150, 230)),
-    "brown": ((130, 80, 40), (90, 55, 30), (160, 115, 70), (128, 96, 48)),
-    "green": ((0, 160, 0), (45, 140, 60), (0, 90, 20), (140, 210, 100)),
+    "blue": (
+        (0, 0, 255), (30, 70, 200), (0, 0, 128), (100, 150, 230),
+        (70, 100, 170), (50, 70, 130), (150, 180, 230), (0, 128, 140),
+    ),
+    "brown": ((130, 80, 40), (90, 55, 30), (160, 115, 70), (128, 96, 48), (150, 130, 60)),
+    "green": (
+        (0, 160, 0), (45, 140, 60), (0, 90, 20), (140, 210, 100),
+        (90, 140, 70), (80, 110, 50), (170, 210, 140),
+    ),
     "grey": ((128, 128, 128), (90, 90, 90), (170, 170, 170)),
     "orange": ((255, 140, 0), (235, 125, 40), (255, 170, 70)),
     "pink": ((255, 170, 200), (230, 110, 170), (255, 105, 180)),
-    "purple": ((128, 0, 128), (130, 60, 170), (80, 30, 120), (170, 110, 210)),
+    "purple": ((128, 0, 128), (130, 60, 170), (80, 30, 120), (170, 110, 210), (90, 50, 160)),
     "red": ((255, 0, 0), (200, 30, 30), (140, 15, 20)),
     "white": ((255, 255, 255), (225, 225, 225)),
     "yellow": ((255, 230, 0), (240, 220, 80), (250, 245, 150)),
-}
+}  # fmt: skip
 """sRGB prototypes of each name (hand-picked; see the module docstring)."""
 
 # D65 reference white of CIELab.
