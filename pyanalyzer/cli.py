@@ -225,6 +225,178 @@ def _doctor_report() -> dict[str, Any]:
     return rep
 
 
+# ---- dissection ---------------------------------------------------------------------------
+
+
+def default_concept_dataset(
+    store_path: str | None, n_images: int, size: int, seed: int, progress: bool
+):
+    """The synthetic Broden-format dataset used when no --dataset is given (made once)."""
+    from pathlib import Path
+
+    from pyanalyzer.data.broden import BrodenDataset, synth_dataset
+    from pyanalyzer.store import Store
+
+    folder = (
+        Path(Store(store_path).path).parent / "concepts" / f"synth-n{n_images}-s{size}-seed{seed}"
+    )
+    if not (folder / "index.csv").is_file():
+        click.echo(f"making the synthetic concept dataset {folder} ...", err=True)
+        synth_dataset(
+            folder, n_images=n_images, size=size, seed=seed, progress=progress, overwrite=True
+        )
+    return BrodenDataset(folder)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option(
+    "--dataset",
+    type=click.Path(),
+    help="A Broden-format dataset folder (default: synthetic concepts made on the fly).",
+)
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    required=True,
+    metavar="NAME",
+    help="Layer to dissect (alias or ONNX name); repeatable.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder for the CSV, JSON and HTML reports.",
+)
+@click.option(
+    "--quantile",
+    type=float,
+    default=0.005,
+    show_default=True,
+    help="Top fraction of each unit's activations that counts as firing.",
+)
+@click.option(
+    "--iou-threshold",
+    type=float,
+    default=0.04,
+    show_default=True,
+    help="A unit is a detector when its best IoU exceeds this.",
+)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option(
+    "--top-k", type=int, default=10, show_default=True, help="Strongest images kept per unit."
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the IoU tally runs.",
+)
+@click.option(
+    "--net2vec",
+    "net2vec",
+    multiple=True,
+    metavar="CONCEPT",
+    help="Learn a Net2Vec filter combination for this concept (name or number); repeatable.",
+)
+@click.option(
+    "--n-images",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Images of the default synthetic dataset.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the default synthetic dataset."
+)
+@click.option(
+    "--checkpoint-every",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds between resumable checkpoints in the store (0: every batch).",
+)
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@preprocessing_options
+@store_option
+def dissect(
+    model: str,
+    dataset: str | None,
+    layers: tuple[str, ...],
+    out_dir: str,
+    quantile: float,
+    iou_threshold: float,
+    batch_size: int,
+    top_k: int,
+    device: str,
+    net2vec: tuple[str, ...],
+    n_images: int,
+    seed: int,
+    checkpoint_every: float,
+    no_progress: bool,
+    store_path: str | None,
+    **kw: Any,
+) -> None:
+    """Network dissection: align every unit of the chosen layers with concepts by IoU.
+
+    Bau et al., "Network Dissection", CVPR 2017 (Net2Vec: Fong & Vedaldi, CVPR 2018). Writes
+    per layer a tally CSV with NetDissect's columns, an HTML page ("X/Y units covering Z
+    concepts with IoU >= t", detectors per category, each unit's top images with its mask),
+    and summary.json. Results go to the store: the same command answers from it, and a killed
+    run started again resumes from its last checkpoint.
+    """  # fmt: skip
+    from pyanalyzer.data.broden import BrodenDataset
+    from pyanalyzer.errors import UserInputError
+    from pyanalyzer.methods.dissection import Dissection, unit_image_provider
+    from pyanalyzer.report.dissection import write_dissection_report
+    from pyanalyzer.store import Store
+
+    progress = not no_progress
+    if quantile <= 0 or quantile >= 1:
+        raise UserInputError(f"--quantile must be in (0, 1), got {quantile}")
+    m = open_model(model, kw, check_parity=False)
+    for name in layers:
+        m.spatial_layer(name)
+    if dataset is not None:
+        ds = BrodenDataset(dataset)
+    else:
+        if n_images < 1:
+            raise UserInputError(f"--n-images must be at least 1, got {n_images}")
+        size = max(32, min(256, max(m.preprocessing.input_size)))
+        ds = default_concept_dataset(store_path, n_images, size, seed, progress)
+    store = Store(store_path)
+    method = Dissection(
+        m, ds, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size,
+        top_k=top_k, device=device, store=store, checkpoint_every=checkpoint_every,
+        net2vec=net2vec, progress=progress,
+    )  # fmt: skip
+    results = method.run(layers)
+    providers = {r.alias: unit_image_provider(m, ds, r) for r in results}
+    extra = {
+        "model_file": str(m.path), "model_sha256": m.sha256, "dataset": str(ds.root),
+        "dataset_digest": ds.digest, "preprocessing": m.preprocessing.to_dict(),
+        "parameters": method.params(layers), "from_store": method.from_store,
+        "timings": method.timings,
+    }  # fmt: skip
+    paths = write_dissection_report(out_dir, results, lambda alias: providers[alias], extra)
+    for r in results:
+        s = r.summary()
+        click.echo(
+            f"{r.alias}: {s['detectors']}/{s['units']} units covering {s['unique_concepts']} "
+            f"concepts with IoU >= {r.iou_threshold:g}"
+        )
+        for item in r.extra.get("net2vec", []):
+            click.echo(
+                f"  net2vec {item['name']}: set IoU {item['set_iou']:.3f} "
+                f"(best single unit {item['best_unit']}: {item['best_unit_iou']:.3f})"
+            )
+    source = "answered from the store" if method.from_store else "computed"
+    click.echo(f"{source}; reports in {out_dir} ({len(paths)} files)")
+
+
 # ---- cache ---------------------------------------------------------------------------------
 
 
@@ -313,6 +485,15 @@ def cache_rm(
                 store.remove(e.key)
                 removed += 1
     click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {store.path}")
+
+
+def _attach_subcommands() -> None:
+    from pyanalyzer.cli_concepts import concepts
+
+    cli.add_command(concepts)
+
+
+_attach_subcommands()
 
 
 # ---- entry point ---------------------------------------------------------------------------

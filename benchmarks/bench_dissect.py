@@ -1,0 +1,109 @@
+"""Network dissection speed and memory, contenders side by side in one process.
+
+1. The tally and the thresholds: ``benchmarks/bench_tally.py`` (C++ tally against a
+   NetDissect-Lite-style numpy tally, target >= 30x; exact top-k thresholds against a
+   streaming sketch), run here with the same arguments.
+2. End to end: dissection wall time against a bare onnxruntime forward pass over the same
+   images and layer (both read and preprocess every image; the dataset's decoded-label cache
+   is prepared first, as it is for every model after the first). Target: <= 1.3x.
+3. Peak memory of the dissection (Python and numpy allocations, tracemalloc) for two dataset
+   sizes: bounded, activations are spilled to a memory-mapped file, never all held.
+
+    python benchmarks/bench_dissect.py [--images 1000] [--layer relu6] [--skip-tally]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+import pyanalyzer as pa
+from pyanalyzer.data.broden import BrodenDataset, synth_dataset
+from pyanalyzer.methods.dissection import Dissection
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bare_forward(model, ds, layer: str, batch: int) -> float:
+    t0 = time.perf_counter()
+    for _ in model.forward.iter_layers(ds, [layer], batch_size=batch, progress=False):
+        pass
+    return time.perf_counter() - t0
+
+
+def dissection(model, ds, layer: str, batch: int) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    (r,) = Dissection(model, ds, batch_size=batch, progress=False).run([layer])
+    return time.perf_counter() - t0, r
+
+
+def peak_memory(model, ds, layer: str, batch: int) -> float:
+    tracemalloc.start()
+    Dissection(model, ds, batch_size=batch, progress=False).run([layer])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "models" / "default.onnx"))
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--layer", default="relu6")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-tally", action="store_true", help="skip section 1")
+    args = ap.parse_args()
+
+    if not args.skip_tally:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import bench_tally
+
+        print("== 1. tally and thresholds (bench_tally.py) ==")
+        sys.argv = [sys.argv[0]]
+        bench_tally.main()
+        print()
+
+    model = pa.load_model(args.model, check_parity=False)
+    layer = model.spatial_layer(args.layer)
+    with tempfile.TemporaryDirectory() as d:
+        print(f"== 2. end to end: {Path(args.model).name} {layer.alias} "
+              f"({layer.channels}x{layer.height}x{layer.width}), {args.images} synthetic images ==")  # fmt: skip
+        ds = BrodenDataset(
+            synth_dataset(Path(d) / "ds", n_images=args.images, size=max(model.preprocessing.input_size), progress=False),
+            cache_dir=Path(d) / "cache",
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        ds.prepare_cache(progress=False)
+        print(f"decoded-label cache prepared once: {time.perf_counter() - t0:.2f} s")
+        bare, dis = [], []
+        for _ in range(args.repeat):  # interleaved, best of each: the machine is shared
+            bare.append(bare_forward(model, ds, layer.name, args.batch))
+            t, r = dissection(model, ds, layer.name, args.batch)
+            dis.append(t)
+        b, t = min(bare), min(dis)
+        print(f"bare onnxruntime forward : {b:7.3f} s")
+        print(f"dissection               : {t:7.3f} s   ({r.summary()['detectors']} detectors)")
+        print(f"ratio dissection/forward : {t / b:7.2f}x   (target <= 1.3x)")
+        print()
+        print("== 3. peak memory of the dissection (tracemalloc) ==")
+        for n in (args.images // 4, args.images):
+            sub = BrodenDataset(
+                synth_dataset(Path(d) / f"m{n}", n_images=n, size=max(model.preprocessing.input_size), progress=False),
+                cache_dir=Path(d) / "cache",
+            )  # fmt: skip
+            sub.prepare_cache(progress=False)
+            mb = peak_memory(model, sub, layer.name, args.batch)
+            acts = n * layer.channels * layer.height * layer.width * 4 / 2**20
+            print(f"{n:6d} images: peak {mb:7.1f} MiB   (all activations would be {acts:7.1f} MiB)")
+    _ = np  # numpy is imported for the benchmarks that extend this script
+
+
+if __name__ == "__main__":
+    main()

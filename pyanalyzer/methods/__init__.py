@@ -1,0 +1,2 @@
+"""The analysis methods: one module (or package) a method, each an object built on a model
+that ``run``s."""
