@@ -361,7 +361,9 @@ def dissect(
     for name in layers:
         m.spatial_layer(name)
     if dataset is not None:
-        ds = BrodenDataset(dataset)
+        from pathlib import Path
+
+        ds = BrodenDataset(dataset, cache_dir=Path(Store(store_path).path).parent / "concepts")
     else:
         if n_images < 1:
             raise UserInputError(f"--n-images must be at least 1, got {n_images}")

@@ -1,9 +1,10 @@
-"""Shared fixtures: tiny ONNX models made by the tests (tests/onnx_factory.py)."""
+"""Shared test set-up: tests/ on sys.path (for onnx_factory), a private store, the default model."""
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,17 +14,10 @@ REPO = TESTS.parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-# Keep every test away from the user's real store.
-os.environ.setdefault(
-    "PYANALYZER_STORE",
-    str(Path(os.environ.get("TMPDIR", "/tmp")) / "pyanalyzer-test-store-unused.h5"),
+# Keep every test away from the user's real store (and its concept-label cache).
+os.environ["PYANALYZER_STORE"] = str(
+    Path(tempfile.mkdtemp(prefix="pyanalyzer-tests-")) / "store.h5"
 )
-
-
-@pytest.fixture(scope="session")
-def zoo(tmp_path_factory) -> Path:
-    """A folder with the factory's small models, built once per session."""
-    return tmp_path_factory.mktemp("zoo")
 
 
 @pytest.fixture(scope="session")

@@ -276,3 +276,22 @@ def test_default_model_learned_detectors_vs_random_weights(default_model, tmp_pa
         )
         counts[name] = sum(int(r.detectors.sum()) for r in results)
     assert counts["trained"] >= 3 * max(counts["random"], 1), counts
+
+
+def test_unreadable_image_mid_run_leaves_nothing_half_written(
+    capsys, default_model, synth, tmp_path
+):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(synth.root, bad)
+    victim = sorted((bad / "images").rglob("*.png"))
+    victim = [p for p in victim if "_" not in p.stem][50]  # an image, not a label PNG
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    store = tmp_path / "store.h5"
+    code, _, err = run_cli(capsys, "dissect", str(default_model), "--dataset", str(bad), "--layer",
+                           "relu6", "--out", str(tmp_path / "o"), "--store", str(store),
+                           "--batch-size", "16", "--checkpoint-every", "0", "--no-progress")  # fmt: skip
+    assert code == 2 and victim.name in err and err.count("\n") == 1, err
+    assert Store(store).entries() == []
+    assert not list((tmp_path / "spill").glob("*")) and not (tmp_path / "o").exists()

@@ -206,9 +206,26 @@ class Dissection:
                 self.from_store = True
                 return [self._from_entry(entry, i.alias) for i in infos]
 
+        # Decode (or find cached) every label map first: a defective PNG is reported before
+        # anything is written.
+        self.dataset.prepare_cache(progress=self.progress)
+        states = [_LayerState(i.name, i.alias, (i.channels, i.height, i.width)) for i in infos]
+        try:
+            results = self._compute(key, params, states)
+        except UserInputError:
+            # Bad input (an unreadable image, NaN activations): leave nothing half-written.
+            for st in states:
+                self._drop_spill(key, st)
+            if key is not None and key.partial() in self.store:
+                self.store.remove(key.partial())
+            raise
+        for st in states:
+            self._drop_spill(key, st)
+        return results
+
+    def _compute(self, key, params, states: list[_LayerState]) -> list[LayerDissection]:
         t0 = time.perf_counter()
         n = len(self.dataset)
-        states = [_LayerState(i.name, i.alias, (i.channels, i.height, i.width)) for i in infos]
         phase, start = 1, 0
         resumed = self._resume(key, states) if key is not None else None
         if resumed is not None:
@@ -237,8 +254,6 @@ class Dissection:
             self.timings["net2vec"] = time.perf_counter() - t2
         if key is not None:
             self._save(key, params, results)
-        for st in states:
-            self._drop_spill(key, st)
         return results
 
     def _open_spill(self, key, st: _LayerState, n: int, fresh: bool) -> np.memmap:
@@ -302,7 +317,6 @@ class Dissection:
         batches = range(start, n, self.batch_size)
         # Unused label numbers (category -1) never occur in the labels: any category will do.
         concept_cat = np.ascontiguousarray(np.maximum(ds.concept_category, 0), dtype=np.int32)
-        ds.prepare_cache(progress=self.progress)
         with progress_bar(len(batches), label="dissect: tally", enabled=self.progress) as bar:
             for s in batches:
                 idx = np.arange(s, min(n, s + self.batch_size))
