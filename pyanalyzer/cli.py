@@ -174,21 +174,28 @@ def _doctor_report() -> dict[str, Any]:
     import platform
 
     rep: dict[str, Any] = {"pyanalyzer": __version__, "python": platform.python_version()}
-    for mod in (
-        "numpy",
-        "onnx",
-        "onnxruntime",
-        "onnx2torch",
-        "torch",
-        "torchvision",
-        "h5py",
-        "click",
-        "PIL",
-    ):
+    from importlib.metadata import PackageNotFoundError, version
+
+    # (import name, distribution name): onnx2torch has no __version__, Pillow imports as PIL.
+    for mod, dist in (
+        ("numpy", "numpy"), ("onnx", "onnx"), ("onnxruntime", None), ("onnx2torch", "onnx2torch"),
+        ("torch", "torch"), ("torchvision", "torchvision"), ("h5py", "h5py"),
+        ("click", "click"), ("PIL", "Pillow"),
+    ):  # fmt: skip
+        name = dist or mod
         try:
-            rep[mod if mod != "PIL" else "Pillow"] = getattr(__import__(mod), "__version__", "?")
+            module = __import__(mod)
         except Exception as exc:  # a broken install is what doctor is for
-            rep[mod] = f"NOT AVAILABLE ({type(exc).__name__}: {exc})"
+            rep[name] = f"NOT AVAILABLE ({type(exc).__name__}: {exc})"
+            continue
+        try:
+            rep[name] = version(dist) if dist else module.__version__
+        except PackageNotFoundError:
+            rep[name] = getattr(module, "__version__", "?")
+    try:
+        rep["onnxruntime build"] = f"onnxruntime-gpu {version('onnxruntime-gpu')}"
+    except PackageNotFoundError:
+        rep["onnxruntime build"] = "onnxruntime (CPU build)"
     try:
         import onnxruntime as ort
 

@@ -44,7 +44,7 @@ def _probe_model(path):
         [helper.make_tensor_value_info("relu", TensorProto.FLOAT, ["N", 2, 32, 32])],
         initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
     )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     helper.set_model_props(m, {"pyanalyzer.preprocessing": json.dumps({"preset": "raw"})})
     onnx.save(m, path)
     return path

@@ -115,7 +115,7 @@ def _with_unsupported_op(tmp_path):
         initializer=[w],
     )  # fmt: skip
     path = tmp_path / "shrink.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
     return path
 
 
