@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pyanalyzer._checks import check_int as _check_int
 from pyanalyzer.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -1401,14 +1402,6 @@ label.csv     number,name,category,frequency,coverage,syns (category: 'name(imag
 category.csv  name,first,last,count,frequency.
 c_<cat>.csv   code,number,name,frequency,coverage: a dense code per category.
 """
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise UserInputError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise UserInputError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _broden_name(category: str, name: str) -> str:

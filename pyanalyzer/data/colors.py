@@ -27,23 +27,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from pyanalyzer.data.synthetic import COLORS
 from pyanalyzer.errors import UserInputError
 
 __all__ = ["COLOR_NAMES", "PROTOTYPES", "name_colors", "rgb_to_lab"]
 
-COLOR_NAMES: tuple[str, ...] = (
-    "black",
-    "blue",
-    "brown",
-    "green",
-    "grey",
-    "orange",
-    "pink",
-    "purple",
-    "red",
-    "white",
-    "yellow",
-)
+COLOR_NAMES: tuple[str, ...] = COLORS
 """The eleven basic colour terms of Broden, alphabetical (label ``k`` = ``COLOR_NAMES[k - 1]``)."""
 
 PROTOTYPES: dict[str, tuple[tuple[int, int, int], ...]] = {

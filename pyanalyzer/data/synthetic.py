@@ -40,10 +40,10 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from pyanalyzer._checks import check_int as _check_int
 from pyanalyzer.errors import UserInputError
 
 __all__ = [
@@ -530,14 +530,6 @@ def _pick_object(
     cy, cx = rng.uniform(margin, size - margin, 2)
     angle = rng.uniform(0, 2 * np.pi)
     return SceneObject(shape, color, secondary, texture, (float(cy), float(cx)), float(r), angle)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise UserInputError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise UserInputError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def render(index: int, seed: int = 0, size: int = 64) -> Scene:
