@@ -80,6 +80,9 @@ class GradientEngine:
                 producer[out] = (node.name, k)
         self._producer = producer
         self.input_name = input_name
+        self.onnx_nodes: dict[str, onnx.NodeProto] = {node.name: node for node in m.graph.node}
+        """The ONNX node behind each submodule (``n<index>``), for graph-walking methods."""
+        self.initializers = {init.name for init in m.graph.initializer}
 
         missing = unsupported_ops(m)
         if missing:
