@@ -406,6 +406,180 @@ def dissect(
     click.echo(f"{source}; reports in {out_dir} ({len(paths)} files)")
 
 
+# ---- deconvnet ----------------------------------------------------------------------------
+
+
+def _files_digest(paths) -> str:
+    """Identity of an image set for the store key: names, sizes and modification times."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--layer", required=True, metavar="NAME", help="Layer (alias or ONNX name).")
+@click.option(
+    "--unit", "units", required=True, metavar="N|A-B|all", help="Unit(s): 5, 0-7, 1,4,9 or all."
+)
+@click.option("--image", type=click.Path(), help="Project the unit(s) on this image.")
+@click.option(
+    "--images", type=click.Path(), help="Scan this folder for each unit's top-k images and patches."
+)
+@click.option(
+    "--method",
+    type=click.Choice(["deconv", "guided", "saliency"]),
+    default="deconv",
+    show_default=True,
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["max", "map", "topk"]),
+    default="max",
+    show_default=True,
+    help="With --image: project the strongest activation, the whole map, or the top-k.",
+)
+@click.option(
+    "--top-k",
+    type=int,
+    default=9,
+    show_default=True,
+    help="Top activations per unit (one per image).",
+)
+@click.option(
+    "--n-images",
+    type=int,
+    default=200,
+    show_default=True,
+    help="Synthetic scenes scanned when neither --image nor --images is given.",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the PNGs."
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the unpooling kernel runs.",
+)
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@preprocessing_options
+@store_option
+def deconv(
+    model: str,
+    layer: str,
+    units: str,
+    image: str | None,
+    images: str | None,
+    method: str,
+    mode: str,
+    top_k: int,
+    n_images: int,
+    out_dir: str,
+    device: str,
+    no_progress: bool,
+    store_path: str | None,
+    **kw: Any,
+) -> None:
+    """Project units back to pixels: DeconvNet, guided backprop or saliency.
+
+    Zeiler & Fergus 2014 (deconv), Springenberg et al. 2015 (guided), Simonyan et al. 2013
+    (saliency). With --image, writes the image beside each unit's projection. Otherwise scans
+    --images (or synthetic scenes) for each unit's --top-k strongest activations, one per
+    image, and writes a montage per unit of the receptive-field patches beside their
+    projections, plus one per layer. Results are cached in the store.
+    """  # fmt: skip
+    import numpy as np
+
+    from pyanalyzer.data.images import ArraySource, ImageFiles, ImageFolder
+    from pyanalyzer.errors import UserInputError
+    from pyanalyzer.methods.deconvnet import Deconvolution, parse_units, top_patch_projections
+    from pyanalyzer.report.montage import grid, save_png, upscale
+    from pyanalyzer.store import Key, Store
+
+    if image and images:
+        raise UserInputError("give --image or --images, not both")
+    if top_k < 1:
+        raise UserInputError(f"--top-k must be at least 1, got {top_k}")
+    m = open_model(model, kw, check_parity=False)
+    info = m.spatial_layer(layer)
+    chosen = parse_units(units, info.channels)
+    Deconvolution(m, method, device)  # fails now: no gradients, unknown method, no CUDA
+    spec = m.preprocessing
+    store = Store(store_path)
+    params: dict[str, Any] = {"layer": info.name, "units": chosen, "method": method,
+                              "preprocessing": spec.to_dict()}  # fmt: skip
+    out = os.path.abspath(out_dir)
+    written: list[str] = []
+    if image:
+        source = ImageFiles([image])
+        pixels = source.pixels(0, spec)  # unreadable image: one line, nothing written
+        params.update(image=_files_digest([image]), mode=mode, k=top_k)
+        key = Key.make(m.sha256, "deconv/image", params)
+        entry = store.get(key)
+        if entry is None:
+            walker = Deconvolution(m, method, device)
+            x = spec.normalize(pixels[None])
+            views = np.stack(
+                [walker.run(x, info.name, u, mode=mode, k=top_k).images()[0] for u in chosen]
+            )
+            store.put(key, {"projections": views}, params=params, model_file=m.path.name,
+                      preprocessing=spec.to_dict())  # fmt: skip
+        else:
+            views = entry["projections"]
+        rgb = pixels if pixels.shape[-1] == 3 else np.repeat(pixels, 3, axis=-1)
+        tiles = [upscale(rgb)]
+        for u, v in zip(chosen, views, strict=True):
+            pair = grid([upscale(rgb), upscale(v)], cols=2, labels=["image", f"unit {u} {method}"])
+            written.append(
+                str(save_png(os.path.join(out, f"{info.alias}_unit{u:04d}_{method}.png"), pair))
+            )
+            tiles.append(upscale(v))
+        labels = ["image"] + [f"unit {u}" for u in chosen]
+        written.append(str(save_png(os.path.join(out, f"{info.alias}_{method}.png"),
+                                    grid(tiles, cols=min(len(tiles), 8), labels=labels))))  # fmt: skip
+    else:
+        from pyanalyzer.methods.patches import TopPatches
+
+        if images:
+            source = ImageFolder(images)
+            params["images"] = _files_digest(source.paths)
+        else:
+            from pyanalyzer.data import synthetic
+
+            if n_images < 1:
+                raise UserInputError(f"--n-images must be at least 1, got {n_images}")
+            size = max(32, min(256, max(spec.input_size)))
+            arr = np.stack([s.image for s in synthetic.generate(n_images, seed=0, size=size)])
+            source = ArraySource(arr)
+            params["images"] = f"synthetic n={n_images} size={size} seed=0"
+        params["k"] = top_k
+        key = Key.make(m.sha256, "deconv/patches", params)
+        result = TopPatches(m, info.name, k=top_k, progress=not no_progress).run(source)
+        entry = store.get(key)
+        if entry is None:
+            projections = top_patch_projections(
+                m, result, source, chosen, method=method, device=device
+            )
+            arrays = {f"unit{u:04d}": np.stack(v) if v else np.zeros((0, 1, 1, 3), np.uint8)
+                      for u, v in projections.items()}  # fmt: skip
+            arrays.update(values=result.values, images=result.images, positions=result.positions)
+            store.put(
+                key, arrays, params=params, model_file=m.path.name, preprocessing=spec.to_dict()
+            )
+        else:
+            projections = {u: list(entry[f"unit{u:04d}"]) for u in chosen}
+        written = [str(p) for p in result.save(out, source, chosen, projections=projections)]
+    click.echo(
+        f"{info.alias}: {len(chosen)} unit(s), {method}; wrote {len(written)} PNG(s) to {out_dir}"
+    )
+
+
 # ---- cache ---------------------------------------------------------------------------------
 
 

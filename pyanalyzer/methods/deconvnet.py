@@ -278,6 +278,15 @@ class Deconvolution:
                 f"{self.method} cannot invert op {op} (ONNX node {onnx_node.name or n.target}); "
                 "saliency (the plain gradient) can"
             )
+        if isinstance(module, torch.nn.Conv2d) and isinstance(sig, torch.Tensor) and len(ins) == 1:
+            # Transposed convolution with the same filters, without re-running the forward.
+            x = args[0]
+            return [
+                torch.nn.grad.conv2d_input(
+                    x.shape, module.weight, sig, module.stride, module.padding,
+                    module.dilation, module.groups,
+                )
+            ]  # fmt: skip
         # The transpose of a linear op (and the gradient of any op) is its VJP at the input.
         leaves = []
         call = []
@@ -386,4 +395,68 @@ def project(
     return Deconvolution(model, method, device).run(x, layer, unit, mode=mode, k=k)
 
 
-__all__: Sequence[str] = ("METHODS", "MODES", "Deconvolution", "Projection", "project")
+
+
+def top_patch_projections(
+    model, patches, source, units: Sequence[int], *, method: str = "deconv",
+    device: str = "auto", batch_size: int = 16,
+) -> dict[int, list[np.ndarray]]:  # fmt: skip
+    """Project each unit's top activations (Zeiler & Fergus, Fig. 2).
+
+    Args:
+        patches: a :class:`~pyanalyzer.methods.patches.TopPatchesResult` of ``source``.
+        units: the units to project.
+
+    Returns:
+        ``{unit: [uint8 [H, W, 3] at the model's input size, one per top image]}``, each the
+        projection of the unit's strongest activation in that image (``Projection.images``);
+        :meth:`TopPatchesResult.montage` cuts them at the patch's box.
+    """
+    spec = model.preprocessing
+    walker = Deconvolution(model, method, device)
+    out: dict[int, list[np.ndarray]] = {}
+    for u in units:
+        ids = [int(i) for i in patches.images[u] if i >= 0]
+        imgs: list[np.ndarray] = []
+        for s in range(0, len(ids), batch_size):
+            chunk = ids[s : s + batch_size]
+            x = spec.normalize(np.stack([source.pixels(i, spec) for i in chunk]))
+            imgs.extend(walker.run(x, patches.layer.name, u, mode="max").images())
+        out[u] = imgs
+    return out
+
+
+def parse_units(spec: str, channels: int) -> list[int]:
+    """``"5"``, ``"0-7"``, ``"1,4,9"`` or ``"all"`` to a sorted list of units in range.
+
+    Raises:
+        UserInputError: malformed, or a unit outside ``0..channels-1``.
+    """
+    text = str(spec).strip().lower()
+    if text == "all":
+        return list(range(channels))
+    units: set[int] = set()
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if lo > hi:
+                    raise ValueError
+                units.update(range(lo, hi + 1))
+            else:
+                units.add(int(part))
+    except ValueError:
+        raise UserInputError(f"units {spec!r}: expected N, A-B, a comma list or 'all'") from None
+    bad = sorted(u for u in units if not 0 <= u < channels)
+    if bad:
+        raise UserInputError(
+            f"unit {bad[0]} is out of range: the layer has units 0..{channels - 1}"
+        )
+    return sorted(units)
+
+
+__all__: Sequence[str] = (
+    "METHODS", "MODES", "Deconvolution", "Projection", "parse_units", "project",
+    "top_patch_projections",
+)  # fmt: skip

@@ -1,0 +1,105 @@
+"""A DeconvNet projection: pyanalyzer's graph walk against its autograd-based equivalent.
+
+The walker (pyanalyzer.methods.deconvnet) runs the torch twin forward once with every value
+recorded, then walks the ONNX graph backwards with the unpooling kernel at max-pools. The
+autograd contender is the same torch twin with ReLUs whose backward rectifies the signal
+(Zeiler & Fergus's rule) and torch's own max-pool backward. Both give the same pixels; this
+prints both times and the ratio, on an AlexNet-shaped network (227x227, overlapping 3x3/2
+pools, random weights, exported to ONNX here).
+
+    python benchmarks/bench_deconv.py [--batch 8] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import pyanalyzer as pa
+from pyanalyzer.methods.deconvnet import Deconvolution
+
+
+def alexnet() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 96, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, 1, 1), nn.ReLU(),
+        nn.Conv2d(384, 384, 3, 1, 1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(3, 2),
+    ).eval()  # fmt: skip
+
+
+class _DeconvReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.clamp_min(0)
+
+
+class _R(nn.Module):
+    def forward(self, x):
+        return _DeconvReLU.apply(x)
+
+
+def autograd_projection(model, x: np.ndarray, tensor: str, unit: int) -> np.ndarray:
+    gm = copy.deepcopy(model.gradient.module)
+    for name, mod in list(gm.named_children()):
+        if isinstance(mod, nn.ReLU):
+            setattr(gm, name, _R())
+    node, _ = model.gradient._producer[tensor]
+    got = {}
+    h = gm.get_submodule(node).register_forward_hook(lambda m, i, o: got.__setitem__("a", o))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    gm(xt)
+    h.remove()
+    flat = got["a"][:, unit].reshape(len(x), -1)
+    sel = torch.zeros_like(flat).scatter_(1, flat.argmax(1, keepdim=True), 1.0)
+    (flat * (flat * sel).detach()).sum().backward()
+    return xt.grad.numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "alexnet.onnx"
+        torch.onnx.export(alexnet(), torch.zeros(1, 3, 227, 227), path, dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "N"}})  # fmt: skip
+        model = pa.load_model(path, check_parity=False)
+        layer = [x for x in model.layers if x.op == "Relu"][-1]
+        x = np.random.default_rng(0).normal(size=(args.batch, 3, 227, 227)).astype(np.float32)
+        walker = Deconvolution(model, "deconv", device="cpu")
+        ours, theirs = [], []
+        for _ in range(args.repeat + 1):  # interleaved; the first round warms up
+            t0 = time.perf_counter()
+            a = walker.run(x, layer.name, 7).pixels
+            ours.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            b = autograd_projection(model, x, layer.name, 7)
+            theirs.append(time.perf_counter() - t0)
+        o, t = statistics.median(ours[1:]), statistics.median(theirs[1:])
+        err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)
+        print(f"AlexNet-shaped, {layer.alias} unit 7, batch {args.batch}, median of {args.repeat}:")
+        print(f"  pyanalyzer walk (unpool kernel) : {o * 1e3:8.1f} ms")
+        print(f"  autograd with deconv ReLUs      : {t * 1e3:8.1f} ms")
+        print(f"  ratio autograd / walk           : {t / o:8.2f}x   (max rel diff {err:.1e})")
+
+
+if __name__ == "__main__":
+    main()
