@@ -35,10 +35,13 @@ py::array_t<float> unpool_cpu(const py::array& values, const py::array& switches
   const auto* v = static_cast<const float*>(values.data());
   const auto* s = static_cast<const int64_t*>(switches.data());
   float* o = out.mutable_data();
+  int64_t bad = -1;
   {
+    // One pass: each switch is checked against its pool window right before its scatter.
     py::gil_scoped_release release;
-    unpool(v, s, args.shape, args.geometry, o);
+    bad = unpool(v, s, args.shape, args.geometry, o);
   }
+  if (bad >= 0) raise_invalid_switch(bad, switches, args);
   return out;
 }
 

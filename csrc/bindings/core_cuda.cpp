@@ -38,6 +38,7 @@ py::array_t<float> unpool_cuda(const py::array& values, const py::array& switche
   const UnpoolArgs args =
       check_unpool_args(values, switches, out_h, out_w, kernel, stride, padding, dilation);
   require_device(device, "unpool");
+  validate_switches(switches, args);  // the gather needs valid switches; checked on the host
   py::array_t<float> out(args.out_shape);
   const auto* v = static_cast<const float*>(values.data());
   const auto* s = static_cast<const int64_t*>(switches.data());

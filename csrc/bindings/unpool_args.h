@@ -19,8 +19,9 @@ struct UnpoolArgs {
   std::array<py::ssize_t, 4> out_shape;  // [N, C, H, W]
 };
 
-// Checks dtypes, ranks, contiguity, shapes and geometry, then that every switch lies in
-// [0, H*W) and inside its own pool window (the GIL is released for that pass).
+// Checks dtypes, ranks, contiguity, shapes and geometry. The switches themselves are checked
+// by the kernel pass (CPU: pyanalyzer::unpool) or by validate_switches (CUDA), and a bad one is
+// reported by raise_invalid_switch.
 inline UnpoolArgs check_unpool_args(const py::array& values, const py::array& switches,
                                     int64_t out_h, int64_t out_w, const Pair& kernel,
                                     const Pair& stride, const Pair& padding,
@@ -44,36 +45,50 @@ inline UnpoolArgs check_unpool_args(const py::array& values, const py::array& sw
   args.out_shape = {values.shape(0), values.shape(1), static_cast<py::ssize_t>(out_h),
                     static_cast<py::ssize_t>(out_w)};
 
+  return args;
+}
+
+// Throws the ValueError for the bad switch at flat index `bad` (as find_invalid_switch and
+// unpool report it): out of range, or in range but outside its pool window.
+[[noreturn]] inline void raise_invalid_switch(int64_t bad, const py::array& switches,
+                                              const UnpoolArgs& args) {
+  constexpr const char* f = "unpool";
+  const int64_t out_h = args.shape.out_h, out_w = args.shape.out_w;
+  const PoolGeometry& g = args.geometry;
+  const int64_t ho = args.shape.pooled_h, wo = args.shape.pooled_w;
+  const int64_t c_dim = switches.shape(1);
+  const int64_t ow = bad % wo, oh = (bad / wo) % ho, c = (bad / (wo * ho)) % c_dim,
+                n = bad / (wo * ho * c_dim);
+  const int64_t s = static_cast<const int64_t*>(switches.data())[bad];
+  const std::string where = "switches[" + std::to_string(n) + ", " + std::to_string(c) + ", " +
+                            std::to_string(oh) + ", " + std::to_string(ow) + "] = " +
+                            std::to_string(s);
+  if (s < 0 || s >= out_h * out_w) {
+    throw py::value_error(std::string(f) + ": " + where + " is out of range for an output " +
+                          "plane of " + std::to_string(out_h) + "x" + std::to_string(out_w) +
+                          " (valid: 0 <= switch < " + std::to_string(out_h * out_w) + ")");
+  }
+  throw py::value_error(
+      std::string(f) + ": " + where + " (row " + std::to_string(s / out_w) + ", column " +
+      std::to_string(s % out_w) + ") is not inside the window of its pool output for " +
+      "kernel (" + std::to_string(g.kernel_h) + ", " + std::to_string(g.kernel_w) +
+      "), stride (" + std::to_string(g.stride_h) + ", " + std::to_string(g.stride_w) +
+      "), padding (" + std::to_string(g.pad_h) + ", " + std::to_string(g.pad_w) +
+      "), dilation (" + std::to_string(g.dilation_h) + ", " + std::to_string(g.dilation_w) +
+      "); switches must come from a max-pool with this geometry and output size");
+}
+
+// Checks that every switch lies in [0, H*W) and inside its own pool window, with the GIL
+// released; throws raise_invalid_switch's ValueError for the first bad one. For kernels that
+// need valid switches before they run (CUDA); the CPU kernel checks in its own pass.
+inline void validate_switches(const py::array& switches, const UnpoolArgs& args) {
   const auto* sw = static_cast<const int64_t*>(switches.data());
   int64_t bad = -1;
   {
     py::gil_scoped_release release;
     bad = find_invalid_switch(sw, args.shape, args.geometry);
   }
-  if (bad >= 0) {
-    const int64_t ho = args.shape.pooled_h, wo = args.shape.pooled_w;
-    const int64_t c_dim = values.shape(1);
-    const int64_t ow = bad % wo, oh = (bad / wo) % ho, c = (bad / (wo * ho)) % c_dim,
-                  n = bad / (wo * ho * c_dim);
-    const int64_t s = sw[bad];
-    const std::string where = "switches[" + std::to_string(n) + ", " + std::to_string(c) + ", " +
-                              std::to_string(oh) + ", " + std::to_string(ow) + "] = " +
-                              std::to_string(s);
-    if (s < 0 || s >= out_h * out_w) {
-      throw py::value_error(std::string(f) + ": " + where + " is out of range for an output " +
-                            "plane of " + std::to_string(out_h) + "x" + std::to_string(out_w) +
-                            " (valid: 0 <= switch < " + std::to_string(out_h * out_w) + ")");
-    }
-    throw py::value_error(
-        std::string(f) + ": " + where + " (row " + std::to_string(s / out_w) + ", column " +
-        std::to_string(s % out_w) + ") is not inside the window of its pool output for " +
-        "kernel (" + std::to_string(kernel[0]) + ", " + std::to_string(kernel[1]) + "), stride (" +
-        std::to_string(stride[0]) + ", " + std::to_string(stride[1]) + "), padding (" +
-        std::to_string(padding[0]) + ", " + std::to_string(padding[1]) + "), dilation (" +
-        std::to_string(dilation[0]) + ", " + std::to_string(dilation[1]) +
-        "); switches must come from a max-pool with this geometry and output size");
-  }
-  return args;
+  if (bad >= 0) raise_invalid_switch(bad, switches, args);
 }
 
 }  // namespace pyanalyzer::bindings

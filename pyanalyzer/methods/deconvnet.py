@@ -395,8 +395,6 @@ def project(
     return Deconvolution(model, method, device).run(x, layer, unit, mode=mode, k=k)
 
 
-
-
 def top_patch_projections(
     model, patches, source, units: Sequence[int], *, method: str = "deconv",
     device: str = "auto", batch_size: int = 16,

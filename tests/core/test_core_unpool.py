@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import zlib
+
 import numpy as np
 import pytest
 
@@ -231,3 +234,126 @@ def test_switch_between_dilated_taps():
     between = np.full((1, 1, 1, 1), 1 * 5 + 1, dtype=np.int64)
     with pytest.raises(ValueError, match="not inside the window"):
         _backend.unpool(values, between, 5, 3, 1, 0, 2, device="cpu")
+
+
+# --- the fused check: every switch is checked in the scatter pass, against a brute force ---------
+
+
+def _window_ok(s: int, oh: int, ow: int, h: int, w: int, geometry: tuple) -> bool:
+    """Whether flat position s lies on a tap of pool output (oh, ow)'s window, in Python ints
+    (exact for any geometry, however large)."""
+    kernel, stride, padding, dilation = geometry
+    if not 0 <= s < h * w:
+        return False
+    for pos, o, k, st, p, d in zip(
+        divmod(s, w), (oh, ow), kernel, stride, padding, dilation, strict=True
+    ):
+        offset = pos - (o * st - p)
+        if offset < 0 or offset % d or offset // d >= k:
+            return False
+    return True
+
+
+def reference_unpool(values, switches, h, w, geometry):
+    """(flat index of the first bad switch or None, np.add.at scatter): an independent
+    reference that sums shared switches in row-major order of the pool outputs, as the
+    kernel's contract says."""
+    n, c, ho, wo = switches.shape
+    for flat, s in enumerate(switches.ravel().tolist()):
+        oh, ow = divmod(flat % (ho * wo), wo)
+        if not _window_ok(s, oh, ow, h, w, geometry):
+            return flat, None
+    out = np.zeros((n * c, h * w), dtype=np.float32)
+    planes = np.repeat(np.arange(n * c), ho * wo)
+    np.add.at(out, (planes, switches.ravel()), values.ravel())
+    return None, out.reshape(n, c, h, w)
+
+
+def _where(flat: int, shape: tuple) -> str:
+    return "switches[" + ", ".join(str(i) for i in np.unravel_index(flat, shape)) + "]"
+
+
+# (name, input H, W, kernel, stride, padding, dilation, ceil_mode)
+FUZZ_GEOMETRIES = GEOMETRIES + [
+    ("1x3/1x2 one-row windows", 6, 9, (1, 3), (1, 2), (0, 1), (1, 1), False),
+    ("4x4/3 pad2 ceil", 10, 11, (4, 4), (3, 3), (2, 2), (1, 1), True),
+    ("5x5/1 pad2 (clipped rows)", 6, 7, (5, 5), (1, 1), (2, 2), (1, 1), False),
+    ("3x3/2 dil(3,2) pad1", 14, 12, (3, 3), (2, 2), (1, 1), (3, 2), False),
+    ("global 7x6", 7, 6, (7, 6), (7, 6), (0, 0), (1, 1), False),
+]
+
+
+@pytest.mark.parametrize("geometry", FUZZ_GEOMETRIES, ids=[g[0] for g in FUZZ_GEOMETRIES])
+def test_switch_check_matches_brute_force(geometry, device):
+    """Torch's switches, then one of them nudged by a row, a column, a tap, or anywhere: the
+    kernel must report exactly the first switch the brute force rejects, and otherwise equal
+    the brute-force scatter bit for bit (nudges that stay inside the window are valid)."""
+    _, h, w, kernel, stride, padding, dilation, _ = geometry
+    geom = (kernel, stride, padding, dilation)
+    rng = np.random.default_rng(zlib.crc32(geometry[0].encode()))
+    x = rng.integers(0, 3, size=(2, 3, h, w)).astype(np.float32)
+    _, base, _ = torch_reference(x, None, geometry)
+    values = rng.standard_normal(base.shape, dtype=np.float32)
+    nudges = [1, -1, w, -w, dilation[1], -dilation[1], dilation[0] * w, h * w, -(2**62)]
+    outcomes = set()
+    for trial in range(40):
+        switches = base.copy()
+        for _ in range(1 + trial % 3):  # one to three nudged switches, anywhere
+            flat = int(rng.integers(switches.size))
+            nudge = nudges[trial % len(nudges)] if trial < 30 else int(rng.integers(-h * w, h * w))
+            switches.flat[flat] += nudge
+        bad, expected = reference_unpool(values, switches, h, w, geom)
+        if bad is None:
+            outcomes.add("valid")
+            got = _backend.unpool(values, switches, (h, w), *geom, device=device)
+            np.testing.assert_array_equal(got, expected)
+        else:
+            outcomes.add("invalid")
+            pattern = re.escape(f"{_where(bad, switches.shape)} = {switches.flat[bad]}")
+            with pytest.raises(ValueError, match=pattern):
+                _backend.unpool(values, switches, (h, w), *geom, device=device)
+    assert outcomes == {"valid", "invalid"}
+
+
+def test_first_bad_switch_is_reported_whatever_the_threads():
+    """Bad switches in the first and the last plane (different OpenMP threads): the smallest
+    flat index is reported, not whichever thread finished first."""
+    values = np.ones((4, 8, 2, 2), dtype=np.float32)
+    switches = np.tile(np.array([[0, 2], [8, 10]], dtype=np.int64), (4, 8, 1, 1))
+    switches[3, 7, 1, 1] = 0  # last plane: outside its window
+    switches[0, 1, 0, 1] = 99  # plane 1: out of range
+    for _ in range(20):
+        with pytest.raises(ValueError, match=r"switches\[0, 1, 0, 1\] = 99 is out of range"):
+            _backend.unpool(values, switches, 4, 2, device="cpu")
+
+
+@pytest.mark.parametrize("s", [np.iinfo(np.int64).min, np.iinfo(np.int64).max, -(2**32), 2**32])
+def test_extreme_switch_values(s):
+    values, switches = _good()
+    switches[0, 0, 1, 1] = s
+    with pytest.raises(ValueError, match=rf"switches\[0, 0, 1, 1\] = {s} is out of range"):
+        _backend.unpool(values, switches, 4, 2, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("geometry", "switch"),
+    [
+        (((1, 1 << 62), (1, 1), (0, 0), (1, 1)), 3),  # one window covers each row
+        (((2, 2), (1 << 62, 1 << 62), (0, 0), (1, 1)), 5),  # only the first window fits
+        (((3, 3), (1, 1), (1 << 62, 1 << 62), (1, 1)), 5),  # windows far outside: no tap in
+        (((3, 3), (1, 1), (0, 0), (1 << 62, 1 << 62)), 0),  # only the first tap fits
+        (((3, 3), (1, 1), (0, 0), (1 << 62, 1 << 62)), 1),
+    ],
+)
+def test_huge_geometry_does_not_overflow(geometry, switch):
+    """Geometry near 2**62 must neither overflow nor wrap into a false acceptance: the
+    brute force (Python ints) decides."""
+    values = np.ones((1, 1, 1, 1), dtype=np.float32)
+    switches = np.full((1, 1, 1, 1), switch, dtype=np.int64)
+    bad, expected = reference_unpool(values, switches, 4, 4, geometry)
+    if bad is None:
+        got = _backend.unpool(values, switches, 4, *geometry, device="cpu")
+        np.testing.assert_array_equal(got, expected)
+    else:
+        with pytest.raises(ValueError, match="not inside the window"):
+            _backend.unpool(values, switches, 4, *geometry, device="cpu")

@@ -14,8 +14,10 @@
 // the pool outputs, starting from +0.0f, on CPU and CUDA alike, so the two are bitwise equal.
 //
 // Switches must lie inside their own pool window (as any matching max-pool produces them):
-// the CUDA kernel is a gather that only looks at the windows covering a pixel.
-// `find_invalid_switch` checks this on the host before either kernel runs.
+// the CUDA kernel is a gather that only looks at the windows covering a pixel. The CPU
+// `unpool` checks every switch in the same pass as its scatter; the CUDA binding runs
+// `find_invalid_switch` (the same check, no scatter) on the host before copying anything.
+// Both report the smallest flat index of a bad switch, whatever the thread count.
 #pragma once
 
 #include <cstdint>
@@ -39,15 +41,19 @@ struct UnpoolShape {
 };
 
 // Flat index (into values/switches) of the first switch that is out of [0, H*W) or outside
-// the window of its pool output, or -1 when all are valid. OpenMP-parallel; the smallest bad
-// index is returned, so the answer does not depend on the thread count.
+// the window of its pool output (the window's taps clipped to the plane), or -1 when all are
+// valid. OpenMP-parallel; the smallest bad index is returned, so the answer does not depend
+// on the thread count.
 int64_t find_invalid_switch(const int64_t* switches, const UnpoolShape& shape,
                             const PoolGeometry& geometry);
 
-// CPU reference: out (N*C*H*W floats) is overwritten. OpenMP over (n, c) planes; each plane is
-// a scatter in row-major order of the pool outputs. Switches must have been validated.
-void unpool(const float* values, const int64_t* switches, const UnpoolShape& shape,
-            const PoolGeometry& geometry, float* out);
+// CPU reference: out (N*C*H*W floats) is overwritten. OpenMP over (n, c) planes (static
+// schedule); each plane is zeroed, then each switch is checked as find_invalid_switch does and
+// its value scattered, in row-major order of the pool outputs. Returns what
+// find_invalid_switch would return: -1 on success; otherwise the smallest flat index of a bad
+// switch, and the contents of `out` are unspecified (nothing is ever written outside it).
+int64_t unpool(const float* values, const int64_t* switches, const UnpoolShape& shape,
+               const PoolGeometry& geometry, float* out);
 
 namespace cuda {
 
@@ -60,7 +66,8 @@ std::string device_name(int index);
 
 // Same contract as pyanalyzer::unpool, on device `device`, with HOST pointers: copies the
 // inputs to the device, runs the gather kernel (one thread per output pixel, no atomics) and
-// copies the result back into `out`. Throws std::runtime_error on any CUDA error.
+// copies the result back into `out`. Switches must have been validated by
+// find_invalid_switch. Throws std::runtime_error on any CUDA error.
 void unpool(const float* values, const int64_t* switches, const UnpoolShape& shape,
             const PoolGeometry& geometry, float* out, int device);
 
