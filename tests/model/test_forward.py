@@ -60,3 +60,17 @@ def test_bad_images(model, tmp_path):
                 pa.ArraySource(np.zeros((1, 32, 32, 3), np.uint8)), ["relu1"], batch_size=0
             )
         )
+
+
+def test_cuda_provider_first_when_onnxruntime_gpu_is_installed(monkeypatch):
+    import onnxruntime as ort
+
+    from pyanalyzer.model.forward import default_providers
+
+    monkeypatch.setattr(
+        ort, "get_available_providers",
+        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )  # fmt: skip
+    assert default_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert default_providers() == ["CPUExecutionProvider"]
