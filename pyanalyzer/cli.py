@@ -580,6 +580,122 @@ def deconv(
     )
 
 
+# ---- activation maximization ---------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option(
+    "--layer", metavar="NAME", help="Layer (alias or ONNX name); optional for --objective class."
+)
+@click.option(
+    "--units",
+    default="all",
+    show_default=True,
+    metavar="N|A-B|all",
+    help="Units (classes for --objective class).",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["channel", "neuron", "class", "direction"]),
+    default="channel",
+    show_default=True,
+)
+@click.option(
+    "--direction",
+    "direction_file",
+    type=click.Path(),
+    help="For --objective direction: a .npy vector over the layer's channels.",
+)
+@click.option(
+    "--param",
+    type=click.Choice(["fft", "pixel"]),
+    default="fft",
+    show_default=True,
+    help="Image parametrization.",
+)
+@click.option(
+    "--regularizers",
+    default="lucid",
+    show_default=True,
+    help="lucid (transforms only), yosinski1..yosinski4 (pixel only), none.",
+)
+@click.option("--steps", type=int, default=256, show_default=True)
+@click.option("--size", type=int, help="Image size (default: the model's input size).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--reference",
+    type=click.Path(),
+    help="Image folder: also report each unit's activation relative to its maximum there.",
+)
+@click.option(
+    "--one-by-one", is_flag=True, help="Optimise units one after another instead of in one batch."
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the PNGs."
+)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@preprocessing_options
+@store_option
+def actmax(
+    model: str,
+    layer: str | None,
+    units: str,
+    objective: str,
+    direction_file: str | None,
+    param: str,
+    regularizers: str,
+    steps: int,
+    size: int | None,
+    seed: int,
+    reference: str | None,
+    one_by_one: bool,
+    out_dir: str,
+    no_progress: bool,
+    store_path: str | None,
+    **kw: Any,
+) -> None:
+    """Activation maximization: the input each unit, channel or class prefers.
+
+    Erhan et al. 2009, Simonyan et al. 2013, Yosinski et al. 2015, Olah et al. 2017 (lucid).
+    All requested units are optimised together, one image per unit. Writes a PNG per unit and
+    a montage per layer; results are cached in the store.
+    """  # fmt: skip
+    import numpy as np
+
+    from pyanalyzer.data.images import ImageFolder
+    from pyanalyzer.methods.actmax import ActivationMaximization, ActmaxResult
+    from pyanalyzer.store import Key, Store
+
+    m = open_model(model, kw, check_parity=False)
+    method = ActivationMaximization(
+        m, objective=objective, param=param, regularizers=regularizers, steps=steps, size=size,
+        seed=seed, batch=not one_by_one, progress=not no_progress,
+    )  # fmt: skip
+    source = ImageFolder(reference) if reference else None
+    params = method.params(layer, units)
+    if source is not None:
+        params["reference"] = _files_digest(source.paths)
+    store = Store(store_path)
+    key = Key.make(m.sha256, "actmax", params)
+    entry = store.get(key)
+    if entry is not None:
+        result = ActmaxResult.from_arrays(entry)
+    else:
+        result = method.run(layer, units, reference=source)
+        store.put(key, result.to_arrays(), params=params, model_file=m.path.name,
+                  preprocessing=m.preprocessing.to_dict())  # fmt: skip
+    files = result.save(out_dir)
+    rel = result.relative
+    click.echo(
+        f"{result.alias}: {len(result.units)} unit(s), {objective}; mean activation reached "
+        f"{float(result.reached.mean()):.3g} (start image {float(result.start.mean()):.3g}"
+        + (f", {float(np.nanmean(rel)):.2f}x the reference maximum" if rel is not None else "")
+        + f"); {len(files)} PNG(s) in {out_dir}"
+        + (" (from the store)" if entry is not None else "")
+    )
+
+
 # ---- cache ---------------------------------------------------------------------------------
 
 

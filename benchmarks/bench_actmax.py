@@ -1,0 +1,82 @@
+"""Activation maximization of a whole layer: one batch for all units against one unit at a time.
+
+Renders every channel of one layer of the default model (relu5: 64 channels, 16x16, at the
+model's 64 px input) for the same number of steps, first all units in one batch (what
+``run_actmax`` does by default), then one optimisation per unit (``batch=False``), and prints
+both times, their ratio (target: batched >= 8x faster) and the mean activation each reached
+(they should be similar: every unit draws its noise and transforms from its own generator, so
+the two runs differ only by float rounding of batched kernels).
+
+    python benchmarks/bench_actmax.py                        # 64 units, 128 steps
+    python benchmarks/bench_actmax.py --units 8 --steps 16   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pyanalyzer as pa
+from pyanalyzer.methods.actmax import run_actmax
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "models" / "default.onnx"))
+    ap.add_argument("--layer", default="relu5")
+    ap.add_argument("--units", type=int, default=64, help="the first N units of the layer")
+    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--param", default="fft", choices=["fft", "pixel"])
+    ap.add_argument("--regularizers", default="lucid")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target", type=float, default=8.0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(max(1, args.threads))
+    model = pa.load_model(args.model, check_parity=False)
+    info = model.spatial_layer(args.layer)
+    units = list(range(min(args.units, info.channels)))
+    kw = dict(
+        steps=args.steps, param=args.param, regularizers=args.regularizers, seed=args.seed,
+        progress=False,
+    )  # fmt: skip
+    print(
+        f"{model.path.name} {info.alias} ({info.channels}x{info.height}x{info.width}), "
+        f"{len(units)} units, {args.steps} steps, {args.param}/{args.regularizers}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    run_actmax(model, info.name, units[:2], **{**kw, "steps": 2})  # warm-up (oneDNN, fx)
+
+    t0 = time.perf_counter()
+    together = run_actmax(model, info.name, units, batch=True, **kw)
+    t_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    apart = run_actmax(model, info.name, units, batch=False, **kw)
+    t_single = time.perf_counter() - t0
+
+    ratio = t_single / t_batch
+    diff = np.abs(together.images.astype(np.int16) - apart.images.astype(np.int16)).mean()
+    print(
+        f"batched     {t_batch:8.2f} s   mean activation reached {together.reached.mean():.3f}"
+        f" (start {together.start.mean():.3f})"
+    )
+    print(
+        f"one by one  {t_single:8.2f} s   mean activation reached {apart.reached.mean():.3f}"
+        f" (start {apart.start.mean():.3f})"
+    )
+    print(f"ratio       {ratio:8.2f}x  (target >= {args.target:g}x); mean |image difference| "
+          f"{diff:.2f} / 255")  # fmt: skip
+    return 0 if ratio >= args.target else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

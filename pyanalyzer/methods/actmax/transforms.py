@@ -1,0 +1,334 @@
+"""Random image transforms applied before every forward pass (transformation robustness).
+
+Olah et al., "Feature Visualization", Distill 2017 (lucid's ``transform`` module): an image that
+excites a unit only at one exact alignment is mostly high-frequency noise; asking it to excite
+the unit under small random jitter, scaling and rotation makes the optimiser find structure.
+
+A transform is a callable ``t(x, generator) -> x`` on a batch of images ``[N, C, H, W]``. Every
+random draw comes from the generator passed in, never from global state, so a fixed seed gives
+identical images. ``generator`` is either one :class:`torch.Generator` (one row of draws per
+image, taken from it in batch order) or a sequence of ``N`` generators, one per image, so that
+an image's draws do not depend on the other images in its batch (the render loop uses one
+generator per unit: a unit's picture is the same whether it is rendered alone or in a batch).
+
+Transforms are differentiable in ``x``; they compose with :class:`Compose`, which fuses runs
+of affine transforms (jitter, scale, rotate, crop) into a single resampling, and
+:func:`standard_transforms` is lucid's default set. The render loop appends a
+:class:`CenterCrop` back to the image's size (undoing the padding) and :func:`resize` to the
+model's input size when the image size differs from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from pyanalyzer.errors import UserInputError
+
+Generators = torch.Generator | Sequence[torch.Generator]
+"""One generator for the whole batch, or one per image."""
+
+__all__ = [
+    "AffineTransform",
+    "CenterCrop",
+    "Compose",
+    "Generators",
+    "Jitter",
+    "Pad",
+    "RandomRotate",
+    "RandomScale",
+    "Transform",
+    "draw_index",
+    "resize",
+    "standard_transforms",
+    "warp",
+]
+
+
+def draw_index(generator: Generators, n: int, high: int, k: int = 1) -> torch.Tensor:
+    """Uniform integers in ``[0, high)``, int64 ``[n, k]``: row ``i`` is image ``i``'s draws.
+
+    With one generator the ``[n, k]`` block is drawn at once; with a sequence of ``n``
+    generators, row ``i`` comes from ``generator[i]`` alone.
+    """
+    if isinstance(generator, torch.Generator):
+        return torch.randint(0, high, (n, k), generator=generator)
+    gens = list(generator)
+    if len(gens) != n:
+        raise ValueError(f"got {len(gens)} generators for a batch of {n} images")
+    return torch.cat([torch.randint(0, high, (1, k), generator=g) for g in gens])
+
+
+def _choice(generator: Generators, n: int, values: Sequence[float]) -> torch.Tensor:
+    """One of ``values`` per image, float32 ``[n]``."""
+    idx = draw_index(generator, n, len(values))[:, 0]
+    return torch.as_tensor(values, dtype=torch.float32)[idx]
+
+
+class Transform:
+    """Base class: ``__call__(x [N, C, H, W], generator) -> [N, C, H', W']``."""
+
+    def __call__(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class Pad(Transform):
+    """Pad every side by ``width`` pixels (deterministic).
+
+    Args:
+        width: pixels added on each side.
+        mode: ``"reflect"`` or ``"constant"``.
+        value: the fill of ``"constant"`` (0.5 = mid-grey in RGB 0..1).
+    """
+
+    def __init__(self, width: int, mode: str = "reflect", value: float = 0.5):
+        if mode not in ("reflect", "constant"):
+            raise UserInputError(f"pad mode must be 'reflect' or 'constant', got {mode!r}")
+        if width < 0:
+            raise UserInputError(f"pad width must be >= 0, got {width}")
+        self.width = int(width)
+        self.mode = mode
+        self.value = float(value)
+
+    def __call__(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
+        if self.width == 0:
+            return x
+        w = [self.width] * 4
+        if self.mode == "constant":
+            return F.pad(x, w, mode="constant", value=self.value)
+        if self.width >= min(x.shape[-2:]):  # torch's reflect needs width < size
+            return F.pad(x, w, mode="replicate")
+        return F.pad(x, w, mode="reflect")
+
+
+class AffineTransform(Transform):
+    """A transform that is a resampling ``output(p) = input(M_i p)`` per image.
+
+    ``M_i`` is a 3x3 matrix in pixel coordinates (pixel ``(row, col)`` has its centre at
+    ``(x, y) = (col, row)``) mapping an output pixel to where it samples the input, bilinearly,
+    with 0 outside the input. :class:`Compose` multiplies the matrices of consecutive affine
+    transforms and resamples once: fewer passes over the batch, and one interpolation instead
+    of several (integer shifts stay exact).
+    """
+
+    def matrix(
+        self, n: int, size: tuple[int, int], generator: Generators
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(M [n, 3, 3] float64, output size)`` for inputs of ``size = (H, W)``."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
+        m, out = self.matrix(x.shape[0], tuple(x.shape[-2:]), generator)
+        return warp(x, m, out)
+
+
+def _to_normalized(h: int, w: int) -> torch.Tensor:
+    """Pixel coordinates (centre of pixel ``(r, c)`` at ``(c, r)``) to grid_sample's
+    normalised ones with ``align_corners=False`` (-1 and 1 at the outer pixel edges)."""
+    return torch.tensor(
+        [[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
+
+
+def warp(x: torch.Tensor, matrix: torch.Tensor, out: tuple[int, int]) -> torch.Tensor:
+    """Resample ``x [N, C, H, W]`` at ``matrix @ (x, y, 1)`` of every output pixel of size
+    ``out`` (pixel coordinates, see :class:`AffineTransform`): bilinear, zeros outside."""
+    n, c, h, w = x.shape
+    ho, wo = out
+    theta = (
+        _to_normalized(h, w) @ matrix.to(torch.float64) @ torch.linalg.inv(_to_normalized(ho, wo))
+    )
+    grid = F.affine_grid(theta[:, :2].to(x.dtype), [n, c, ho, wo], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _about_centre(a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[n, 2, 2]`` linear maps applied about the image centre, as ``[n, 3, 3]``."""
+    h, w = size
+    c = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64)
+    m = torch.zeros(a.shape[0], 3, 3, dtype=torch.float64)
+    m[:, :2, :2] = a
+    m[:, :2, 2] = c - a @ c
+    m[:, 2, 2] = 1.0
+    return m
+
+
+class Jitter(AffineTransform):
+    """A random crop ``d`` pixels smaller in each dimension (lucid's ``jitter(d)``).
+
+    Image ``i`` becomes ``x[i, :, dy:dy + H - d, dx:dx + W - d]`` with ``(dy, dx)`` row ``i``
+    of :func:`draw_index` ``(generator, N, d + 1, 2)``: a shift of up to ``d`` pixels.
+    """
+
+    def __init__(self, d: int):
+        if d < 0:
+            raise UserInputError(f"jitter must be >= 0 pixels, got {d}")
+        self.d = int(d)
+
+    def _offsets(self, n: int, size: tuple[int, int], generator: Generators) -> torch.Tensor:
+        if self.d >= min(size):
+            raise UserInputError(
+                f"jitter of {self.d} pixels leaves nothing of a {size[0]}x{size[1]} image"
+            )
+        return draw_index(generator, n, self.d + 1, 2)
+
+    def matrix(self, n, size, generator):
+        m = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+        if self.d:
+            off = self._offsets(n, size, generator).to(torch.float64)
+            m[:, 0, 2] = off[:, 1]
+            m[:, 1, 2] = off[:, 0]
+        return m, (size[0] - self.d, size[1] - self.d)
+
+    def __call__(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
+        if self.d == 0:
+            return x
+        n, c, h, w = x.shape
+        off = self._offsets(n, (h, w), generator)
+        ho, wo = h - self.d, w - self.d
+        # An exact crop: one gather over the flattened pixels (its backward, one scatter).
+        rows = off[:, :1] + torch.arange(ho)  # [N, ho]
+        cols = off[:, 1:] + torch.arange(wo)  # [N, wo]
+        idx = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, -1).expand(n, c, -1)
+        return x.flatten(2).gather(2, idx).view(n, c, ho, wo)
+
+
+class RandomScale(AffineTransform):
+    """Zoom about the centre by a factor drawn per image from ``scales``; the size is kept.
+
+    Output pixel ``p`` samples the input at ``centre + (p - centre) / s``, bilinearly; zooming
+    out (``s < 1``) fills the border with 0. lucid resizes the tensor instead; since the render
+    loop crops the centre back to the image size, the two differ only at the border.
+    """
+
+    def __init__(self, scales: Iterable[float]):
+        self.scales = [float(s) for s in scales]
+        if not self.scales or min(self.scales) <= 0:
+            raise UserInputError(f"scales must be positive and non-empty, got {self.scales}")
+
+    def matrix(self, n, size, generator):
+        inv = 1.0 / _choice(generator, n, self.scales).to(torch.float64)
+        a = torch.zeros(n, 2, 2, dtype=torch.float64)
+        a[:, 0, 0] = inv
+        a[:, 1, 1] = inv
+        return _about_centre(a, size), size
+
+
+class RandomRotate(AffineTransform):
+    """Rotate about the centre by an angle (degrees, counter-clockwise on screen) drawn per
+    image from ``angles``; bilinear, 0 outside, size kept. ``90`` equals
+    ``torch.rot90(x, 1, dims=(2, 3))`` on a square image."""
+
+    def __init__(self, angles: Iterable[float]):
+        self.angles = [float(a) for a in angles]
+        if not self.angles:
+            raise UserInputError("angles must not be empty")
+
+    def matrix(self, n, size, generator):
+        rad = _choice(generator, n, self.angles).to(torch.float64) * (math.pi / 180.0)
+        cos, sin = torch.cos(rad), torch.sin(rad)
+        # Output pixel (u, v) from the centre, y down, samples the input at
+        # (u cos a - v sin a, u sin a + v cos a): a counter-clockwise turn on screen.
+        a = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+        return _about_centre(a, size), size
+
+
+class CenterCrop(AffineTransform):
+    """The centre ``size = (h, w)`` of each image (top-left corner at ``(H - h) // 2,
+    (W - w) // 2``); images no larger than ``size`` in a dimension are left whole in it."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = (int(size[0]), int(size[1]))
+
+    def _box(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        h, w = min(size[0], self.size[0]), min(size[1], self.size[1])
+        return (size[0] - h) // 2, (size[1] - w) // 2, h, w
+
+    def matrix(self, n, size, generator):
+        top, left, h, w = self._box(size)
+        m = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+        m[:, 0, 2] = left
+        m[:, 1, 2] = top
+        return m, (h, w)
+
+    def __call__(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
+        top, left, h, w = self._box(tuple(x.shape[-2:]))
+        return x[..., top : top + h, left : left + w]
+
+
+class Compose(Transform):
+    """Apply transforms in order, all drawing from the same generator(s).
+
+    Runs of consecutive :class:`AffineTransform` are fused into one resampling (their draws
+    are taken in the same order as when applied one by one).
+    """
+
+    def __init__(self, transforms: Iterable[Transform]):
+        self.transforms = tuple(transforms)
+
+    def __call__(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
+        run: list[AffineTransform] = []
+        for t in self.transforms:
+            if isinstance(t, AffineTransform):
+                run.append(t)
+                continue
+            x = self._fused(x, run, generator)
+            run = []
+            x = t(x, generator)
+        return self._fused(x, run, generator)
+
+    @staticmethod
+    def _fused(x: torch.Tensor, run: list[AffineTransform], generator: Generators):
+        if not run:
+            return x
+        if len(run) == 1:
+            return run[0](x, generator)
+        n = x.shape[0]
+        size: tuple[int, int] = tuple(x.shape[-2:])  # type: ignore[assignment]
+        total = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+        for t in run:
+            m, size = t.matrix(n, size, generator)
+            total = total @ m
+        return warp(x, total, size)
+
+    def __iter__(self) -> Iterator[Transform]:
+        return iter(self.transforms)
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __repr__(self) -> str:
+        return f"Compose([{', '.join(map(repr, self.transforms))}])"
+
+
+def standard_transforms() -> Compose:
+    """lucid's ``transform.standard_transforms``: pad 12 (constant 0.5), jitter 8, scale from
+    ``[1 + (i - 5) / 50 for i in range(11)]``, rotate from ``range(-10, 11)`` degrees (plus the
+    five extra 0° entries lucid lists, so no rotation is drawn a little more often), jitter 4.
+    """
+    return Compose(
+        [
+            Pad(12, mode="constant", value=0.5),
+            Jitter(8),
+            RandomScale([1 + (i - 5) / 50 for i in range(11)]),
+            RandomRotate(list(range(-10, 11)) + 5 * [0]),
+            Jitter(4),
+        ]
+    )
+
+
+def resize(x: torch.Tensor, out: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``[N, C, H, W]`` to ``out`` (antialiased when shrinking); a no-op
+    at that size already."""
+    if tuple(x.shape[-2:]) == tuple(out):
+        return x
+    shrink = x.shape[-2] > out[0] or x.shape[-1] > out[1]
+    return F.interpolate(x, size=out, mode="bilinear", align_corners=False, antialias=shrink)

@@ -1,0 +1,495 @@
+"""Activation maximization: objectives, parametrizations, transforms, regularizers, the loop.
+
+Checked against hand-computed cases (transforms on tiny tensors, objective algebra), against
+onnxruntime (class images are classified by the ONNX model itself), and by optimisation
+outcomes (activations rise at least tenfold; dead units move only with redirected ReLUs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_factory as fac
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+import pyanalyzer as pa
+from pyanalyzer.data.images import ArraySource
+from pyanalyzer.errors import GradientUnavailableError, UserInputError
+from pyanalyzer.methods.actmax import (
+    Activations,
+    ActmaxResult,
+    CenterCrop,
+    Compose,
+    ContributionClip,
+    GaussianBlur,
+    Jitter,
+    L2Decay,
+    NormClip,
+    Pad,
+    RandomRotate,
+    RandomScale,
+    RedirectedReLU,
+    TotalVariation,
+    channel,
+    color_correlation_from_images,
+    custom_set,
+    direction,
+    diversity,
+    find_logits,
+    mean_color,
+    neuron,
+    redirected_relu,
+    render,
+    run_actmax,
+    standard_transforms,
+)
+from pyanalyzer.methods.actmax.objectives import Objective, TensorRef
+from pyanalyzer.methods.actmax.regularizers import blur, gaussian_kernel
+from pyanalyzer.methods.actmax.transforms import draw_index
+from pyanalyzer.model.preprocessing import PreprocessSpec
+from pyanalyzer.store import Key, Store
+
+FAST = {"progress": False}
+
+
+@pytest.fixture(scope="module")
+def model(default_model):
+    return pa.load_model(default_model, check_parity=False)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- transforms on tiny tensors ------------------------------------------------------------
+
+
+def test_pad_constant_and_reflect_on_2x2():
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    const = Pad(1, mode="constant", value=0.5)(x, gen())
+    assert const.tolist() == [
+        [[[0.5, 0.5, 0.5, 0.5], [0.5, 1, 2, 0.5], [0.5, 3, 4, 0.5], [0.5, 0.5, 0.5, 0.5]]]
+    ]
+    refl = Pad(1, mode="reflect")(x, gen())
+    assert refl.tolist() == [[[[4, 3, 4, 3], [2, 1, 2, 1], [4, 3, 4, 3], [2, 1, 2, 1]]]]
+
+
+def test_jitter_is_the_crop_the_generator_draws():
+    x = torch.rand(3, 2, 9, 7)
+    off = draw_index(gen(11), 3, 4, 2)  # what Jitter(3) draws from the same generator
+    got = Jitter(3)(x, gen(11))
+    assert got.shape == (3, 2, 6, 4)
+    for i, (dy, dx) in enumerate(off.tolist()):
+        assert torch.equal(got[i], x[i, :, dy : dy + 6, dx : dx + 4])
+
+
+def test_per_image_generators_make_draws_independent_of_the_batch():
+    x = torch.rand(2, 3, 12, 12)
+    both = Jitter(5)(x, [gen(1), gen(2)])
+    alone = Jitter(5)(x[1:], [gen(2)])
+    assert torch.equal(both[1:], alone)
+
+
+def test_scale_2x_of_constant_and_of_a_ramp():
+    flat = torch.full((1, 3, 6, 6), 0.3)
+    assert torch.allclose(RandomScale([2.0])(flat, gen()), flat)
+    ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 1, 8, 8)
+    # zoom 2x about the centre 3.5: output x samples 3.5 + (x - 3.5) / 2
+    expect = 3.5 + (torch.arange(8.0) - 3.5) / 2
+    assert torch.allclose(RandomScale([2.0])(ramp, gen())[0, 0], expect.expand(8, 8), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [4, 5])
+def test_rotate_0_is_identity_and_90_is_rot90(size):
+    x = torch.rand(2, 3, size, size)
+    assert torch.allclose(RandomRotate([0])(x, gen()), x, atol=1e-6)
+    assert torch.allclose(RandomRotate([90])(x, gen()), torch.rot90(x, 1, dims=(2, 3)), atol=1e-5)
+    assert torch.allclose(RandomRotate([-90])(x, gen()), torch.rot90(x, -1, dims=(2, 3)), atol=1e-5)
+
+
+def test_compose_fuses_affine_steps_with_the_same_draws():
+    x = torch.rand(3, 2, 10, 10)
+    fused = Compose([Jitter(3), Jitter(2), CenterCrop((4, 4))])(x, gen(5))
+    g = gen(5)
+    one_by_one = CenterCrop((4, 4))(Jitter(2)(Jitter(3)(x, g), g), g)
+    assert torch.allclose(fused, one_by_one, atol=1e-6)
+    # lucid's set: 12 px of padding, 8 + 4 of jitter -> 12 pixels larger than the image
+    assert standard_transforms()(torch.rand(2, 3, 20, 20), gen()).shape == (2, 3, 32, 32)
+
+
+def test_same_generator_seed_same_transforms():
+    x = torch.rand(4, 3, 16, 16)
+    t = standard_transforms()
+    assert torch.equal(t(x, gen(3)), t(x, gen(3)))
+    assert not torch.equal(t(x, gen(3)), t(x, gen(4)))
+
+
+# ---- regularizers --------------------------------------------------------------------------
+
+
+def test_blur_matches_scipy_gaussian_filter():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x = torch.rand(1, 2, 9, 11, dtype=torch.float64)
+    for sigma in (0.5, 1.0):
+        ref = np.stack([ndimage.gaussian_filter(c, sigma, mode="reflect") for c in x[0].numpy()])
+        assert np.allclose(blur(x, sigma)[0].numpy(), ref, atol=1e-6)
+    assert abs(float(gaussian_kernel(1.0).sum()) - 1.0) < 1e-6
+
+
+def test_decay_and_clipping_edit_delta():
+    delta = torch.tensor([[[[1.0, -2.0], [0.1, 3.0]], [[0.0, 0.0], [0.1, 0.0]]]])
+    d = delta.clone()
+    L2Decay(0.5).after_step(d, None, 0)
+    assert torch.allclose(d, delta * 0.5)
+    d = delta.clone()
+    NormClip(50).after_step(d, None, 0)  # norms 1, 2, 0.14, 3: median 1.5
+    assert d[0, :, 1, 0].abs().sum() == 0 and d[0, 0, 0, 0] == 0
+    assert d[0, 0, 0, 1] == -2.0 and d[0, 0, 1, 1] == 3.0
+    d = delta.clone()
+    grad = torch.ones_like(delta)
+    ContributionClip(50).after_step(d, grad, 0)  # |sum_c grad * delta|: 1, 2, 0.2, 3
+    assert d[0, 0, 0, 0] == 0 and d[0, 0, 1, 0] == 0 and d[0, 0, 0, 1] == -2.0
+    d = delta.clone()
+    GaussianBlur(1.0, every=4).after_step(d, None, 1)  # not a blur step
+    assert torch.equal(d, delta)
+
+
+def test_total_variation_of_a_step_edge():
+    img = torch.zeros(1, 1, 4, 4)
+    img[..., 2:] = 1.0  # a vertical edge: 3 of the 9 pixels see a jump of 1
+    assert torch.allclose(TotalVariation(1.0).penalty(img, None), torch.tensor([3 / 9]))
+
+
+# ---- objectives ----------------------------------------------------------------------------
+
+
+def _acts(n=3):
+    g = gen(0)
+    t6 = torch.rand(n, 8, 4, 4, generator=g)
+    t5 = torch.rand(n, 4, 5, 5, generator=g)
+    refs = {
+        "relu6": TensorRef("r6", "relu6", "nchw", 8, 4, 4),
+        "relu5": TensorRef("r5", "relu5", "nhwc", 4, 5, 5),
+    }
+    # relu5 is given in NHWC: objectives must read it as NCHW
+    return Activations({"relu6": t6, "relu5": t5.permute(0, 2, 3, 1)}, refs), t6, t5
+
+
+def test_objectives_compose_linearly():
+    acts, t6, t5 = _acts()
+    a, b = channel("relu6", 5), neuron("relu5", 1)
+    assert torch.allclose(a(acts), t6[:, 5].mean((1, 2)))
+    assert torch.allclose(b(acts), t5[:, 1, 2, 2])  # the centre by default
+    combo = a - 0.5 * b + 2
+    assert torch.allclose(combo(acts), a(acts) - 0.5 * b(acts) + 2)
+    assert torch.allclose((-a)(acts), -a(acts))
+    assert torch.allclose((a / 4 + b * 3)(acts), a(acts) / 4 + 3 * b(acts))
+    assert torch.allclose((1 - a)(acts), 1 - a(acts))
+    assert repr(combo) == "channel(relu6, 5) - 0.5 * neuron(relu5, 1) + 2"
+    assert combo.refs() == {"relu6", "relu5"}
+    with pytest.raises(TypeError):
+        _ = a * b
+
+
+def test_objectives_per_image_units_and_batch_index():
+    acts, t6, _ = _acts()
+    per_image = channel("relu6", [0, 3, 7])(acts)
+    assert torch.allclose(
+        per_image, torch.stack([t6[i, u].mean() for i, u in enumerate([0, 3, 7])])
+    )
+    only1 = channel("relu6", 2, batch=1)(acts)
+    assert only1[0] == 0 and only1[2] == 0 and torch.isclose(only1[1], t6[1, 2].mean())
+    assert torch.allclose(neuron("relu6", 4, x=0, y=3)(acts), t6[:, 4, 3, 0])
+
+
+def test_direction_and_diversity():
+    acts, t6, _ = _acts()
+    onehot = torch.zeros(8)
+    onehot[5] = 1.0
+    assert torch.allclose(direction("relu6", onehot)(acts), channel("relu6", 5)(acts))
+    v = torch.arange(8.0)
+    assert torch.allclose(
+        direction("relu6", v)(acts), (t6 * v.view(1, -1, 1, 1)).sum(1).mean((1, 2))
+    )
+    ref6 = {"relu6": TensorRef("r6", "relu6", "nchw", 8, 4, 4)}
+    same = Activations({"relu6": t6[:1].repeat(3, 1, 1, 1)}, ref6)
+    assert torch.allclose(diversity("relu6")(same), torch.full((3,), -1.0))
+    assert (diversity("relu6")(acts) > -1).all()
+
+
+# ---- the method on the default model ------------------------------------------------------
+
+
+def test_channel_objectives_reach_ten_times_their_start(model):
+    # Start from the mean image (mid-grey): "start" is the activation there (no transforms).
+    for layer, units in (("relu4", [2, 5, 9]), ("relu6", [2, 5, 9, 10])):
+        r = run_actmax(model, layer, units, steps=48, seed=0, start="mean", **FAST)
+        assert (r.start > 0).all(), (layer, r.start)
+        assert (r.reached >= 10 * r.start).all(), (layer, r.start, r.reached)
+        assert r.images.shape == (len(units), 64, 64, 3) and r.images.dtype == np.uint8
+        assert r.curve.shape == (48, len(units)) and (r.curve[-1] > r.curve[0]).all()
+
+
+def test_fixed_seed_gives_identical_images(model):
+    kw = dict(steps=12, **FAST)
+    a = run_actmax(model, "relu5", [0, 7, 9], seed=3, **kw)
+    b = run_actmax(model, "relu5", [0, 7, 9], seed=3, **kw)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.reached, b.reached)
+    c = run_actmax(model, "relu5", [0, 7, 9], seed=4, **kw)
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_batched_equals_one_by_one(model):
+    kw = dict(steps=8, seed=1, **FAST)
+    together = run_actmax(model, "relu5", [3, 11], **kw)
+    apart = run_actmax(model, "relu5", [3, 11], batch=False, **kw)
+    # Same generators per unit, so the same draws; only float rounding of batched kernels.
+    diff = np.abs(together.images.astype(int) - apart.images.astype(int))
+    assert diff.mean() < 1.0, diff.mean()
+    assert np.allclose(together.reached, apart.reached, rtol=0.05)
+
+
+def test_class_images_are_classified_as_their_class(model):
+    r = run_actmax(model, None, "all", objective="class", steps=48, seed=0, **FAST)
+    assert list(r.units) == list(range(7)) and r.labels[3] == "3 star"
+    x = model.preprocessing.normalize(r.images)  # the uint8 images through onnxruntime
+    (logits,) = model.forward.run(x, ["fc1"]).values()
+    hits = int((logits.argmax(1) == np.arange(7)).sum())
+    assert hits >= 6, logits.argmax(1)  # >= 80 % of the 7 classes
+
+
+def test_redirected_relu_moves_a_dead_unit(model):
+    grey = np.full((1, 64, 64, 3), 127.5)
+    acts = model.forward.run(model.preprocessing.normalize(grey), ["relu6"])["relu4_1"]
+    dead = int(np.flatnonzero(acts[0].max(axis=(1, 2)) <= 0)[0])  # zero everywhere on grey
+    kw = dict(param="pixel", regularizers="none", start="mean", steps=24, **FAST)
+    stuck = run_actmax(model, "relu6", [dead], redirect_steps=0, **kw)
+    assert stuck.start[0] == 0 and stuck.reached[0] == 0  # no gradient: nothing moves
+    moved = run_actmax(model, "relu6", [dead], redirect_steps=16, **kw)
+    assert moved.start[0] == 0 and moved.reached[0] > 0
+
+
+def test_relu_replacements_are_undone_after_success_and_error(model):
+    gm = model.gradient.module
+    before = {n: m for n, m in gm.named_modules() if isinstance(m, torch.nn.ReLU)}
+    assert before
+    with redirected_relu(gm) as count:
+        assert count == len(before)
+        assert not any(isinstance(m, torch.nn.ReLU) for m in gm.modules())
+    with pytest.raises(RuntimeError, match="boom"), redirected_relu(gm):
+        raise RuntimeError("boom")
+    after = {n: m for n, m in gm.named_modules() if isinstance(m, torch.nn.ReLU)}
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert not any(isinstance(m, RedirectedReLU) for m in gm.modules())
+
+    class Failing(Objective):  # raises inside the loop, while the ReLUs are redirected
+        def __init__(self):
+            self.calls = 0
+
+        def refs(self):
+            return frozenset(["relu5"])
+
+        def value(self, acts):
+            self.calls += 1
+            if self.calls > 3:
+                raise RuntimeError("objective failed")
+            return acts("relu5")[:, 0].mean((1, 2))
+
+    with pytest.raises(RuntimeError, match="objective failed"):
+        render(model, Failing(), 2, steps=10)
+    assert not any(isinstance(m, RedirectedReLU) for m in gm.modules())
+    assert model.gradient.hook_count() == 0
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model.gradient(model.preprocessing.normalize_torch(x))
+    ref = model.forward.run(
+        model.preprocessing.normalize(x.permute(0, 2, 3, 1).numpy() * 255), ["fc1"]
+    )
+    assert np.allclose(out.numpy(), ref["logits"], atol=1e-4)
+
+
+def test_objective_without_gradient_path_is_refused(model):
+    class Constant(Objective):
+        def refs(self):
+            return frozenset(["relu5"])
+
+        def value(self, acts):
+            return acts("relu5").detach()[:, 0].mean((1, 2))  # cut off from the image
+
+    with pytest.raises(UserInputError, match="does not depend on the image"):
+        render(model, Constant(), 1, steps=2)
+
+
+def test_yosinski_sets_run_and_differ_from_lucid(model):
+    kw = dict(param="pixel", steps=12, seed=0, **FAST)
+    images = {
+        name: run_actmax(model, "relu5", [1, 2], regularizers=name, **kw).images
+        for name in ("lucid", "yosinski1", "yosinski2", "yosinski3", "yosinski4")
+    }
+    names = list(images)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not np.array_equal(images[a], images[b]), (a, b)
+    with pytest.raises(UserInputError, match="pixel"):
+        run_actmax(model, "relu5", [1], regularizers="yosinski3", param="fft", **FAST)
+
+
+def test_penalties_and_diversity_in_render(model):
+    regs = custom_set("lucid+tv", standard_transforms(), [TotalVariation(0.5)])
+    r = render(model, channel("relu5", 3) + 0.5 * diversity("relu5"), 3, regularizers=regs, steps=6)
+    assert r.pixels.shape == (3, 64, 64, 3) and np.isfinite(r.curve).all()
+    assert len({img.tobytes() for img in r.pixels}) == 3
+
+
+def test_result_save_store_and_reference(model, tmp_path):
+    from pyanalyzer.data import synthetic
+
+    ref = ArraySource(np.stack([s.image for s in synthetic.generate(8, seed=2, size=64)]))
+    r = run_actmax(model, "relu6", "0-2", steps=6, reference=ref, **FAST)
+    assert r.reference_max.shape == (3,) and (r.reference_max > 0).all()
+    assert np.allclose(r.relative, r.reached / r.reference_max)
+    acts = model.forward.run(model.preprocessing.normalize(ref.images), ["relu6"])["relu4_1"]
+    assert np.allclose(r.reference_max, acts[:, :3].mean(axis=(2, 3)).max(axis=0), rtol=1e-5)
+
+    paths = r.save(tmp_path / "out")
+    assert [p.name for p in paths] == [
+        "relu6_channel_unit0000.png", "relu6_channel_unit0001.png",
+        "relu6_channel_unit0002.png", "relu6_channel.png",
+    ]  # fmt: skip
+    assert np.array_equal(np.asarray(Image.open(paths[1])), r.images[1])
+
+    store = Store(tmp_path / "s.h5")
+    key = Key.make(model.sha256, "actmax", r.params)
+    store.put(key, r.to_arrays(), params=r.params)
+    back = ActmaxResult.from_arrays(store.get(key).arrays)
+    assert np.array_equal(back.images, r.images) and back.labels == r.labels
+    assert np.array_equal(back.reference_max, r.reference_max) and back.params == r.params
+
+
+# ---- other models --------------------------------------------------------------------------
+
+
+def test_caffe_nhwc_and_gray_models_run(tmp_path):
+    caffe = pa.load_model(fac.caffe_style(tmp_path), check_parity=False)
+    # the mean image of a caffe model: its BGR 0-255 mean, in RGB 0..1
+    assert np.allclose(
+        mean_color(caffe.preprocessing), [123.68 / 255, 116.779 / 255, 103.939 / 255]
+    )
+    for path in (fac.caffe_style(tmp_path), fac.tiny_cnn_nhwc(tmp_path), fac.channels1(tmp_path)):
+        m = pa.load_model(path, check_parity=False)
+        size = m.preprocessing.input_size
+        r = run_actmax(m, "relu2", [0, 1, 2], steps=24, start="mean", **FAST)
+        assert r.images.shape == (3, *size, 3), path.name
+        assert np.isfinite(r.reached).all() and r.reached.mean() > r.start.mean(), path.name
+        if m.preprocessing.channels == 1:
+            assert np.array_equal(r.images[..., 0], r.images[..., 2])
+        rc = run_actmax(m, None, [0, 4], objective="class", steps=24, **FAST)
+        assert (rc.reached > rc.start).all(), path.name
+
+
+def test_reached_is_what_onnxruntime_measures_on_the_images(tmp_path):
+    # tf2onnx-style model: an NHWC layer, read by the objectives as NCHW
+    m = pa.load_model(fac.tf2onnx_style(tmp_path), check_parity=False)
+    info = m.layer("transpose2")
+    assert info.layout == "nhwc"
+    x = m.preprocessing.normalize
+    r = run_actmax(m, "transpose2", [0, 3], steps=8, start="mean", **FAST)
+    acts = m.forward.run(x(r.images), ["transpose2"])[info.name]  # [N, h, w, C]
+    assert np.allclose(r.reached, acts[[0, 1], :, :, [0, 3]].mean(axis=(1, 2)), atol=1e-4)
+    r = run_actmax(m, "transpose2", [5, 1], objective="neuron", steps=4, **FAST)
+    acts = m.forward.run(x(r.images), ["transpose2"])[info.name]
+    assert np.allclose(r.reached, acts[[0, 1], 4, 4, [5, 1]], atol=1e-4)  # the centre of 8x8
+
+
+def test_class_objective_finds_the_logits_behind_softmax(tmp_path):
+    m = pa.load_model(fac.softmax_head(tmp_path), check_parity=False)
+    ref = find_logits(m)
+    producer = {o: n for n in m.proto.graph.node for o in n.output}
+    assert producer["probs"].op_type == "Softmax" and ref.name == producer["probs"].input[0]
+    assert ref.channels == 10
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    logits = m.forward.session([ref.name]).run(
+        [ref.name], {m.input.name: m.preprocessing.normalize(x)}
+    )[0]
+    r = run_actmax(m, None, [3], objective="class", steps=4, start="mean", **FAST)
+    grey = np.full((1, 32, 32, 3), 255 * np.asarray(mean_color(m.preprocessing)))
+    at_start = m.forward.session([ref.name]).run(
+        [ref.name], {m.input.name: m.preprocessing.normalize(grey)}
+    )[0]
+    assert np.isclose(r.start[0], at_start[0, 3], atol=1e-4)
+    assert logits.shape == (2, 10)
+
+
+def test_color_correlation_from_images():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.5, 0.15, (6, 16, 16, 1))
+    noise = rng.normal(0, 0.03, (6, 16, 16, 3))
+    pix = np.clip((base + noise) * 255, 0, 255).astype(np.uint8)
+    spec = PreprocessSpec(input_size=(16, 16))
+    c = color_correlation_from_images(ArraySource(pix), spec)
+    rgb = pix.reshape(-1, 3) / 255.0
+    cov = np.cov(rgb.T, bias=True)
+    # C C^T is the covariance, up to the normalisation of the largest column to norm 1
+    cct = c.astype(np.float64) @ c.T
+    assert np.allclose(cct / cct.max(), cov / cov.max(), atol=1e-3)
+    assert np.isclose(np.linalg.norm(c, axis=0).max(), 1.0)
+    assert c[:, 0].min() > 0  # the first (luminance) direction has one sign
+    with pytest.raises(UserInputError, match="3-channel"):
+        color_correlation_from_images(
+            ArraySource(pix[..., :1]), PreprocessSpec((16, 16), channels=1)
+        )
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+def _shrink_model(tmp_path):
+    """A model whose Shrink op onnx2torch cannot convert: no torch twin."""
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w"
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Shrink", ["c"], ["s"], lambd=0.5),
+        helper.make_node("Relu", ["s"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])],
+        initializer=[w],
+    )  # fmt: skip
+    path = tmp_path / "shrink.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(layer="relu4", units=[64]), r"^unit 64 is out of range: layer relu4 has units 0\.\.63$"),
+        (dict(layer="relu4", units="60-70"), r"^unit 64 is out of range: layer relu4 has units 0\.\.63$"),
+        (dict(layer=None, units=[7], objective="class"), r"^class 7 is out of range: the model has classes 0\.\.6$"),
+        (dict(layer="relu4", units=[1], objective="tickle"), r"^unknown objective 'tickle'; choose one of channel, neuron, class$"),
+        (dict(layer="relu4", units=[1], regularizers="strong"), r"^unknown regularizer set 'strong'; choose one of lucid, yosinski1"),
+        (dict(layer="relu4", units=[1], param="dct"), r"^unknown parametrization 'dct'"),
+        (dict(layer="relu44", units=[1]), r"relu44"),
+        (dict(layer="relu4", units="1-"), r"^units '1-'"),
+        (dict(layer="relu4", units=[1], steps=0), r"^steps must be at least 1"),
+    ],
+)  # fmt: skip
+def test_bad_input_raises_one_clear_line(model, kwargs, match):
+    layer, units = kwargs.pop("layer"), kwargs.pop("units")
+    with pytest.raises(UserInputError, match=match) as exc:
+        run_actmax(model, layer, units, **FAST, **kwargs)
+    assert "\n" not in str(exc.value)
+
+
+def test_model_without_torch_twin_names_the_op(tmp_path):
+    m = pa.load_model(_shrink_model(tmp_path), check_parity=False)
+    with pytest.raises(GradientUnavailableError, match="Shrink") as exc:
+        run_actmax(m, "relu1", [0], **FAST)
+    assert isinstance(exc.value, UserInputError) and "\n" not in str(exc.value)
