@@ -786,3 +786,25 @@ def invalid_graph(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
     return _save(model, Path(dir) / (name or f"invalid_{kind}.onnx"))
+
+
+def unconvertible_op(dir: str | Path, *, seed: int = 0, name: str = "shrink.onnx") -> Path:
+    """Conv -> Shrink -> Relu: valid and runnable in onnxruntime, but onnx2torch has no Shrink
+    converter, so the model has no torch twin (forward-only use)."""
+    w = numpy_helper.from_array(
+        np.random.default_rng(seed).normal(size=(4, 3, 3, 3)).astype(np.float32), "w"
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Shrink", ["c"], ["s"], lambd=0.5),
+        helper.make_node("Relu", ["s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shrink",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return _save(model, Path(dir) / name)

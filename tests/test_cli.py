@@ -9,16 +9,7 @@ import sys
 
 import onnx_factory as fac
 import pytest
-
-from pyanalyzer.cli import main
-
-
-def run_cli(capsys, *args):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from cli_helpers import run_cli
 
 
 def test_version_and_module_entry_point():

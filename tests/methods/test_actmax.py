@@ -8,11 +8,9 @@ outcomes (activations rise at least tenfold; dead units move only with redirecte
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_factory as fac
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import pyanalyzer as pa
@@ -446,27 +444,6 @@ def test_color_correlation_from_images():
 # ---- bad input -----------------------------------------------------------------------------
 
 
-def _shrink_model(tmp_path):
-    """A model whose Shrink op onnx2torch cannot convert: no torch twin."""
-    w = numpy_helper.from_array(
-        np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w"
-    )
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Shrink", ["c"], ["s"], lambd=0.5),
-        helper.make_node("Relu", ["s"], ["y"]),
-    ]
-    g = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])],
-        initializer=[w],
-    )  # fmt: skip
-    path = tmp_path / "shrink.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
-    return path
-
-
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -489,7 +466,7 @@ def test_bad_input_raises_one_clear_line(model, kwargs, match):
 
 
 def test_model_without_torch_twin_names_the_op(tmp_path):
-    m = pa.load_model(_shrink_model(tmp_path), check_parity=False)
+    m = pa.load_model(fac.unconvertible_op(tmp_path), check_parity=False)
     with pytest.raises(GradientUnavailableError, match="Shrink") as exc:
         run_actmax(m, "relu1", [0], **FAST)
     assert isinstance(exc.value, UserInputError) and "\n" not in str(exc.value)

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from cli_helpers import run_cli
 
-from pyanalyzer.cli import main
 from pyanalyzer.store import Store
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def test_actmax_cli_writes_pngs_and_reuses_the_store(capsys, default_model, tmp_path):

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli
 from PIL import Image
 
-from pyanalyzer.cli import main
 from pyanalyzer.data import synthetic
 from pyanalyzer.methods.deconvnet import parse_units
 from pyanalyzer.store import Store
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import run_cli
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import pyanalyzer as pa
-from pyanalyzer.cli import main
 from pyanalyzer.data.broden import BrodenDataset, build_dataset, synth_dataset
 from pyanalyzer.methods.dissection import Dissection, thresholds_from_topk, topk_size
 from pyanalyzer.store import Store
@@ -196,13 +196,6 @@ def test_net2vec_beats_or_matches_the_best_unit(default_model, synth):
     (item,) = r.extra["net2vec"]
     assert item["name"] == "circle" and item["test_images"] > 0
     assert item["set_iou"] >= item["best_unit_iou"] > 0
-
-
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def test_cli_dissect_writes_reports_and_reruns_from_store(capsys, default_model, synth, tmp_path):

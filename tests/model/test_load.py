@@ -5,12 +5,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import onnx
 import onnx_factory as fac
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
 import pyanalyzer as pa
 from pyanalyzer.errors import GradientUnavailableError, ParityWarning
@@ -100,27 +98,8 @@ def test_external_data_inside_folder(tmp_path):
     assert pa.load_model(m.path, check_parity=False).sha256 != before
 
 
-def _with_unsupported_op(tmp_path):
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Shrink", ["c"], ["s"], lambd=0.5),
-        helper.make_node("Relu", ["s"], ["y"]),
-    ]
-    g = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])],
-        initializer=[w],
-    )  # fmt: skip
-    path = tmp_path / "shrink.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
-    return path
-
-
 def test_unconvertible_op_keeps_forward_and_names_op(tmp_path):
-    m = pa.load_model(_with_unsupported_op(tmp_path))
+    m = pa.load_model(fac.unconvertible_op(tmp_path))
     assert not m.gradient_available
     x = np.zeros((2, 3, 16, 16), np.float32)
     assert m.forward.run(x, ["relu1"])["y"].shape == (2, 4, 16, 16)
