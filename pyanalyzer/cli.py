@@ -696,6 +696,174 @@ def actmax(
     )
 
 
+# ---- network inversion ---------------------------------------------------------------------
+
+
+class _ModelFirstGroup(click.Group):
+    """``invert MODEL ...`` runs the inversion; ``invert train MODEL ...`` trains a decoder."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_ModelFirstGroup)
+def invert() -> None:
+    """Network inversion: reconstruct an image from a layer's features.
+
+    \b
+    pyanalyzer invert MODEL --image FILE --layer NAME [--layer NAME ...] [--method optim|upconv] --out DIR
+    pyanalyzer invert train MODEL --layer NAME [--images DIR]
+
+    Mahendran & Vedaldi, CVPR 2015 (optim: regularised optimisation); Dosovitskiy & Brox,
+    CVPR 2016 (upconv: a trained up-convolutional decoder, kept in the store).
+    """
+
+
+@invert.command("run", hidden=True)
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--image", required=True, type=click.Path(), help="The image to reconstruct.")
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    required=True,
+    metavar="NAME",
+    help="Layer(s) to invert from; repeatable (one strip).",
+)
+@click.option(
+    "--method", type=click.Choice(["optim", "upconv", "both"]), default="optim", show_default=True
+)
+@click.option(
+    "--steps", type=int, default=None, help="Optimisation steps (optim; default: the method's)."
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["sgd", "adam"]),
+    default="sgd",
+    show_default=True,
+    help="Momentum SGD with the authors' schedule, or Adam.",
+)
+@click.option(
+    "--jitter",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Random shifts of up to this many pixels (optim).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder for the PNGs and metrics.json.",
+)
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@preprocessing_options
+@store_option
+def invert_run(
+    model: str,
+    image: str,
+    layers: tuple[str, ...],
+    method: str,
+    steps: int | None,
+    optimizer: str,
+    jitter: int,
+    seed: int,
+    out_dir: str,
+    no_progress: bool,
+    store_path: str | None,
+    **kw: Any,
+) -> None:
+    """Reconstruct --image from each --layer; writes a strip PNG and metrics.json."""  # fmt: skip
+    from pyanalyzer.errors import UserInputError
+    from pyanalyzer.methods.inversion import find_decoder, layer_sweep, load_images
+    from pyanalyzer.report.montage import save_png
+    from pyanalyzer.store import Store
+
+    m = open_model(model, kw, check_parity=False)
+    infos = [m.spatial_layer(name) for name in layers]
+    img = load_images(m, [image])[0]  # unreadable image: one line, nothing written
+    store = Store(store_path)
+    methods = ("optim", "upconv") if method == "both" else (method,)
+    decoders = {}
+    if "upconv" in methods:
+        for info in infos:
+            dec = find_decoder(store, m, info.name)
+            if dec is None:
+                raise UserInputError(
+                    f"no decoder trained for {info.alias} of this model in {store.path}: run "
+                    f"`pyanalyzer invert train {model} --layer {info.alias}` first"
+                )
+            decoders[info.name] = dec
+    options: dict[str, Any] = {"optimizer": optimizer, "seed": seed, "jitter": jitter}
+    if steps is not None:
+        options["steps"] = steps
+    sweep = layer_sweep(m, img, [i.name for i in infos], methods=methods, decoders=decoders,
+                        store=store, progress=not no_progress, **options)  # fmt: skip
+    out = os.path.abspath(out_dir)
+    os.makedirs(out, exist_ok=True)
+    save_png(os.path.join(out, "inversion.png"), sweep.strip)
+    for name, result in sweep.results.items():
+        for j, alias in enumerate(result.aliases):
+            save_png(os.path.join(out, f"{alias}_{name}.png"), result.uint8()[0, j])
+    summary = sweep.summary()
+    tmp = os.path.join(out, ".metrics.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2)
+    os.replace(tmp, os.path.join(out, "metrics.json"))
+    for name, per_layer in summary.items():
+        for alias, errs in per_layer.items():
+            click.echo(
+                f"{name:6s} {alias:10s} " + "  ".join(f"{k} {v:.4f}" for k, v in errs.items())
+            )
+    click.echo(f"strip and reconstructions in {out_dir}")
+
+
+@invert.command("train")
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option(
+    "--layer", required=True, metavar="NAME", help="The layer whose features the decoder inverts."
+)
+@click.option(
+    "--images", type=click.Path(), help="Training images (default: synthetic concept scenes)."
+)
+@click.option("--epochs", type=int, default=None, help="Training epochs (default: the method's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@preprocessing_options
+@store_option
+def invert_train(
+    model: str,
+    layer: str,
+    images: str | None,
+    epochs: int | None,
+    seed: int,
+    no_progress: bool,
+    store_path: str | None,
+    **kw: Any,
+) -> None:
+    """Train an UpconvNet decoder for --layer and keep it in the store (Dosovitskiy & Brox)."""  # fmt: skip
+    from pyanalyzer.data.images import ImageFolder
+    from pyanalyzer.methods.inversion import train_upconv
+    from pyanalyzer.store import Store
+
+    m = open_model(model, kw, check_parity=False)
+    info = m.spatial_layer(layer)
+    source = ImageFolder(images) if images else None
+    options: dict[str, Any] = {"seed": seed}
+    if epochs is not None:
+        options["epochs"] = epochs
+    dec = train_upconv(
+        m, info.name, source, store=Store(store_path), progress=not no_progress, **options
+    )
+    click.echo(
+        f"decoder for {info.alias} ready in {Store(store_path).path} ({dec.describe() if hasattr(dec, 'describe') else 'trained'})"
+    )
+
+
 # ---- cache ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,77 @@
+"""Optimisation-based inversion: eight images in one batch against one image at a time.
+
+Inverts N synthetic scenes from one layer of the default model with the authors' schedule
+(Mahendran & Vedaldi: momentum SGD, 400 steps), first all images in one batch (what
+``invert_optim`` does with several images), then one ``invert_optim`` call per image, and prints
+both times, their ratio (target: batched >= 4x faster) and how far apart the results are (a
+batch moves every row as it would move alone, so they differ only by float rounding).
+
+    python benchmarks/bench_invert.py                      # 8 images, relu4, 400 steps
+    python benchmarks/bench_invert.py --steps 50           # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pyanalyzer as pa
+from pyanalyzer.data import synthetic
+from pyanalyzer.methods.inversion import invert_optim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "models" / "default.onnx"))
+    ap.add_argument("--layer", action="append", help="layer(s) to invert (default: relu4)")
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    ap.add_argument("--repeat", type=int, default=1, help="timed rounds (median reported)")
+    ap.add_argument("--target", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(max(1, args.threads))
+    model = pa.load_model(args.model, check_parity=False)
+    layers = args.layer or ["relu4"]
+    images = synthetic.render_batch(args.images, seed=0)[0]
+    kw = dict(steps=args.steps, optimizer=args.optimizer, seed=0, progress=False)
+    print(
+        f"{model.path.name} {', '.join(layers)}, {args.images} images, {args.steps} steps "
+        f"({args.optimizer}), {torch.get_num_threads()} threads"
+    )
+    invert_optim(model, images[:2], layers, **{**kw, "steps": 2})  # warm-up (oneDNN, sessions)
+
+    t_batch, t_single = [], []
+    for _ in range(args.repeat):  # interleaved, so that a slow spell hits both
+        t0 = time.perf_counter()
+        together = invert_optim(model, images, layers, **kw)
+        t_batch.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        apart = [invert_optim(model, images[i : i + 1], layers, **kw) for i in range(len(images))]
+        t_single.append(time.perf_counter() - t0)
+    tb, ts = statistics.median(t_batch), statistics.median(t_single)
+
+    alone = np.concatenate([r.images for r in apart])
+    diff = np.abs(together.images - alone).mean() * 255
+    pe_b = together.pixel_error.mean()
+    pe_s = np.concatenate([r.pixel_error for r in apart]).mean()
+    print(f"batched     {tb:8.2f} s   mean pixel error {pe_b:.4f}")
+    print(f"one by one  {ts:8.2f} s   mean pixel error {pe_s:.4f}")
+    print(f"ratio       {ts / tb:8.2f}x  (target >= {args.target:g}x); mean |image difference| "
+          f"{diff:.3f} / 255")  # fmt: skip
+    return 0 if ts / tb >= args.target else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Checks and plumbing shared by both inversion methods."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pyanalyzer.errors import GradientUnavailableError, ImageError, UserInputError
+
+if TYPE_CHECKING:
+    from pyanalyzer.model.graph import LayerInfo
+    from pyanalyzer.model.model import Model
+
+
+def check_images(model: Model, images: np.ndarray) -> np.ndarray:
+    """``images`` as uint8 ``[N, H, W, C]`` at the model's input size, or ImageError."""
+    arr = np.asarray(images)
+    spec = model.preprocessing
+    h, w = spec.input_size
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.dtype != np.uint8:
+        raise ImageError(f"images must be uint8 pixels 0..255, got {arr.dtype}")
+    if arr.ndim != 4 or arr.shape[1:] != (h, w, spec.channels) or len(arr) == 0:
+        raise ImageError(
+            f"images must be [N, {h}, {w}, {spec.channels}] (the model's input size, RGB), "
+            f"got shape {list(arr.shape)}"
+        )
+    return np.array(arr, dtype=np.uint8, order="C")  # our own writable copy
+
+
+def load_images(model: Model, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    """Read image files as the model sees them.
+
+    Returns:
+        uint8 ``[N, H, W, C]`` RGB (or grey), resized/cropped by the preprocessing spec.
+
+    Raises:
+        ImageError: a file is missing or not a readable image (named).
+    """
+    from pyanalyzer.data.images import load_image
+
+    if not paths:
+        raise ImageError("give at least one image")
+    spec = model.preprocessing
+    return np.stack([spec.prepare_image(load_image(p)) for p in paths])
+
+
+def resolve_layers(model: Model, layers: Sequence[str] | str) -> list[LayerInfo]:
+    """Layer infos by alias or ONNX name; refuses an empty list and duplicates."""
+    if isinstance(layers, str):
+        layers = [layers]
+    infos = [model.layer(n) for n in layers]
+    if not infos:
+        raise UserInputError("give at least one layer to invert")
+    names = [i.name for i in infos]
+    if len(set(names)) != len(names):
+        raise UserInputError("a layer was given twice")
+    return infos
+
+
+def pixel_centre(model: Model) -> np.ndarray:
+    """float32 ``[C]``: the 0–255 RGB pixel value the model's preprocessing maps to 0.
+
+    The paper inverts mean-subtracted images; the model's own mean is that reference when it
+    has one inside the pixel range (caffe, imagenet, the default model), else mid-grey.
+    """
+    spec = model.preprocessing
+    c = spec.channels
+    mean = np.broadcast_to(np.asarray(spec.mean, np.float64), (c,)) / spec.scale
+    if c == 3 and spec.channel_order == "bgr":
+        mean = mean[::-1]
+    if np.all((mean > 0) & (mean < 255)):
+        return mean.astype(np.float32)
+    return np.full(c, 127.5, np.float32)
+
+
+def to_nchw_features(t, layer: LayerInfo):
+    """A layer tensor as ``[N, C, h, w]`` (NHWC permuted, vectors as ``[N, K, 1, 1]``)."""
+    if t.ndim == 4 and layer.layout == "nhwc":
+        return t.permute(0, 3, 1, 2) if hasattr(t, "permute") else t.transpose(0, 3, 1, 2)
+    if t.ndim == 2:
+        return t[:, :, None, None]
+    if t.ndim != 4:
+        raise UserInputError(
+            f"layer {layer.alias} has rank {t.ndim}; only [N, C, H, W] maps and [N, K] "
+            "vectors can be inverted"
+        )
+    return t
+
+
+def check_reachable(model: Model, layers: Sequence[LayerInfo]) -> None:
+    """Raise GradientUnavailableError unless every layer depends differentiably on the input.
+
+    The torch twin runs once on a small input with every node's output recorded; a layer that
+    does not require grad is cut off by the nodes whose inputs carry a gradient but whose
+    output does not (an ``ArgMax``, a ``Cast`` to integers...): those ops are named.
+    """
+    import torch
+    import torch.fx
+
+    eng = model.gradient  # raises, naming the ops, when the model did not convert
+    missing = [layer.alias for layer in layers if not eng.has_tensor(layer.name)]
+    if missing:
+        raise GradientUnavailableError(
+            f"layer(s) {', '.join(missing)} are not computed by the torch engine"
+        )
+    spec = model.preprocessing
+    h, w = spec.input_size
+    x = spec.normalize_torch(torch.full((1, spec.channels, h, w), 0.5, requires_grad=True))
+    with torch.enable_grad(), eng.taps([layer.name for layer in layers]) as got:
+        needs: dict[str, bool] = {}
+
+        class Recorder(torch.fx.Interpreter):
+            def run_node(self, n):
+                out = super().run_node(n)
+                vals = out if isinstance(out, tuple | list) else (out,)
+                needs[n.name] = any(isinstance(v, torch.Tensor) and v.requires_grad for v in vals)
+                return out
+
+        try:
+            Recorder(eng.module).run(x)
+        except Exception:  # a model that cannot run a batch of one here is reported elsewhere
+            return
+    cut = [layer for layer in layers if not getattr(got.get(layer.name), "requires_grad", False)]
+    if not cut:
+        return
+    blockers: dict[str, None] = {}
+    for n in eng.module.graph.nodes:
+        if n.op != "call_module" or needs.get(n.name, False):
+            continue
+        if any(needs.get(a.name, False) for a in n.all_input_nodes):
+            onnx_node = eng.onnx_nodes.get(str(n.target))
+            blockers[onnx_node.op_type if onnx_node is not None else str(n.target)] = None
+    ops = ", ".join(blockers) or "unknown"
+    raise GradientUnavailableError(
+        f"layer(s) {', '.join(layer.alias for layer in cut)} cannot be reached by gradients "
+        f"from the input: the path goes through op(s) without a gradient: {ops}"
+    )

@@ -1,0 +1,410 @@
+"""Network inversion: optimisation (Mahendran & Vedaldi) and UpconvNet (Dosovitskiy & Brox)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_factory as fac
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+import pyanalyzer as pa
+from pyanalyzer.data import synthetic
+from pyanalyzer.errors import GradientUnavailableError, ImageError, UserInputError
+from pyanalyzer.methods.inversion import (
+    DecoderMismatchError,
+    architecture,
+    feature_error,
+    find_decoder,
+    invert_optim,
+    invert_upconv,
+    layer_sweep,
+    load_images,
+    pixel_error,
+    train_upconv,
+)
+from pyanalyzer.methods.inversion import objective as obj
+from pyanalyzer.methods.inversion import upconv as upconv_mod
+from pyanalyzer.methods.inversion._common import pixel_centre
+from pyanalyzer.report.montage import upscale
+
+
+@pytest.fixture(scope="module")
+def model(default_model):
+    return pa.load_model(default_model, check_parity=False)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return synthetic.render_batch(3, seed=11)[0]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return pa.Store(tmp_path_factory.mktemp("inversion") / "store.h5")
+
+
+TRAIN = dict(n_images=1500, epochs=3, batch_size=64, lr=2e-3, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def decoder(model, store):
+    """relu2's UpconvNet, trained small (1500 synthetic scenes of seed 0, 3 epochs)."""
+    return train_upconv(model, "relu2", store=store, **TRAIN)
+
+
+# ---- the objective ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("beta", [2.0, 1.0, 3.0])
+def test_prior_gradients_equal_autograd(beta):
+    x = (torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+         * 60).requires_grad_(True)  # fmt: skip
+    value, grad = obj.r_tv(x.detach(), beta)
+    xn = x / obj.V
+    dh = torch.nn.functional.pad(xn[:, :, 1:] - xn[:, :, :-1], (0, 0, 0, 1))
+    dw = torch.nn.functional.pad(xn[:, :, :, 1:] - xn[:, :, :, :-1], (0, 1, 0, 0))
+    sq = dh**2 + dw**2 + (0.0 if beta == 2.0 else 1e-8)
+    ref = sq.pow(beta / 2).flatten(1).sum(1) / 30
+    (ref_grad,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(value, ref.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-15)
+
+    value, grad = obj.r_alpha(x.detach(), 6.0)
+    ref = (x.abs() / obj.B).pow(6).flatten(1).sum(1) / 30
+    (ref_grad,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(value, ref.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-15)
+
+
+def test_constants_follow_the_authors_code():
+    # experiment_cnn.m: lr 0.004 for 100 steps, then x0.1 for 200 and x0.01 for 100.
+    rates = obj.Schedule(0.004, 400).rates()
+    assert np.allclose(rates[:100], 0.004) and np.allclose(rates[100:300], 0.0004)
+    assert np.allclose(rates[300:], 0.00004)
+    # lambdaTV = 1, 10, 100 and lambdaL2 = 8e-10 through x0_sigma^2 = H W C B^2.
+    assert obj.LAMBDA_TV_TIERS == pytest.approx((1 / 253.5, 10 / 253.5, 100 / 253.5))
+    assert obj.LAMBDA_ALPHA == pytest.approx(4e-10 * 80**4 / 3)
+    assert obj.V == pytest.approx(80 / 6.5)
+    # AlexNet's 8 weighted layers: conv1-2 shallow, conv3-4 middle, conv5-fc8 deep.
+    tiers = [obj.lambda_tv_for_depth(k / 8) for k in range(1, 9)]
+    assert tiers == [obj.LAMBDA_TV_TIERS[i] for i in (0, 0, 1, 1, 2, 2, 2, 2)]
+
+
+def test_depth_counts_weighted_layers(model):
+    # The default model: conv1..conv6 and the classifier's Gemm.
+    assert obj.depth_fraction(model.proto, model.layer("relu2").name) == pytest.approx(2 / 7)
+    assert obj.depth_fraction(model.proto, model.layer("fc1").name) == 1.0
+
+
+def test_error_measures_on_a_hand_case():
+    phi0 = np.array([[3.0, 4.0], [1.0, 0.0]])
+    phi = np.array([[3.0, 4.0], [0.0, 0.0]])
+    assert feature_error(phi, phi0).tolist() == [0.0, 1.0]
+    orig = np.zeros((1, 2, 1, 1), np.uint8)
+    assert pixel_error(np.array([[[[0.5]], [[0.0]]]]), orig) == pytest.approx(np.sqrt(0.125))
+
+
+def test_pixel_centre_is_the_models_mean_in_rgb(model, tmp_path):
+    assert pixel_centre(model).tolist() == pytest.approx([127.5] * 3)
+    caffe = pa.load_model(fac.caffe_style(tmp_path), check_parity=False)
+    assert pixel_centre(caffe).tolist() == pytest.approx([123.68, 116.779, 103.939])
+
+
+# ---- optimisation ----------------------------------------------------------------------------
+
+
+def test_optimisation_lowers_feature_error_tenfold(model, images):
+    # The optimiser on the data term alone: every (image, layer) pair ends >= 10x below its
+    # start (feature error of the starting noise).
+    r = invert_optim(model, images[:2], ["relu2", "relu4"], steps=200, optimizer="adam",
+                     lambda_alpha=0, lambda_tv=0, progress=False)  # fmt: skip
+    assert r.history.shape == (200, 2, 2)
+    assert np.all(r.history[-1] * 10 <= r.history[0]), r.history[[0, -1]]
+    # With the authors' priors the optimum is a smoother image, farther in feature space,
+    # but the error still falls several times on relu2.
+    r = invert_optim(model, images[:2], "relu2", steps=400, progress=False)
+    assert np.all(r.history[-1] * 5 <= r.history[0]), r.history[[0, -1]]
+    assert np.allclose(r.feature_error, r.history[-1], rtol=0.05)  # ort agrees with torch
+
+
+def test_early_layer_reconstructs_better_than_the_last_conv_layer(model, images):
+    r = invert_optim(model, images, ["relu2", "relu6"], steps=400, progress=False)
+    assert r.images.shape == (3, 2, 64, 64, 3) and r.images.dtype == np.float32
+    assert r.images.min() >= 0 and r.images.max() <= 1
+    assert r.aliases == ("relu2", "relu6")
+    relu2, relu6 = r.pixel_error.mean(axis=0)
+    assert relu2 < relu6, r.summary()
+    assert r.params["lambda_tv_per_layer"] == [obj.LAMBDA_TV_TIERS[0], obj.LAMBDA_TV_TIERS[2]]
+
+
+def test_fixed_seed_gives_identical_results(model, images):
+    kw = dict(steps=15, jitter=2, progress=False)
+    a = invert_optim(model, images[:1], "relu3", seed=5, **kw)
+    b = invert_optim(model, images[:1], "relu3", seed=5, **kw)
+    c = invert_optim(model, images[:1], "relu3", seed=6, **kw)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.history, b.history)
+    assert not np.array_equal(a.images, c.images)
+
+
+@pytest.mark.parametrize("optimizer, jitter", [("sgd", 0), ("adam", 0), ("adam", 2)])
+def test_batch_equals_one_by_one(model, images, optimizer, jitter):
+    # Every row starts from the same seeded noise and shares the jitter offsets, and its loss
+    # depends on its own image only: a batch moves each row as it would move alone, up to the
+    # rounding of batched kernels. (Momentum SGD under jitter amplifies that rounding step
+    # after step, so it is compared without jitter.)
+    kw = dict(steps=25, optimizer=optimizer, seed=3, jitter=jitter, progress=False)
+    layers = ["relu2", "relu4"]
+    together = invert_optim(model, images[:2], layers, **kw)
+    for i in range(2):
+        for j, layer in enumerate(layers):
+            alone = invert_optim(model, images[i : i + 1], layer, **kw)
+            np.testing.assert_allclose(together.images[i, j], alone.images[0, 0], atol=1e-4)
+            np.testing.assert_allclose(together.history[:, i, j], alone.history[:, 0, 0],
+                                       rtol=1e-4, atol=1e-6)  # fmt: skip
+            assert together.pixel_error[i, j] == pytest.approx(alone.pixel_error[0, 0], abs=1e-5)
+
+
+def test_hooks_are_removed_after_success_and_error(model, images, monkeypatch):
+    eng = model.gradient
+    invert_optim(model, images[:1], "relu4", steps=2, progress=False)
+    assert eng.hook_count() == 0
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(obj, "r_tv", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        invert_optim(model, images[:1], "relu4", steps=2, progress=False)
+    assert eng.hook_count() == 0
+
+
+def test_caffe_style_bgr_model(tmp_path):
+    m = pa.load_model(fac.caffe_style(tmp_path), check_parity=False)
+    imgs = synthetic.render_batch(2, seed=2, size=32)[0]
+    r = invert_optim(m, imgs, ["relu1", "relu2"], steps=60, optimizer="adam", progress=False)
+    assert r.images.shape == (2, 2, 32, 32, 3)
+    assert np.all(np.isfinite(r.feature_error))
+    assert np.all(r.history[-1, :, 0] < 0.8 * r.history[0, :, 0])  # relu1 (random weights)
+    # Channel order: relu1's reconstruction is RGB like the original, not BGR.
+    assert (
+        pixel_error(r.images[:, 0], imgs).mean()
+        < pixel_error(r.images[:, 0], imgs[..., ::-1]).mean()
+    )
+    dec = train_upconv(m, "relu2", n_images=64, epochs=1, progress=False)
+    assert dec.arch["in_size"] == [16, 16] and dec.arch["out_size"] == [32, 32]
+    u = invert_upconv(m, dec, imgs)
+    assert u.images.shape == (2, 1, 32, 32, 3) and np.all(np.isfinite(u.pixel_error))
+
+
+@pytest.mark.parametrize("make", [fac.tiny_cnn_nhwc, fac.channels1], ids=["nhwc", "gray"])
+def test_other_input_kinds(tmp_path, make):
+    m = pa.load_model(make(tmp_path), check_parity=False)
+    (h, w), c = m.preprocessing.input_size, m.preprocessing.channels
+    imgs = np.stack([m.preprocessing.prepare_image(Image.fromarray(s.image))
+                     for s in synthetic.generate(4, seed=1, size=h)])  # fmt: skip
+    r = invert_optim(m, imgs, ["relu1", "relu2"], steps=40, optimizer="adam", progress=False)
+    assert r.images.shape == (4, 2, h, w, c) and np.all(np.isfinite(r.feature_error))
+    assert np.all(r.history[-1, :, 0] < r.history[0, :, 0])
+    dec = train_upconv(m, "relu2", n_images=32, epochs=1, progress=False)
+    u = invert_upconv(m, dec, imgs)
+    assert u.images.shape == (4, 1, h, w, c) and np.all(np.isfinite(u.pixel_error))
+
+
+# ---- UpconvNet -------------------------------------------------------------------------------
+
+
+def test_architecture_follows_the_layer(model):
+    a = architecture(model, model.layer("relu6"))  # 128 x 8 x 8 -> three up-convolutions
+    assert a == {"in_channels": 128, "in_size": [8, 8], "out_channels": 3,
+                 "out_size": [64, 64], "widths": [128, 64, 32, 16]}  # fmt: skip
+    assert len(architecture(model, model.layer("relu1"))["widths"]) == 1  # already 64x64
+    assert len(architecture(model, model.layer("fc1"))["widths"]) == 7  # a vector: 1 -> 64
+
+
+def test_upconv_beats_the_mean_image_on_held_out_images(model, decoder):
+    held_out = synthetic.render_batch(200, seed=1)[0]
+    r = invert_upconv(model, decoder, held_out, layer="relu2")
+    train = synthetic.render_batch(TRAIN["n_images"], seed=0)[0]
+    mean = train.astype(np.float64).mean(axis=0) / 255.0
+    baseline = pixel_error(np.broadcast_to(mean, held_out.shape), held_out)
+    assert r.images.shape == (200, 1, 64, 64, 3) and r.history is None
+    assert r.pixel_error.mean() < baseline.mean(), (r.pixel_error.mean(), baseline.mean())
+    assert decoder.curve.shape == (3,) and decoder.curve[-1] < decoder.curve[0]
+
+
+def test_decoder_is_reused_from_the_store(model, store, decoder, images, monkeypatch):
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(upconv_mod, "_fit", no_training)
+    again = train_upconv(model, "relu2", store=store, **TRAIN)
+    assert again.from_store and not decoder.from_store
+    assert again.describe().endswith("loaded from the store")
+    assert again.describe().startswith("UpconvNet for default.onnx/relu2: 1500 synthetic scenes")
+    assert again.curve.tolist() == decoder.curve.tolist()
+    a = invert_upconv(model, decoder, images)
+    b = invert_upconv(model, again, images)
+    assert np.array_equal(a.images, b.images)
+    found = find_decoder(store, model, "relu2")
+    assert found is not None and found.layer == decoder.layer
+    assert find_decoder(store, model, "relu5") is None
+
+
+def test_upconv_fixed_seed_gives_identical_decoders(model, images):
+    kw = dict(n_images=96, epochs=1, batch_size=32, progress=False)
+    a = train_upconv(model, "relu4", seed=4, **kw)
+    b = train_upconv(model, "relu4", seed=4, **kw)
+    sa, sb = a.arrays(), b.arrays()
+    assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
+    assert np.array_equal(invert_upconv(model, a, images).images,
+                          invert_upconv(model, b, images).images)  # fmt: skip
+
+
+def test_decoder_for_another_layer_or_model_is_refused(model, decoder, images, tmp_path):
+    with pytest.raises(DecoderMismatchError) as exc:
+        invert_upconv(model, decoder, images, layer="relu4")
+    assert (
+        str(exc.value) == "the decoder was trained for default.onnx/relu2, not default.onnx/relu4"
+    )
+    assert isinstance(exc.value, UserInputError)
+    other = pa.load_model(fac.caffe_style(tmp_path), check_parity=False)
+    with pytest.raises(DecoderMismatchError, match=r"^the decoder was trained for "
+                       r"default\.onnx/relu2, not caffe_style\.onnx$"):  # fmt: skip
+        invert_upconv(other, decoder, synthetic.render_batch(1, size=32)[0])
+
+
+# ---- the layer sweep -------------------------------------------------------------------------
+
+
+def test_layer_sweep_strip(model, decoder, store, images):
+    sw = layer_sweep(
+        model, images[0], ["relu2", "relu4"], methods=("optim", "upconv"), steps=10,
+        decoders={"relu2": decoder}, store=store,
+        upconv_options=dict(n_images=64, epochs=1), min_side=128, progress=False,
+    )  # fmt: skip
+    assert set(sw.results) == {"optim", "upconv"}
+    for r in sw.results.values():
+        assert r.aliases == ("relu2", "relu4") and r.images.shape == (1, 2, 64, 64, 3)
+    s = sw.strip
+    assert s.dtype == np.uint8 and s.ndim == 3 and s.shape[2] == 3
+    assert s.shape[1] == 3 * (128 + 2) + 2  # original + 2 layers, 2 px gaps
+    assert np.array_equal(s[2 : 2 + 128, 2 : 2 + 128], upscale(images[0], 128))
+    assert sw.summary()["upconv"]["relu2"]["pixel_error"] == pytest.approx(
+        float(invert_upconv(model, decoder, images[:1]).pixel_error[0, 0])
+    )
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+
+def _one_line(exc) -> None:
+    assert isinstance(exc.value, UserInputError) and "\n" not in str(exc.value)
+
+
+def test_unreadable_image_is_reported(model, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(ImageError, match="bad.png") as exc:
+        load_images(model, [bad])
+    _one_line(exc)
+    with pytest.raises(ImageError, match="does not exist"):
+        load_images(model, [tmp_path / "missing.png"])
+    good = tmp_path / "good.png"
+    Image.fromarray(synthetic.render(0, size=48).image).save(good)
+    assert load_images(model, [good]).shape == (1, 64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "pixels, match",
+    [
+        (np.zeros((1, 64, 64, 3), np.float32), r"^images must be uint8 pixels 0\.\.255, got float32$"),
+        (np.zeros((1, 32, 32, 3), np.uint8), r"^images must be \[N, 64, 64, 3\]"),
+        (np.zeros((0, 64, 64, 3), np.uint8), r"^images must be \[N, 64, 64, 3\]"),
+    ],
+)  # fmt: skip
+def test_bad_image_arrays(model, pixels, match):
+    with pytest.raises(ImageError, match=match) as exc:
+        invert_optim(model, pixels, "relu2", steps=1, progress=False)
+    _one_line(exc)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(layers=[]), r"^give at least one layer"),
+        (dict(layers=["relu2", "relu2_1"]), r"^a layer was given twice$"),
+        (dict(layers=["relu22"]), r"relu22"),
+        (dict(steps=0), r"^steps must be >= 1, got 0$"),
+        (dict(optimizer="lbfgs"), r"^unknown optimizer 'lbfgs'; choose one of sgd, adam$"),
+        (dict(lr=-1.0), r"^lr must be a positive number, got -1\.0$"),
+        (dict(lambda_tv=float("nan")), r"^lambda_tv must be a number >= 0, got nan$"),
+    ],
+)  # fmt: skip
+def test_bad_parameters(model, images, kwargs, match):
+    layers = kwargs.pop("layers", ["relu2"])
+    with pytest.raises(UserInputError, match=match) as exc:
+        invert_optim(model, images[:1], layers, **{"steps": 1, "progress": False, **kwargs})
+    _one_line(exc)
+
+
+def test_sweep_takes_one_image_and_known_methods(model, images):
+    with pytest.raises(UserInputError, match="one image, got 2"):
+        layer_sweep(model, images[:2], ["relu2"], steps=1, progress=False)
+    with pytest.raises(UserInputError, match="unknown method 'deconv'"):
+        layer_sweep(model, images[0], ["relu2"], methods=("deconv",), progress=False)
+
+
+def _cast_model(tmp_path):
+    """conv -> Cast to int64 -> Cast back -> conv -> relu: the second conv gets no gradient."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(4, 4, 3, 3)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Cast", ["r1"], ["i"], to=TensorProto.INT64),
+        helper.make_node("Cast", ["i"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["f", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])],
+        initializer=[w1, w2],
+    )  # fmt: skip
+    path = tmp_path / "cast.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    return path
+
+
+def test_layer_cut_off_from_gradients_names_the_op(tmp_path):
+    m = pa.load_model(_cast_model(tmp_path), check_parity=False)
+    imgs = np.zeros((1, 16, 16, 3), np.uint8)
+    with pytest.raises(GradientUnavailableError, match=r"relu2 cannot be reached .*: Cast$") as exc:
+        invert_optim(m, imgs, "relu2", steps=1, progress=False)
+    _one_line(exc)
+    r = invert_optim(m, imgs, "relu1", steps=2, progress=False)  # before the cut: fine
+    assert r.images.shape == (1, 1, 16, 16, 3)
+    assert m.gradient.hook_count() == 0
+
+
+def test_model_without_torch_twin_names_the_op(tmp_path):
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Shrink", ["c"], ["y"], lambd=0.5)]  # fmt: skip
+    g = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])],
+        initializer=[w],
+    )  # fmt: skip
+    path = tmp_path / "shrink.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    m = pa.load_model(path, check_parity=False)
+    with pytest.raises(GradientUnavailableError, match="Shrink") as exc:
+        invert_optim(m, np.zeros((1, 16, 16, 3), np.uint8), "conv1", steps=1, progress=False)
+    _one_line(exc)

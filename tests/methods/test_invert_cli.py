@@ -1,0 +1,50 @@
+"""`pyanalyzer invert`: the strip, metrics, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from cli_helpers import run_cli
+from PIL import Image
+
+from pyanalyzer.data import synthetic
+
+
+@pytest.fixture()
+def image(tmp_path):
+    path = tmp_path / "x.png"
+    Image.fromarray(synthetic.render(2, seed=8, size=64).image).save(path)
+    return path
+
+
+def test_invert_optim_strip_and_metrics(capsys, default_model, image, tmp_path):
+    code, out, err = run_cli(capsys, "invert", str(default_model), "--image", str(image), "--layer",
+                             "relu2", "--layer", "relu4", "--steps", "20", "--out", str(tmp_path / "o"),
+                             "--store", str(tmp_path / "s.h5"), "--no-progress")  # fmt: skip
+    assert code == 0, err
+    strip = np.asarray(Image.open(tmp_path / "o" / "inversion.png"))
+    assert strip.ndim == 3 and strip.shape[1] > strip.shape[0]
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert set(metrics["optim"]) == {"relu2", "relu4"}
+
+
+@pytest.mark.parametrize(
+    "extra, msg",
+    [
+        (["--image", "BAD", "--layer", "relu2"], "cannot read image"),
+        (["--layer", "relu2", "--method", "upconv"], "no decoder trained"),
+        (["--layer", "relu22"], "did you mean"),
+    ],
+)
+def test_invert_bad_input(capsys, default_model, image, tmp_path, extra, msg):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    extra = [str(bad) if e == "BAD" else e for e in extra]
+    if "--image" not in extra:
+        extra = ["--image", str(image), *extra]
+    code, _, err = run_cli(capsys, "invert", str(default_model), *extra, "--out",
+                           str(tmp_path / "o"), "--store", str(tmp_path / "s.h5"))  # fmt: skip
+    assert code == 2 and msg in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s.h5").exists()
