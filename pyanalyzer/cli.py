@@ -235,18 +235,23 @@ def _doctor_report() -> dict[str, Any]:
 # ---- dissection ---------------------------------------------------------------------------
 
 
+def concepts_dir(store_path: str | None):
+    """Where concept datasets and their decoded-label caches live: beside the store."""
+    from pathlib import Path
+
+    from pyanalyzer.store import Store
+
+    return Path(Store(store_path).path).parent / "concepts"
+
+
 def default_concept_dataset(
     store_path: str | None, n_images: int, size: int, seed: int, progress: bool
 ):
     """The synthetic Broden-format dataset used when no --dataset is given (made once)."""
-    from pathlib import Path
 
     from pyanalyzer.data.broden import BrodenDataset, synth_dataset
-    from pyanalyzer.store import Store
 
-    folder = (
-        Path(Store(store_path).path).parent / "concepts" / f"synth-n{n_images}-s{size}-seed{seed}"
-    )
+    folder = concepts_dir(store_path) / f"synth-n{n_images}-s{size}-seed{seed}"
     if not (folder / "index.csv").is_file():
         click.echo(f"making the synthetic concept dataset {folder} ...", err=True)
         synth_dataset(
@@ -368,9 +373,7 @@ def dissect(
     for name in layers:
         m.spatial_layer(name)
     if dataset is not None:
-        from pathlib import Path
-
-        ds = BrodenDataset(dataset, cache_dir=Path(Store(store_path).path).parent / "concepts")
+        ds = BrodenDataset(dataset, cache_dir=concepts_dir(store_path))
     else:
         if n_images < 1:
             raise UserInputError(f"--n-images must be at least 1, got {n_images}")
@@ -407,17 +410,6 @@ def dissect(
 
 
 # ---- deconvnet ----------------------------------------------------------------------------
-
-
-def _files_digest(paths) -> str:
-    """Identity of an image set for the store key: names, sizes and modification times."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 @cli.command()
@@ -496,7 +488,7 @@ def deconv(
     """  # fmt: skip
     import numpy as np
 
-    from pyanalyzer.data.images import ArraySource, ImageFiles, ImageFolder
+    from pyanalyzer.data.images import ArraySource, ImageFiles, ImageFolder, files_digest
     from pyanalyzer.errors import UserInputError
     from pyanalyzer.methods.deconvnet import Deconvolution, parse_units, top_patch_projections
     from pyanalyzer.report.montage import grid, save_png, upscale
@@ -519,7 +511,7 @@ def deconv(
     if image:
         source = ImageFiles([image])
         pixels = source.pixels(0, spec)  # unreadable image: one line, nothing written
-        params.update(image=_files_digest([image]), mode=mode, k=top_k)
+        params.update(image=files_digest([image]), mode=mode, k=top_k)
         key = Key.make(m.sha256, "deconv/image", params)
         entry = store.get(key)
         if entry is None:
@@ -548,7 +540,7 @@ def deconv(
 
         if images:
             source = ImageFolder(images)
-            params["images"] = _files_digest(source.paths)
+            params["images"] = files_digest(source.paths)
         else:
             from pyanalyzer.data import synthetic
 
@@ -663,7 +655,7 @@ def actmax(
     """  # fmt: skip
     import numpy as np
 
-    from pyanalyzer.data.images import ImageFolder
+    from pyanalyzer.data.images import ImageFolder, files_digest
     from pyanalyzer.methods.actmax import ActivationMaximization, ActmaxResult
     from pyanalyzer.store import Key, Store
 
@@ -675,7 +667,7 @@ def actmax(
     source = ImageFolder(reference) if reference else None
     params = method.params(layer, units)
     if source is not None:
-        params["reference"] = _files_digest(source.paths)
+        params["reference"] = files_digest(source.paths)
     store = Store(store_path)
     key = Key.make(m.sha256, "actmax", params)
     entry = store.get(key)

@@ -55,6 +55,22 @@ def load_image(path: str | os.PathLike[str]):
         raise ImageError(f"cannot read image {str(p)!r}: {reason}") from None
 
 
+def files_digest(paths: Sequence[str | os.PathLike[str]]) -> str:
+    """sha256 over each file's resolved path, size and modification time (cheap: no reads);
+    identifies an image set in store keys. A missing file hashes as missing."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        try:
+            st = p.stat()
+            h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()
+
+
 class ImageFiles:
     """A list of image files.
 

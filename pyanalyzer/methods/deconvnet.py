@@ -319,7 +319,7 @@ class Deconvolution:
         import torch
         import torch.nn.functional as F
 
-        from pyanalyzer.model.converters import same_pads
+        from pyanalyzer.model.graph import same_pads
 
         attrs = {a.name: onnx_attr(a) for a in node.attribute}
         kernel = list(attrs["kernel_shape"])

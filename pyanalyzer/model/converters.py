@@ -14,7 +14,6 @@ Registered once, on import, into onnx2torch's converter registry:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import onnx
@@ -30,19 +29,9 @@ from onnx2torch.utils.common import (
 )
 from torch import nn
 
+from pyanalyzer.model.graph import same_pads
+
 _REGISTERED = False
-
-
-def same_pads(size: int, kernel: int, stride: int, dilation: int, lower: bool) -> tuple[int, int]:
-    """``(begin, end)`` padding of ONNX's SAME_UPPER / SAME_LOWER along one axis.
-
-    The output size is ``ceil(size / stride)``; the odd pixel of padding goes to the end for
-    SAME_UPPER and to the beginning for SAME_LOWER.
-    """
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    small, big = total // 2, total - total // 2
-    return (big, small) if lower else (small, big)
 
 
 class SamePad(nn.Module, OnnxToTorchModule):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -383,6 +384,18 @@ def build_catalogue(
                 )  # fmt: skip
             )
     return layers
+
+
+def same_pads(size: int, kernel: int, stride: int, dilation: int, lower: bool) -> tuple[int, int]:
+    """``(begin, end)`` padding of ONNX's SAME_UPPER / SAME_LOWER along one axis.
+
+    The output size is ``ceil(size / stride)``; the odd pixel of padding goes to the end for
+    SAME_UPPER and to the beginning for SAME_LOWER.
+    """
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    small, big = total // 2, total - total // 2
+    return (big, small) if lower else (small, big)
 
 
 def resolve_layer(layers: Iterable[LayerInfo], name: str) -> LayerInfo:

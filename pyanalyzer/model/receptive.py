@@ -356,8 +356,7 @@ class _Walker:
             k, s, dil = int(kernel[i]), int(strides[i]), int(dilations[i])
             if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
                 n = self.dim(node.input[0], axis, op)
-                total = max(0, (math.ceil(n / s) - 1) * s + (k - 1) * dil + 1 - n)
-                p = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+                p = _graph.same_pads(n, k, s, dil, lower=auto_pad == "SAME_LOWER")[0]
             elif auto_pad == "VALID":
                 p = 0
             else:

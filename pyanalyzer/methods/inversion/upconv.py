@@ -273,7 +273,7 @@ class UpconvDecoder:
 
 def _source_digest(source) -> dict[str, Any]:
     """What identifies an image source in the store key."""
-    from pyanalyzer.data.images import ArraySource, ImageFiles
+    from pyanalyzer.data.images import ArraySource, ImageFiles, files_digest
 
     h = hashlib.sha256()
     if isinstance(source, _SyntheticSource):
@@ -285,13 +285,7 @@ def _source_digest(source) -> dict[str, Any]:
         h.update(np.ascontiguousarray(source.images).tobytes())
         return {"kind": "array", "n": len(source), "sha256": h.hexdigest()}
     if isinstance(source, ImageFiles):
-        for p in source.paths:
-            try:
-                st = p.stat()
-                h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{p}\0missing\n".encode())
-        return {"kind": "files", "n": len(source), "sha256": h.hexdigest()}
+        return {"kind": "files", "n": len(source), "sha256": files_digest(source.paths)}
     for i in range(len(source)):
         h.update(f"{source.name(i)}\n".encode())
     return {"kind": type(source).__name__, "n": len(source), "sha256": h.hexdigest()}
