@@ -585,7 +585,7 @@ def deconv(
     default="all",
     show_default=True,
     metavar="N|A-B|all",
-    help="Units (classes for --objective class).",
+    help="Units (classes for --objective class, rows of --direction for direction).",
 )
 @click.option(
     "--objective",
@@ -597,7 +597,8 @@ def deconv(
     "--direction",
     "direction_file",
     type=click.Path(),
-    help="For --objective direction: a .npy vector over the layer's channels.",
+    help="For --objective direction: a .npy vector [C] or matrix [K, C] over the layer's "
+    "channels, or a text file with one direction per line; one image per direction.",
 )
 @click.option(
     "--param",
@@ -652,17 +653,30 @@ def actmax(
     Erhan et al. 2009, Simonyan et al. 2013, Yosinski et al. 2015, Olah et al. 2017 (lucid).
     All requested units are optimised together, one image per unit. Writes a PNG per unit and
     a montage per layer; results are cached in the store.
+
+    \b
+    --objective channel    a channel's mean over positions (default)
+    --objective neuron     a channel at the centre position
+    --objective class      a class logit (before any softmax); --units are classes
+    --objective direction  a direction in the layer's channel space (--direction FILE);
+                           --units are the file's rows
     """  # fmt: skip
     import numpy as np
 
     from pyanalyzer.data.images import ImageFolder, files_digest
-    from pyanalyzer.methods.actmax import ActivationMaximization, ActmaxResult
+    from pyanalyzer.errors import UserInputError
+    from pyanalyzer.methods.actmax import ActivationMaximization, ActmaxResult, load_directions
     from pyanalyzer.store import Key, Store
 
+    if direction_file is not None and objective != "direction":
+        raise UserInputError("--direction is used with --objective direction only")
+    if objective == "direction" and direction_file is None:
+        raise UserInputError("--objective direction needs --direction FILE (.npy or text)")
+    directions = None if direction_file is None else load_directions(direction_file)
     m = open_model(model, kw, check_parity=False)
     method = ActivationMaximization(
         m, objective=objective, param=param, regularizers=regularizers, steps=steps, size=size,
-        seed=seed, batch=not one_by_one, progress=not no_progress,
+        seed=seed, batch=not one_by_one, progress=not no_progress, directions=directions,
     )  # fmt: skip
     source = ImageFolder(reference) if reference else None
     params = method.params(layer, units)
@@ -679,8 +693,9 @@ def actmax(
                   preprocessing=m.preprocessing.to_dict())  # fmt: skip
     files = result.save(out_dir)
     rel = result.relative
+    noun = {"class": "class(es)", "direction": "direction(s)"}.get(objective, "unit(s)")
     click.echo(
-        f"{result.alias}: {len(result.units)} unit(s), {objective}; mean activation reached "
+        f"{result.alias}: {len(result.units)} {noun}, {objective}; mean activation reached "
         f"{float(result.reached.mean()):.3g} (start image {float(result.start.mean()):.3g}"
         + (f", {float(np.nanmean(rel)):.2f}x the reference maximum" if rel is not None else "")
         + f"); {len(files)} PNG(s) in {out_dir}"

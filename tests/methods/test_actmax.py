@@ -37,6 +37,7 @@ from pyanalyzer.methods.actmax import (
     direction,
     diversity,
     find_logits,
+    load_directions,
     mean_color,
     neuron,
     redirected_relu,
@@ -212,6 +213,13 @@ def test_direction_and_diversity():
     assert torch.allclose(
         direction("relu6", v)(acts), (t6 * v.view(1, -1, 1, 1)).sum(1).mean((1, 2))
     )
+    # one direction per image: row i for image i
+    rows = torch.randn(3, 8, generator=gen(2))
+    per_image = direction("relu6", rows)(acts)
+    assert torch.allclose(
+        per_image, torch.stack([direction("relu6", rows[i])(acts)[i] for i in range(3)])
+    )
+    assert repr(direction("relu6", rows)) == "direction(relu6, <3x8>)"
     ref6 = {"relu6": TensorRef("r6", "relu6", "nchw", 8, 4, 4)}
     same = Activations({"relu6": t6[:1].repeat(3, 1, 1, 1)}, ref6)
     assert torch.allclose(diversity("relu6")(same), torch.full((3,), -1.0))
@@ -248,6 +256,60 @@ def test_batched_equals_one_by_one(model):
     diff = np.abs(together.images.astype(int) - apart.images.astype(int))
     assert diff.mean() < 1.0, diff.mean()
     assert np.allclose(together.reached, apart.reached, rtol=0.05)
+
+
+def test_direction_objective_renders_one_image_per_direction(model, tmp_path):
+    # Two directions in relu5's channel space: a mixture and a one-hot (channel 9). "reached"
+    # is checked against onnxruntime on the uint8 images: the mean over positions of the
+    # dot product of each position's channel vector with the direction.
+    rng = np.random.default_rng(0)
+    dirs = np.stack([rng.standard_normal(64), np.eye(64)[9]]).astype(np.float32)
+    r = run_actmax(model, "relu5", "all", objective="direction", directions=dirs, steps=32,
+                   seed=0, start="mean", **FAST)  # fmt: skip
+    assert list(r.units) == [0, 1] and r.labels == ("d0", "d1") and r.objective == "direction"
+    info = model.layer("relu5")
+    acts = model.forward.run(model.preprocessing.normalize(r.images), [info.name])[info.name]
+    expect = (acts.mean(axis=(2, 3)) * dirs).sum(1)
+    assert np.allclose(r.reached, expect, rtol=1e-3, atol=1e-4), (r.reached, expect)
+    assert (r.reached - r.start > 0.3).all() and (r.curve[-1] > r.curve[0]).all(), r.summary()
+    # a row renders as it would alone (its generator is keyed by the row number)
+    solo = run_actmax(model, "relu5", [1], objective="direction", directions=dirs, steps=32,
+                      seed=0, start="mean", **FAST)  # fmt: skip
+    assert np.abs(solo.images.astype(int) - r.images[1:].astype(int)).mean() < 1.0
+    assert solo.params["directions"] == r.params["directions"]
+    # a one-hot direction is the channel objective: same key, same image
+    kw = dict(steps=16, keys=[9], start="mean")
+    via_dir = render(model, direction("relu5", dirs[1]), 1, **kw)
+    via_channel = render(model, channel("relu5", 9), 1, **kw)
+    assert np.array_equal(via_dir.pixels, via_channel.pixels)
+    # the reference maximum of a direction is measured like its reached value
+    imgs = rng.integers(0, 256, (5, 64, 64, 3)).astype(np.uint8)
+    rr = run_actmax(model, "relu5", [0], objective="direction", directions=dirs, steps=2,
+                    reference=ArraySource(imgs), **FAST)  # fmt: skip
+    ref_acts = model.forward.run(model.preprocessing.normalize(imgs), [info.name])[info.name]
+    assert np.isclose(rr.reference_max[0], (ref_acts.mean(axis=(2, 3)) @ dirs[0]).max(),
+                      rtol=1e-4)  # fmt: skip
+
+
+def test_load_directions_from_npy_and_text(tmp_path):
+    v = np.arange(1, 5, dtype=np.float32)
+    np.save(tmp_path / "v.npy", v)
+    assert load_directions(tmp_path / "v.npy").tolist() == [v.tolist()]
+    (tmp_path / "m.txt").write_text("1, 0, 0, 2\n\n0 1 1 0\n")
+    assert load_directions(tmp_path / "m.txt").tolist() == [[1, 0, 0, 2], [0, 1, 1, 0]]
+    for name, body, match in [
+        ("ragged.txt", "1 2 3\n4 5\n", "different lengths"),
+        ("words.csv", "1, two, 3\n", "cannot read direction file"),
+        ("empty.txt", "\n", "directions must be a vector"),
+    ]:
+        (tmp_path / name).write_text(body)
+        with pytest.raises(UserInputError, match=match):
+            load_directions(tmp_path / name)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(UserInputError, match="cannot read direction file"):
+        load_directions(tmp_path / "obj.npy")
+    with pytest.raises(UserInputError, match="does not exist"):
+        load_directions(tmp_path / "missing.npy")
 
 
 def test_class_images_are_classified_as_their_class(model):
@@ -450,7 +512,14 @@ def test_color_correlation_from_images():
         (dict(layer="relu4", units=[64]), r"^unit 64 is out of range: layer relu4 has units 0\.\.63$"),
         (dict(layer="relu4", units="60-70"), r"^unit 64 is out of range: layer relu4 has units 0\.\.63$"),
         (dict(layer=None, units=[7], objective="class"), r"^class 7 is out of range: the model has classes 0\.\.6$"),
-        (dict(layer="relu4", units=[1], objective="tickle"), r"^unknown objective 'tickle'; choose one of channel, neuron, class$"),
+        (dict(layer="relu4", units=[1], objective="tickle"), r"^unknown objective 'tickle'; choose one of channel, neuron, class, direction$"),
+        (dict(layer="relu4", units="all", objective="direction"), r"^the direction objective needs directions"),
+        (dict(layer="relu4", units=[1], directions=np.ones(64)), r"^directions are used by the direction objective only, not by 'channel'$"),
+        (dict(layer="relu4", units="all", objective="direction", directions=np.ones(32)), r"^the directions have 32 entries; layer relu4 has 64 channels$"),
+        (dict(layer="relu4", units=[2], objective="direction", directions=np.ones((2, 64))), r"^direction 2 is out of range: 2 direction\(s\) were given \(0\.\.1\)$"),
+        (dict(layer="relu4", units="all", objective="direction", directions=np.zeros((2, 64))), r"^direction 0 is all zeros"),
+        (dict(layer="relu4", units="all", objective="direction", directions=np.full(64, np.nan)), r"^directions must be finite"),
+        (dict(layer="relu4", units="all", objective="direction", directions=np.ones((1, 2, 64))), r"^directions must be a vector"),
         (dict(layer="relu4", units=[1], regularizers="strong"), r"^unknown regularizer set 'strong'; choose one of lucid, yosinski1"),
         (dict(layer="relu4", units=[1], param="dct"), r"^unknown parametrization 'dct'"),
         (dict(layer="relu44", units=[1]), r"relu44"),

@@ -66,10 +66,14 @@ from pyanalyzer.methods.actmax.regularizers import (
     regularizer_set,
 )
 from pyanalyzer.methods.actmax.render import (
+    KINDS,
     ActivationMaximization,
     ActmaxResult,
     RedirectedReLU,
     Rendering,
+    as_directions,
+    load_directions,
+    method_objective,
     redirected_relu,
     reference_maxima,
     render,
@@ -89,6 +93,7 @@ from pyanalyzer.methods.actmax.transforms import (
 
 __all__ = [
     "IMAGENET_COLOR_SQRT",
+    "KINDS",
     "OBJECTIVES",
     "PARAMS",
     "SETS",
@@ -117,6 +122,7 @@ __all__ = [
     "Rendering",
     "TotalVariation",
     "Transform",
+    "as_directions",
     "channel",
     "class_logit",
     "color_correlation_from_images",
@@ -124,7 +130,9 @@ __all__ = [
     "direction",
     "diversity",
     "find_logits",
+    "load_directions",
     "mean_color",
+    "method_objective",
     "neuron",
     "redirected_relu",
     "reference_maxima",

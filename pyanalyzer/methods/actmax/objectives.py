@@ -459,28 +459,52 @@ class Direction(Objective):
     """A direction in a layer's channel space; see :func:`direction`."""
 
     def __init__(self, ref: str, vector: Sequence[float] | np.ndarray | torch.Tensor, batch):
-        v = torch.as_tensor(np.asarray(vector, dtype=np.float32)).flatten()
-        if not torch.isfinite(v).all() or v.numel() == 0:
-            raise UserInputError("a direction must be a non-empty finite vector")
+        v = torch.as_tensor(np.asarray(vector, dtype=np.float32))
+        if v.ndim not in (1, 2) or v.numel() == 0:
+            raise UserInputError(
+                "a direction is a vector over the layer's channels, or a matrix with one "
+                f"such row per image; got shape {list(v.shape)}"
+            )
+        if not torch.isfinite(v).all():
+            raise UserInputError("a direction must be finite (it has NaN or infinite entries)")
         self.ref, self.vector = ref, v
         self.batch = None if batch is None else int(batch)
+
+    @property
+    def per_image(self) -> bool:
+        """True when :attr:`vector` has one row per image."""
+        return self.vector.ndim == 2
 
     def refs(self) -> frozenset[str]:
         return frozenset([self.ref])
 
     def check(self, model: Model, n: int) -> None:
         tref = resolve(model, self.ref)
-        if self.vector.numel() != tref.channels:
+        if self.vector.shape[-1] != tref.channels:
             raise UserInputError(
-                f"direction has {self.vector.numel()} entries; layer {tref.alias} has "
+                f"direction has {self.vector.shape[-1]} entries; layer {tref.alias} has "
                 f"{tref.channels} channels"
+            )
+        if self.per_image and self.vector.shape[0] != n:
+            raise UserInputError(
+                f"direction objective has {self.vector.shape[0]} rows for a batch of {n} images "
+                "(one row per image)"
             )
         if self.batch is not None and not 0 <= self.batch < n:
             raise UserInputError(f"batch index {self.batch} is outside the batch of {n} images")
 
     def value(self, acts: Activations) -> torch.Tensor:
         # mean over positions of <a[:, :, y, x], v> equals <mean over positions, v>.
-        v = acts(self.ref).mean(dim=(2, 3)) @ self.vector.to(acts(self.ref).dtype)
+        mean = acts(self.ref).mean(dim=(2, 3))  # [N, C]
+        vec = self.vector.to(mean.dtype)
+        if self.per_image:
+            if vec.shape[0] != mean.shape[0]:
+                raise UserInputError(
+                    f"direction objective has {vec.shape[0]} rows for a batch of {mean.shape[0]}"
+                )
+            v = (mean * vec).sum(dim=1)
+        else:
+            v = mean @ vec
         if self.batch is not None:
             mask = torch.zeros_like(v)
             mask[self.batch] = 1.0
@@ -489,7 +513,8 @@ class Direction(Objective):
 
     def __repr__(self) -> str:
         b = "" if self.batch is None else f", batch={self.batch}"
-        return f"direction({self.ref}, <{self.vector.numel()}>{b})"
+        shape = "x".join(str(d) for d in self.vector.shape)
+        return f"direction({self.ref}, <{shape}>{b})"
 
 
 def direction(
@@ -501,7 +526,8 @@ def direction(
 
     Args:
         layer: alias or ONNX name.
-        vector: one weight per channel.
+        vector: one weight per channel ``[C]`` (the same direction for every image), or a
+            matrix ``[N, C]`` with one direction per image (a batch renders N directions).
         batch: only this image of the batch.
     """
     return Direction(layer, vector, batch)

@@ -46,6 +46,7 @@ from pyanalyzer.methods.actmax.objectives import (
     Activations,
     Objective,
     TensorRef,
+    direction,
     find_logits,
     resolve,
     unit_objective,
@@ -65,6 +66,10 @@ __all__ = [
     "Rendering",
     "redirected_relu",
     "reference_maxima",
+    "KINDS",
+    "as_directions",
+    "load_directions",
+    "method_objective",
     "render",
     "run_actmax",
     "unit_seed",
@@ -382,6 +387,83 @@ def render(
 
 # ---- the method ----------------------------------------------------------------------------
 
+KINDS = (*OBJECTIVES, "direction")
+"""What :class:`ActivationMaximization` renders one image of per unit: a channel, a neuron, a
+class, or a direction (one image per row of a direction matrix)."""
+
+
+def as_directions(directions: Any) -> np.ndarray:
+    """Directions in a layer's channel space as float32 ``[K, C]`` (a vector is one row).
+
+    Raises:
+        UserInputError: not a non-empty finite vector or matrix, or an all-zero row.
+    """
+    try:
+        d = np.asarray(directions, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise UserInputError("directions must be numbers: a vector or a [K, C] matrix") from None
+    if d.ndim == 1:
+        d = d[None]
+    if d.ndim != 2 or d.size == 0:
+        raise UserInputError(
+            f"directions must be a vector over the layer's channels or a [K, C] matrix, "
+            f"got shape {list(np.shape(directions))}"
+        )
+    if not np.isfinite(d).all():
+        raise UserInputError("directions must be finite (they have NaN or infinite entries)")
+    zero = np.flatnonzero(~d.any(axis=1))
+    if zero.size:
+        raise UserInputError(f"direction {int(zero[0])} is all zeros: it has nothing to maximise")
+    return np.ascontiguousarray(d)
+
+
+def load_directions(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read directions from a ``.npy`` file (a vector ``[C]`` or a matrix ``[K, C]``) or from a
+    text file (one direction per line, numbers separated by commas or spaces).
+
+    Raises:
+        UserInputError: a missing or unreadable file, or contents :func:`as_directions` refuses.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"direction file {p} does not exist or is not a file")
+    try:
+        if p.suffix.lower() == ".npy":
+            data = np.load(p, allow_pickle=False)
+        else:
+            text = p.read_text(encoding="utf-8").replace(",", " ")
+            rows = [line.split() for line in text.splitlines() if line.split()]
+            widths = {len(r) for r in rows}
+            if len(widths) > 1:
+                raise ValueError(f"its lines have different lengths ({sorted(widths)})")
+            data = np.asarray([[float(v) for v in r] for r in rows], np.float64)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise UserInputError(f"cannot read direction file {p}: {e}") from None
+    return as_directions(data)
+
+
+def _digest(a: np.ndarray) -> str:
+    """An identity of an array for store keys: shape, dtype and a hash of the bytes."""
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(a.tobytes()).hexdigest()[:16]
+    return f"{a.dtype.str}{list(a.shape)}:{h}"
+
+
+def method_objective(
+    kind: str, layer: str | None, units: int | Sequence[int], directions: np.ndarray | None = None
+) -> Objective:
+    """The objective of :class:`ActivationMaximization`: :func:`~.objectives.unit_objective`
+    for channels, neurons and classes; for ``"direction"``, row(s) ``units`` of
+    ``directions`` (one per image when ``units`` is a sequence)."""
+    if kind != "direction":
+        return unit_objective(kind, layer, units)
+    if layer is None:
+        raise UserInputError("the direction objective needs a layer")
+    if directions is None:
+        raise UserInputError("the direction objective needs directions")
+    rows = int(units) if isinstance(units, (int, np.integer)) else [int(u) for u in units]
+    return direction(layer, directions[rows])
+
 
 @dataclass(frozen=True)
 class ActmaxResult:
@@ -399,8 +481,9 @@ class ActmaxResult:
         reference_max: float32 ``[U]``: each unit's maximum of the same activation over a
             reference image set, or None.
         layer: the ONNX tensor the objective reads; ``alias``: its short name.
-        objective: ``"channel"``, ``"neuron"`` or ``"class"``.
-        labels: one caption per unit (the unit number; for classes also the class name).
+        objective: ``"channel"``, ``"neuron"``, ``"class"`` or ``"direction"``.
+        labels: one caption per unit (the unit number; for classes also the class name; for
+            directions ``d<row>``).
         params: the parameters that produced it (JSON-able; the store key's parameters).
         seconds: wall time of the optimisation.
     """
@@ -535,8 +618,9 @@ class ActivationMaximization:
 
     Args:
         model: a loaded model whose graph converted to torch.
-        objective: ``"channel"`` (the channel's mean), ``"neuron"`` (the centre position) or
-            ``"class"`` (the logit before any softmax; units are classes).
+        objective: ``"channel"`` (the channel's mean), ``"neuron"`` (the centre position),
+            ``"class"`` (the logit before any softmax; units are classes) or ``"direction"``
+            (a direction in the layer's channel space; units are rows of ``directions``).
         param: ``"fft"`` (lucid's) or ``"pixel"``.
         regularizers: ``"lucid"`` (default: transforms only), ``"yosinski1"``..``"yosinski4"``
             (Table 1 of Yosinski et al.; pixel parametrization only), ``"none"``, or a
@@ -551,11 +635,14 @@ class ActivationMaximization:
             :func:`~.param.color_correlation_from_images`).
         batch: optimise all units in one batch (True) or one after another (False).
         progress: show a progress bar on stderr.
+        directions: for ``objective="direction"`` (and only then): a vector over the layer's
+            channels or a ``[K, C]`` matrix, one image per row (:func:`load_directions` reads
+            them from a file).
 
     Raises:
         UserInputError: unknown objective, parametrization or regularizer set, Yosinski sets
-            with ``fft``, bad numbers; GradientUnavailableError (a UserInputError) naming the
-            ops when the model has no torch twin.
+            with ``fft``, bad numbers, missing or malformed directions; GradientUnavailableError
+            (a UserInputError) naming the ops when the model has no torch twin.
     """
 
     def __init__(
@@ -574,11 +661,19 @@ class ActivationMaximization:
         color: np.ndarray | None | bool = None,
         batch: bool = True,
         progress: bool = True,
+        directions: Any = None,
     ):
-        if objective not in OBJECTIVES:
+        if objective not in KINDS:
             raise UserInputError(
-                f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}"
+                f"unknown objective {objective!r}; choose one of {', '.join(KINDS)}"
             )
+        if objective == "direction" and directions is None:
+            raise UserInputError("the direction objective needs directions (--direction FILE)")
+        if objective != "direction" and directions is not None:
+            raise UserInputError(
+                f"directions are used by the direction objective only, not by {objective!r}"
+            )
+        self.directions = None if directions is None else as_directions(directions)
         self.regs = regularizer_set(regularizers)
         # a named set is identified by its name, a custom one by everything in it
         self._regs_id = regularizers if isinstance(regularizers, str) else self.regs.describe()
@@ -604,7 +699,13 @@ class ActivationMaximization:
             return find_logits(self.model, layer)
         if layer is None:
             raise UserInputError(f"the {self.objective} objective needs a layer")
-        return resolve(self.model, layer)
+        tref = resolve(self.model, layer)
+        if self.directions is not None and self.directions.shape[1] != tref.channels:
+            raise UserInputError(
+                f"the directions have {self.directions.shape[1]} entries; layer {tref.alias} "
+                f"has {tref.channels} channels"
+            )
+        return tref
 
     def units(self, layer: str | None, units: str | int | Sequence[int]) -> list[int]:
         """``units`` as a list: ``"all"``, ``"0-7"``, ``"1,4,9"``, an int or a sequence.
@@ -615,15 +716,19 @@ class ActivationMaximization:
         from pyanalyzer.methods.deconvnet import parse_units
 
         tref = self.target(layer)
+        count = tref.channels
         noun = "class" if self.objective == "class" else "unit"
         where = (
-            f"the model has classes 0..{tref.channels - 1}"
+            f"the model has classes 0..{count - 1}"
             if noun == "class"
-            else f"layer {tref.alias} has units 0..{tref.channels - 1}"
+            else f"layer {tref.alias} has units 0..{count - 1}"
         )
+        if self.directions is not None:
+            count = len(self.directions)
+            noun, where = "direction", f"{count} direction(s) were given (0..{count - 1})"
         if isinstance(units, str):
             # parse only (the range is checked below, in this method's words)
-            limit = tref.channels if units.strip().lower() == "all" else 1 << 16
+            limit = count if units.strip().lower() == "all" else 1 << 16
             chosen = parse_units(units, limit)
         else:
             seq = [units] if isinstance(units, int) else list(units)
@@ -634,7 +739,7 @@ class ActivationMaximization:
             if len(set(chosen)) != len(chosen):
                 raise UserInputError(f"units repeat: {chosen}")
         for u in chosen:
-            if not 0 <= u < tref.channels:
+            if not 0 <= u < count:
                 raise UserInputError(f"{noun} {u} is out of range: {where}")
         if not chosen:
             raise UserInputError("no units chosen")
@@ -667,6 +772,7 @@ class ActivationMaximization:
             "color": color_id,
             "batch": self.batch,
             "preprocessing": self.model.preprocessing.to_dict(),
+            **({} if self.directions is None else {"directions": _digest(self.directions)}),
         }
 
     # ---- run -------------------------------------------------------------------------------
@@ -715,13 +821,13 @@ class ActivationMaximization:
                 bar.update(1)
 
             if self.batch:
-                obj = unit_objective(self.objective, layer, chosen)
+                obj = method_objective(self.objective, layer, chosen, self.directions)
                 parts = [render(self.model, obj, len(chosen), keys=chosen, on_step=tick, **kw)]
             else:
                 parts = [
                     render(
                         self.model,
-                        unit_objective(self.objective, layer, u),
+                        method_objective(self.objective, layer, u, self.directions),
                         1,
                         keys=[u],
                         on_step=tick,
@@ -736,10 +842,16 @@ class ActivationMaximization:
         ref_max = None
         if reference is not None:
             ref_max = reference_maxima(
-                self.model, self.objective, layer, chosen, reference, progress=self.progress
-            )
+                self.model, self.objective, layer, chosen, reference, progress=self.progress,
+                directions=self.directions,
+            )  # fmt: skip
         names = self.model.class_names if self.objective == "class" else None
-        labels = tuple(f"{u} {names[u]}" if names and u < len(names) else str(u) for u in chosen)
+        if self.directions is not None:
+            labels = tuple(f"d{u}" for u in chosen)
+        else:
+            labels = tuple(
+                f"{u} {names[u]}" if names and u < len(names) else str(u) for u in chosen
+            )
         return ActmaxResult(
             images=pixels,
             units=np.asarray(chosen, np.int64),
@@ -765,16 +877,18 @@ def reference_maxima(
     *,
     batch_size: int = 32,
     progress: bool = True,
+    directions: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each unit's maximum over ``source`` of what :func:`run_actmax` reports as ``reached``
-    (the channel mean, the centre neuron or the class logit), float32 ``[U]``.
+    (the channel mean, the centre neuron, the class logit, or for ``objective="direction"``
+    the mean dot product with row ``u`` of ``directions``), float32 ``[U]``.
 
     Layers of the catalogue stream through onnxruntime (``model.forward.iter_layers``); the
     logits behind a softmax, which the catalogue does not list, through the torch twin.
     """
     if len(source) == 0:
         raise UserInputError("the reference image set is empty")
-    objs = [unit_objective(objective, layer, u) for u in units]
+    objs = [method_objective(objective, layer, u, directions) for u in units]
     (ref,) = objs[0].refs()
     tref = resolve(model, ref)
     best = np.full(len(units), -np.inf, np.float64)
@@ -829,8 +943,9 @@ def run_actmax(
         layer: alias or ONNX name (``relu4``); for ``objective="class"`` the output to start
             from, or None for the model's only class-score output.
         units: ``"all"``, ``"0-7"``, ``"1,4,9"``, an int or a sequence (classes for
-            ``"class"``).
-        objective: ``"channel"``, ``"neuron"`` (the centre position) or ``"class"``.
+            ``"class"``, rows of ``directions`` for ``"direction"``).
+        objective: ``"channel"``, ``"neuron"`` (the centre position), ``"class"`` or
+            ``"direction"`` (pass ``directions=``).
         param: ``"fft"`` or ``"pixel"``.
         regularizers: ``"lucid"``, ``"yosinski1"``..``"yosinski4"`` (pixel only), ``"none"``,
             or a :class:`~.regularizers.RegularizerSet`.
@@ -840,7 +955,7 @@ def run_actmax(
         reference: an image source for ``reference_max`` and ``relative``.
         batch: one batch for all units (True) or one optimisation per unit.
         progress: progress bar on stderr.
-        **options: ``lr``, ``start``, ``redirect_steps``, ``color`` (see
+        **options: ``lr``, ``start``, ``redirect_steps``, ``color``, ``directions`` (see
             :class:`ActivationMaximization`).
 
     Returns:
