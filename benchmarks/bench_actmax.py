@@ -24,6 +24,11 @@ import torch
 
 import pyanalyzer as pa
 from pyanalyzer.methods.actmax import run_actmax
+from pyanalyzer.methods.actmax.objectives import resolve
+from pyanalyzer.methods.actmax.render import _Net
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ceiling import report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,6 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"ratio       {ratio:8.2f}x  (target >= {args.target:g}x); mean |image difference| "
           f"{diff:.2f} / 255")  # fmt: skip
+    # The render loop's network: RGB 0..1 -> preprocessing -> the torch twin cut after the layer.
+    net = _Net(model, {info.name: resolve(model, info.name)})
+    report(
+        f"to {info.alias}",
+        lambda x: net(x)(info.name),
+        (model.preprocessing.channels, *model.preprocessing.input_size),
+        len(units),
+        t_single * 1e3 / (len(units) * args.steps),
+        args.target,
+    )
     return 0 if ratio >= args.target else 1
 
 
