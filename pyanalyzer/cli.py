@@ -574,6 +574,9 @@ def deconv(
 
 # ---- activation maximization ---------------------------------------------------------------
 
+COLOR_IMAGES = 1000
+"""``actmax --color-from``: the colour covariance is estimated from at most this many images."""
+
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
@@ -613,6 +616,19 @@ def deconv(
     show_default=True,
     help="lucid (transforms only), yosinski1..yosinski4 (pixel only), none.",
 )
+@click.option(
+    "--color-from",
+    type=click.Path(),
+    metavar="DIR",
+    help="With --param fft: decorrelate colours with the RGB covariance of the images in DIR "
+    f"(at most {COLOR_IMAGES}, by path; default: ImageNet's, as lucid).",
+)
+@click.option(
+    "--start",
+    type=click.Choice(["noise", "mean"]),
+    help="Start image: the mean image plus small noise, or the mean image alone "
+    "(default: the regularizer set's; noise for lucid).",
+)
 @click.option("--steps", type=int, default=256, show_default=True)
 @click.option("--size", type=int, help="Image size (default: the model's input size).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -638,6 +654,8 @@ def actmax(
     direction_file: str | None,
     param: str,
     regularizers: str,
+    color_from: str | None,
+    start: str | None,
     steps: int,
     size: int | None,
     seed: int,
@@ -665,18 +683,33 @@ def actmax(
 
     from pyanalyzer.data.images import ImageFolder, files_digest
     from pyanalyzer.errors import UserInputError
-    from pyanalyzer.methods.actmax import ActivationMaximization, ActmaxResult, load_directions
+    from pyanalyzer.methods.actmax import (
+        ActivationMaximization,
+        ActmaxResult,
+        color_correlation_from_images,
+        load_directions,
+    )
     from pyanalyzer.store import Key, Store
 
     if direction_file is not None and objective != "direction":
         raise UserInputError("--direction is used with --objective direction only")
     if objective == "direction" and direction_file is None:
         raise UserInputError("--objective direction needs --direction FILE (.npy or text)")
+    if color_from is not None and param != "fft":
+        raise UserInputError(
+            "--color-from applies to --param fft (the pixel one has no colour basis)"
+        )
     directions = None if direction_file is None else load_directions(direction_file)
     m = open_model(model, kw, check_parity=False)
+    color = None
+    if color_from is not None:
+        color = color_correlation_from_images(
+            ImageFolder(color_from), m.preprocessing, max_images=COLOR_IMAGES
+        )
     method = ActivationMaximization(
         m, objective=objective, param=param, regularizers=regularizers, steps=steps, size=size,
         seed=seed, batch=not one_by_one, progress=not no_progress, directions=directions,
+        start=start, color=color,
     )  # fmt: skip
     source = ImageFolder(reference) if reference else None
     params = method.params(layer, units)

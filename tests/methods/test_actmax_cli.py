@@ -84,3 +84,61 @@ def test_actmax_cli_bad_directions(capsys, default_model, tmp_path, extra, msg):
                            "--store", str(tmp_path / "s.h5"))  # fmt: skip
     assert code == 2 and msg in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists() and not (tmp_path / "s.h5").exists()
+
+
+def test_actmax_cli_color_from_a_folder_and_start(capsys, default_model, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    import pyanalyzer as pa
+    from pyanalyzer.data.images import ImageFolder
+    from pyanalyzer.methods.actmax import (
+        ActmaxResult,
+        color_correlation_from_images,
+        mean_color,
+    )
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # reddish noise: a colour covariance far from ImageNet's
+        px = rng.integers(0, 256, (64, 64, 3))
+        px[..., 1:] //= 4
+        Image.fromarray(px.astype(np.uint8)).save(folder / f"{i}.png")
+    store = tmp_path / "s.h5"
+    base = ["actmax", str(default_model), "--layer", "relu6", "--units", "0", "--steps", "4",
+            "--out", str(tmp_path / "o"), "--store", str(store), "--no-progress"]  # fmt: skip
+    assert run_cli(capsys, *base)[0] == 0
+    code, out, err = run_cli(capsys, *base, "--color-from", str(folder), "--start", "mean")
+    assert code == 0 and "(from the store)" not in out, err
+    infos = Store(store).entries()
+    assert len(infos) == 2
+    custom = next(e for e in infos if e.params["color"] != "imagenet")
+    assert custom.params["start"] == "mean" and np.asarray(custom.params["color"]).shape == (3, 3)
+    assert np.allclose(custom.params["color"], color_correlation_from_images(
+        ImageFolder(folder), pa.load_model(default_model, check_parity=False).preprocessing),
+        atol=1e-6)  # fmt: skip
+    # the mean start has no noise: "start" is the unit's activation on the plain mean image
+    got = ActmaxResult.from_arrays(Store(store).get(custom.key))
+    m = pa.load_model(default_model, check_parity=False)
+    grey = np.full((1, 64, 64, 3), 255 * np.asarray(mean_color(m.preprocessing)))
+    (acts,) = m.forward.run(m.preprocessing.normalize(grey), [m.layer("relu6").name]).values()
+    assert np.isclose(got.start[0], acts[0, 0].mean(), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra, msg",
+    [
+        (["--param", "pixel", "--color-from", "{folder}"], "--color-from applies to --param fft"),
+        (["--color-from", "{missing}"], "does not exist"),
+        (["--start", "zeros"], "Invalid value for '--start'"),
+    ],
+)
+def test_actmax_cli_bad_color_or_start(capsys, default_model, tmp_path, extra, msg):
+    (tmp_path / "empty").mkdir()
+    extra = [e.format(folder=tmp_path / "empty", missing=tmp_path / "nope") for e in extra]
+    code, _, err = run_cli(capsys, "actmax", str(default_model), "--layer", "relu6", *extra,
+                           "--steps", "2", "--out", str(tmp_path / "o"),
+                           "--store", str(tmp_path / "s.h5"))  # fmt: skip
+    assert code == 2 and msg in err, err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s.h5").exists()
