@@ -638,7 +638,14 @@ COLOR_IMAGES = 1000
     help="Image folder: also report each unit's activation relative to its maximum there.",
 )
 @click.option(
-    "--one-by-one", is_flag=True, help="Optimise units one after another instead of in one batch."
+    "--batch-size",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Units optimised together in one batch (more units: several batches).",
+)
+@click.option(
+    "--one-by-one", is_flag=True, help="Optimise units one after another instead of in batches."
 )
 @click.option(
     "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the PNGs."
@@ -660,6 +667,7 @@ def actmax(
     size: int | None,
     seed: int,
     reference: str | None,
+    batch_size: int,
     one_by_one: bool,
     out_dir: str,
     no_progress: bool,
@@ -669,8 +677,8 @@ def actmax(
     """Activation maximization: the input each unit, channel or class prefers.
 
     Erhan et al. 2009, Simonyan et al. 2013, Yosinski et al. 2015, Olah et al. 2017 (lucid).
-    All requested units are optimised together, one image per unit. Writes a PNG per unit and
-    a montage per layer; results are cached in the store.
+    The requested units are optimised together (in batches of --batch-size), one image per
+    unit. Writes a PNG per unit and a montage per layer; results are cached in the store.
 
     \b
     --objective channel    a channel's mean over positions (default)
@@ -708,8 +716,8 @@ def actmax(
         )
     method = ActivationMaximization(
         m, objective=objective, param=param, regularizers=regularizers, steps=steps, size=size,
-        seed=seed, batch=not one_by_one, progress=not no_progress, directions=directions,
-        start=start, color=color,
+        seed=seed, batch=not one_by_one, batch_size=batch_size, progress=not no_progress,
+        directions=directions, start=start, color=color,
     )  # fmt: skip
     source = ImageFolder(reference) if reference else None
     params = method.params(layer, units)

@@ -248,14 +248,21 @@ def test_fixed_seed_gives_identical_images(model):
     assert not np.array_equal(a.images, c.images)
 
 
-def test_batched_equals_one_by_one(model):
+def test_batched_equals_one_by_one_and_batches_of_any_size(model):
     kw = dict(steps=8, seed=1, **FAST)
-    together = run_actmax(model, "relu5", [3, 11], **kw)
-    apart = run_actmax(model, "relu5", [3, 11], batch=False, **kw)
+    units = [3, 11, 4, 20, 7]
+    together = run_actmax(model, "relu5", units, **kw)
+    apart = run_actmax(model, "relu5", units, batch=False, **kw)
+    in_twos = run_actmax(model, "relu5", units, batch_size=2, **kw)  # batches of 2, 2 and 1
     # Same generators per unit, so the same draws; only float rounding of batched kernels.
-    diff = np.abs(together.images.astype(int) - apart.images.astype(int))
-    assert diff.mean() < 1.0, diff.mean()
-    assert np.allclose(together.reached, apart.reached, rtol=0.05)
+    for other in (apart, in_twos):
+        diff = np.abs(together.images.astype(int) - other.images.astype(int))
+        assert diff.mean() < 1.0, diff.mean()
+        assert np.allclose(together.reached, other.reached, rtol=0.05)
+        assert list(other.units) == units
+    assert in_twos.params["batch_size"] == 2 and apart.params["batch_size"] == 1
+    with pytest.raises(UserInputError, match="^batch size must be >= 1, got 0$"):
+        run_actmax(model, "relu5", units, batch_size=0, **kw)
 
 
 def test_direction_objective_renders_one_image_per_direction(model, tmp_path):

@@ -28,6 +28,7 @@ def test_actmax_cli_writes_pngs_and_reuses_the_store(capsys, default_model, tmp_
         (["--layer", "relu6", "--regularizers", "yosinski9"], "unknown regularizer set"),
         (["--layer", "relu66"], "did you mean"),
         (["--layer", "relu6", "--param", "fft", "--regularizers", "yosinski1"], "pixel"),
+        (["--layer", "relu6", "--batch-size", "0"], "batch size must be >= 1, got 0"),
     ],
 )
 def test_actmax_bad_input(capsys, default_model, tmp_path, extra, msg):

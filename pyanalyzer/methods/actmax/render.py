@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyanalyzer._checks import check_int
 from pyanalyzer.errors import UserInputError
 from pyanalyzer.methods.actmax.objectives import (
     OBJECTIVES,
@@ -633,7 +634,9 @@ class ActivationMaximization:
         redirect_steps: steps with redirected ReLU gradients.
         color: FFT colour square root (None: ImageNet's; see
             :func:`~.param.color_correlation_from_images`).
-        batch: optimise all units in one batch (True) or one after another (False).
+        batch: optimise the units in batches (True) or one after another (False).
+        batch_size: units per batch (default 64): a layer with more units is rendered in
+            several batches, which bounds memory; the images do not depend on it.
         progress: show a progress bar on stderr.
         directions: for ``objective="direction"`` (and only then): a vector over the layer's
             channels or a ``[K, C]`` matrix, one image per row (:func:`load_directions` reads
@@ -660,6 +663,7 @@ class ActivationMaximization:
         redirect_steps: int = 16,
         color: np.ndarray | None | bool = None,
         batch: bool = True,
+        batch_size: int = 64,
         progress: bool = True,
         directions: Any = None,
     ):
@@ -690,6 +694,7 @@ class ActivationMaximization:
         self.redirect_steps = int(redirect_steps)
         self.color = color
         self.batch = bool(batch)
+        self.batch_size = check_int("batch size", batch_size, 1)
         self.progress = progress
 
     # ---- what to optimise ------------------------------------------------------------------
@@ -771,6 +776,7 @@ class ActivationMaximization:
             "redirect_steps": self.redirect_steps,
             "color": color_id,
             "batch": self.batch,
+            "batch_size": self.batch_size if self.batch else 1,
             "preprocessing": self.model.preprocessing.to_dict(),
             **({} if self.directions is None else {"directions": _digest(self.directions)}),
         }
@@ -811,30 +817,28 @@ class ActivationMaximization:
             "color": self.color,
         }
         t0 = time.perf_counter()
+        per_batch = self.batch_size if self.batch else 1
+        groups = [chosen[i : i + per_batch] for i in range(0, len(chosen), per_batch)]
         with progress_bar(
-            self.steps * (1 if self.batch else len(chosen)),
-            label=f"actmax {tref.alias}",
-            enabled=self.progress,
+            self.steps * len(groups), label=f"actmax {tref.alias}", enabled=self.progress
         ) as bar:
 
             def tick() -> None:
                 bar.update(1)
 
-            if self.batch:
-                obj = method_objective(self.objective, layer, chosen, self.directions)
-                parts = [render(self.model, obj, len(chosen), keys=chosen, on_step=tick, **kw)]
-            else:
-                parts = [
-                    render(
-                        self.model,
-                        method_objective(self.objective, layer, u, self.directions),
-                        1,
-                        keys=[u],
-                        on_step=tick,
-                        **kw,
-                    )
-                    for u in chosen
-                ]
+            # Each unit's generator is keyed by the unit, so a unit's image does not depend on
+            # the group it is rendered in (up to float rounding of batched kernels).
+            parts = [
+                render(
+                    self.model,
+                    method_objective(self.objective, layer, group, self.directions),
+                    len(group),
+                    keys=group,
+                    on_step=tick,
+                    **kw,
+                )
+                for group in groups
+            ]
         seconds = time.perf_counter() - t0
         pixels = np.concatenate([p.pixels for p in parts])
         if pixels.shape[-1] == 1:
@@ -953,9 +957,11 @@ def run_actmax(
         size: image size (default: the model's input size).
         seed: random seed; the same seed gives identical images.
         reference: an image source for ``reference_max`` and ``relative``.
-        batch: one batch for all units (True) or one optimisation per unit.
+        batch: units in batches of ``batch_size`` (True; 64 by default) or one optimisation
+            per unit.
         progress: progress bar on stderr.
-        **options: ``lr``, ``start``, ``redirect_steps``, ``color``, ``directions`` (see
+        **options: ``lr``, ``start``, ``redirect_steps``, ``color``, ``directions``,
+            ``batch_size`` (see
             :class:`ActivationMaximization`).
 
     Returns:
