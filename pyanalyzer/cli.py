@@ -907,9 +907,7 @@ def invert_train(
     dec = train_upconv(
         m, info.name, source, store=Store(store_path), progress=not no_progress, **options
     )
-    click.echo(
-        f"decoder for {info.alias} ready in {Store(store_path).path} ({dec.describe() if hasattr(dec, 'describe') else 'trained'})"
-    )
+    click.echo(f"decoder for {info.alias} ready in {Store(store_path).path} ({dec.describe()})")
 
 
 # ---- cache ---------------------------------------------------------------------------------

@@ -48,3 +48,47 @@ def test_invert_bad_input(capsys, default_model, image, tmp_path, extra, msg):
                            str(tmp_path / "o"), "--store", str(tmp_path / "s.h5"))  # fmt: skip
     assert code == 2 and msg in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists() and not (tmp_path / "s.h5").exists()
+
+
+def test_invert_train_then_upconv_and_both(capsys, default_model, image, tmp_path):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(synthetic.render(i % 7, seed=i, size=64).image).save(folder / f"{i}.png")
+    store = str(tmp_path / "s.h5")
+    code, out, err = run_cli(capsys, "invert", "train", str(default_model), "--layer", "relu4",
+                             "--images", str(folder), "--epochs", "2", "--store", store,
+                             "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert "decoder for relu4 ready" in out and "6 images (files), 2 epochs" in out
+    assert "trained in" in out
+    code, out, err = run_cli(capsys, "invert", str(default_model), "--image", str(image),
+                             "--layer", "relu4", "--method", "both", "--steps", "5",
+                             "--out", str(tmp_path / "o"), "--store", store, "--no-progress")  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert set(metrics) == {"optim", "upconv"} and set(metrics["upconv"]) == {"relu4"}
+    assert (tmp_path / "o" / "relu4_upconv.png").is_file()
+    # a second training request answers from the store
+    code, out, err = run_cli(capsys, "invert", "train", str(default_model), "--layer", "relu4",
+                             "--images", str(folder), "--epochs", "2", "--store", store,
+                             "--no-progress")  # fmt: skip
+    assert code == 0 and "loaded from the store" in out, err
+
+
+@pytest.mark.parametrize(
+    "extra, msg",
+    [
+        (["--layer", "relu4", "--images", "{missing}"], "does not exist"),
+        (["--layer", "relu4", "--images", "{empty}"], "holds no images"),
+        (["--layer", "relu44"], "did you mean"),
+        (["--layer", "relu4", "--epochs", "0"], "epochs"),
+    ],
+)
+def test_invert_train_bad_input(capsys, default_model, tmp_path, extra, msg):
+    (tmp_path / "empty").mkdir()
+    extra = [e.format(missing=tmp_path / "nope", empty=tmp_path / "empty") for e in extra]
+    code, _, err = run_cli(capsys, "invert", "train", str(default_model), *extra,
+                           "--store", str(tmp_path / "s.h5"))  # fmt: skip
+    assert code == 2 and msg in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s.h5").exists()
