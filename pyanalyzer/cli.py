@@ -838,14 +838,22 @@ def invert_run(
     methods = ("optim", "upconv") if method == "both" else (method,)
     decoders = {}
     if "upconv" in methods:
+        missing = []
         for info in infos:
             dec = find_decoder(store, m, info.name)
             if dec is None:
-                raise UserInputError(
-                    f"no decoder trained for {info.alias} of this model in {store.path}: run "
-                    f"`pyanalyzer invert train {model} --layer {info.alias}` first"
-                )
-            decoders[info.name] = dec
+                missing.append(info.alias)
+            else:
+                decoders[info.name] = dec
+        if missing:
+            where = f" --store {store_path}" if store_path else ""
+            runs = "; ".join(
+                f"`pyanalyzer invert train {model} --layer {alias}{where}`" for alias in missing
+            )
+            raise UserInputError(
+                f"no decoder trained for {', '.join(missing)} of this model in {store.path}: "
+                f"run {runs} first"
+            )
     options: dict[str, Any] = {"optimizer": optimizer, "seed": seed, "jitter": jitter}
     if steps is not None:
         options["steps"] = steps

@@ -35,6 +35,10 @@ def test_invert_optim_strip_and_metrics(capsys, default_model, image, tmp_path):
     [
         (["--image", "BAD", "--layer", "relu2"], "cannot read image"),
         (["--layer", "relu2", "--method", "upconv"], "no decoder trained"),
+        (
+            ["--layer", "relu2", "--layer", "relu4", "--method", "both"],
+            "no decoder trained for relu2, relu4 of this model",
+        ),
         (["--layer", "relu22"], "did you mean"),
     ],
 )
@@ -48,6 +52,8 @@ def test_invert_bad_input(capsys, default_model, image, tmp_path, extra, msg):
                            str(tmp_path / "o"), "--store", str(tmp_path / "s.h5"))  # fmt: skip
     assert code == 2 and msg in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists() and not (tmp_path / "s.h5").exists()
+    if "no decoder" in msg:  # the suggested command trains into the store that was named
+        assert f"--layer relu2 --store {tmp_path / 's.h5'}`" in err
 
 
 def test_invert_train_then_upconv_and_both(capsys, default_model, image, tmp_path):
