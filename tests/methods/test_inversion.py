@@ -126,12 +126,17 @@ def test_optimisation_lowers_feature_error_tenfold(model, images):
     assert r.history.shape == (200, 3, 2)
     assert np.all(r.history[-1, :, 0] * 10 <= r.history[0, :, 0]), r.history[[0, -1]]
     assert np.all(r.history[-1, :, 1] * 4 <= r.history[0, :, 1]), r.history[[0, -1]]
-    # With the authors' priors the optimum is a smoother image, farther in feature space (the
-    # optimum, not the step budget: 1600 steps end where 400 do), but the error still falls
-    # several times on relu2.
-    r = invert_optim(model, images[:2], "relu2", steps=400, progress=False)
-    assert np.all(r.history[-1] * 5 <= r.history[0]), r.history[[0, -1]]
-    assert np.allclose(r.feature_error, r.history[-1], rtol=0.05)  # ort agrees with torch
+    # With the authors' priors and schedule (the defaults) the optimum is a smoother image,
+    # farther in feature space (the optimum, not the step budget: 1600 steps end where 400
+    # do). The objective's data term, the squared error ||phi - phi0||^2 / ||phi0||^2 (what
+    # the authors' code reports as res.err), still falls >= 10x on relu2 and relu4 (measured
+    # 15-130x); the reported error (its square root) falls >= 5x on relu2. On relu6 the
+    # squared error falls 10-21x on these images, one of them at the edge: not asserted.
+    r = invert_optim(model, images, ["relu2", "relu4"], progress=False)
+    start, end = r.history[0], r.history[-1]
+    assert np.all(end**2 * 10 <= start**2), (start, end)
+    assert np.all(end[:, 0] * 5 <= start[:, 0]), (start, end)
+    assert np.allclose(r.feature_error, end, rtol=0.05)  # ort agrees with torch
 
 
 def test_early_layer_reconstructs_better_than_the_last_conv_layer(model, images):
