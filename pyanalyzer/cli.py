@@ -791,7 +791,7 @@ def invert() -> None:
     type=click.Choice(["sgd", "adam"]),
     default="sgd",
     show_default=True,
-    help="Momentum SGD with the authors' schedule, or Adam.",
+    help="Momentum SGD with the authors' schedule, or Adam (optim).",
 )
 @click.option(
     "--jitter",
@@ -800,7 +800,9 @@ def invert() -> None:
     show_default=True,
     help="Random shifts of up to this many pixels (optim).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Starting noise and jitter (optim)."
+)
 @click.option(
     "--out",
     "out_dir",
@@ -828,11 +830,23 @@ def invert_run(
     """Reconstruct --image from each --layer; writes a strip PNG and metrics.json."""  # fmt: skip
     from pyanalyzer.errors import UserInputError
     from pyanalyzer.methods.inversion import find_decoder, layer_sweep, load_images
+    from pyanalyzer.methods.inversion._common import resolve_layers
     from pyanalyzer.report.montage import save_png
     from pyanalyzer.store import Store
 
+    if method == "upconv":  # a decoder is one forward pass: the optimiser's options do not apply
+        ctx = click.get_current_context()
+        given = [
+            f"--{name}"
+            for name in ("steps", "optimizer", "jitter", "seed")
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise UserInputError(
+                f"{', '.join(given)} apply to --method optim or both, not to upconv"
+            )
     m = open_model(model, kw, check_parity=False)
-    infos = [m.spatial_layer(name) for name in layers]
+    infos = resolve_layers(m, layers)
     img = load_images(m, [image])[0]  # unreadable image: one line, nothing written
     store = Store(store_path)
     methods = ("optim", "upconv") if method == "both" else (method,)
@@ -904,10 +918,11 @@ def invert_train(
     """Train an UpconvNet decoder for --layer and keep it in the store (Dosovitskiy & Brox)."""  # fmt: skip
     from pyanalyzer.data.images import ImageFolder
     from pyanalyzer.methods.inversion import train_upconv
+    from pyanalyzer.methods.inversion._common import resolve_layers
     from pyanalyzer.store import Store
 
     m = open_model(model, kw, check_parity=False)
-    info = m.spatial_layer(layer)
+    (info,) = resolve_layers(m, layer)
     source = ImageFolder(images) if images else None
     options: dict[str, Any] = {"seed": seed}
     if epochs is not None:

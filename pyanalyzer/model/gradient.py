@@ -93,7 +93,10 @@ class GradientEngine:
         from onnx2torch import convert
 
         try:
-            module = convert(m)
+            # The converted modules are built (randomly initialised) before onnx2torch copies
+            # the weights in: keep that from advancing the caller's global torch generator.
+            with torch.random.fork_rng(devices=[]):
+                module = convert(m)
         except Exception as exc:  # converter-specific NotImplementedError, KeyError...
             op = _failing_op(exc, m)
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -91,6 +91,11 @@ def test_constants_follow_the_authors_code():
     # AlexNet's 8 weighted layers: conv1-2 shallow, conv3-4 middle, conv5-fc8 deep.
     tiers = [obj.lambda_tv_for_depth(k / 8) for k in range(1, 9)]
     assert tiers == [obj.LAMBDA_TV_TIERS[i] for i in (0, 0, 1, 1, 2, 2, 2, 2)]
+    # few steps: every phase gets one once there are three; fewer run the first phases
+    counts = {n: [int((obj.Schedule(1.0, n).rates() == f).sum()) for f in (1, 0.1, 0.01)]
+              for n in (1, 2, 3, 4, 401)}  # fmt: skip
+    assert counts == {1: [1, 0, 0], 2: [1, 1, 0], 3: [1, 1, 1], 4: [1, 2, 1],
+                      401: [100, 201, 100]}  # fmt: skip
 
 
 def test_depth_counts_weighted_layers(model):
@@ -283,6 +288,43 @@ def test_decoder_for_another_layer_or_model_is_refused(model, decoder, images, t
     with pytest.raises(DecoderMismatchError, match=r"^the decoder was trained for "
                        r"default\.onnx/relu2, not caffe_style\.onnx$"):  # fmt: skip
         invert_upconv(other, decoder, synthetic.render_batch(1, size=32)[0])
+
+
+def test_decoder_read_with_other_preprocessing_or_format_is_refused(
+    default_model, decoder, store, images, monkeypatch
+):
+    # the same weights and layer, but images normalised another way: the decoder learned
+    # other features, so it is refused (directly and when looked up in the store)
+    other = pa.load_model(default_model, "imagenet", check_parity=False)
+    msg = (r"^the decoder for relu2 was trained with other preprocessing \(mean \[0\.5, 0\.5, "
+           r"0\.5\] vs \[0\.485, 0\.456, 0\.406\], std .*trained vs now\): train one with")  # fmt: skip
+    with pytest.raises(DecoderMismatchError, match=msg):
+        invert_upconv(other, decoder, images)
+    with pytest.raises(DecoderMismatchError, match=msg):
+        find_decoder(store, other, "relu2")
+    monkeypatch.setattr(upconv_mod, "FORMAT_VERSION", 2)
+    with pytest.raises(
+        DecoderMismatchError, match="stored in format 1, this version reads format 2"
+    ):
+        find_decoder(store, pa.load_model(default_model, check_parity=False), "relu2")
+
+
+def test_decoder_trained_at_another_input_size_is_refused(tmp_path):
+    # a model with free height and width, read at 32 px for training and at 48 px later
+    proto = onnx.load(fac.tiny_cnn(tmp_path, size=32))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    del proto.graph.value_info[:]
+    onnx.save(proto, tmp_path / "free_size.onnx")
+    at32 = pa.load_model(tmp_path / "free_size.onnx", {"input_size": 32}, check_parity=False)
+    at48 = pa.load_model(tmp_path / "free_size.onnx", {"input_size": 48}, check_parity=False)
+    st = pa.Store(tmp_path / "s.h5")
+    dec = train_upconv(at32, "relu2", n_images=16, epochs=1, store=st, progress=False)
+    with pytest.raises(DecoderMismatchError, match=r"input_size \[32, 32\] vs \[48, 48\]"):
+        invert_upconv(at48, dec, synthetic.render_batch(1, size=48)[0])
+    with pytest.raises(DecoderMismatchError, match=r"input_size \[32, 32\] vs \[48, 48\]"):
+        find_decoder(st, at48, "relu2")
+    assert find_decoder(st, at32, "relu2") is not None
 
 
 # ---- the layer sweep -------------------------------------------------------------------------

@@ -98,3 +98,17 @@ def test_invert_train_bad_input(capsys, default_model, tmp_path, extra, msg):
                            "--store", str(tmp_path / "s.h5"))  # fmt: skip
     assert code == 2 and msg in err and err.count("\n") == 1, err
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_invert_cli_vector_layer_and_upconv_refuses_optim_options(capsys, default_model, image,
+                                                                   tmp_path):  # fmt: skip
+    code, out, err = run_cli(capsys, "invert", str(default_model), "--image", str(image),
+                             "--layer", "fc1", "--steps", "5", "--out", str(tmp_path / "o"),
+                             "--store", str(tmp_path / "s.h5"), "--no-progress")  # fmt: skip
+    assert code == 0 and "optim  fc1" in out, err
+    code, _, err = run_cli(capsys, "invert", str(default_model), "--image", str(image),
+                           "--layer", "relu2", "--method", "upconv", "--steps", "0", "--seed",
+                           "3", "--out", str(tmp_path / "o2"), "--store",
+                           str(tmp_path / "s2.h5"))  # fmt: skip
+    assert code == 2 and "--steps, --seed apply to --method optim or both" in err, err
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "s2.h5").exists()

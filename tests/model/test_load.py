@@ -163,3 +163,12 @@ def test_default_model_loads(default_model):
     assert m.input.channels == 3 and m.preprocessing.input_size == (64, 64)
     assert m.preprocessing.source["mean"] == "model metadata"
     assert m.class_names and len(m.class_names) >= 6
+
+
+def test_building_the_torch_twin_leaves_the_global_generator_alone(default_model):
+    # onnx2torch builds randomly initialised modules before copying the weights in
+    m = pa.load_model(default_model, check_parity=False)
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
+    assert m.gradient_available
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -50,12 +50,19 @@ def load_images(model: Model, paths: Sequence[str | os.PathLike[str]]) -> np.nda
 
 
 def resolve_layers(model: Model, layers: Sequence[str] | str) -> list[LayerInfo]:
-    """Layer infos by alias or ONNX name; refuses an empty list and duplicates."""
+    """Layer infos by alias or ONNX name; refuses an empty list, duplicates, and tensors that
+    are neither ``[N, C, H, W]`` maps nor ``[N, K]`` vectors."""
     if isinstance(layers, str):
         layers = [layers]
     infos = [model.layer(n) for n in layers]
     if not infos:
         raise UserInputError("give at least one layer to invert")
+    for info in infos:
+        if not info.is_spatial and len(info.shape) != 2:
+            raise UserInputError(
+                f"layer {info.alias} has shape {list(info.shape)}: inversion reads [N, C, H, W] "
+                "maps or [N, K] vectors"
+            )
     names = [i.name for i in infos]
     if len(set(names)) != len(names):
         raise UserInputError("a layer was given twice")

@@ -133,16 +133,22 @@ class Schedule:
     phases: Sequence[tuple[float, float]] = LR_PHASES
 
     def rates(self) -> np.ndarray:
-        """float64 ``[steps]``: the learning rate of every step."""
+        """float64 ``[steps]``: the learning rate of every step.
+
+        Phases get their share of the steps, rounded half up at the boundaries (400 steps:
+        100 / 200 / 100); every phase gets at least one step when there are enough steps, and
+        fewer steps than phases run the first phases (1 step: the base rate)."""
+        k = len(self.phases)
         fractions = np.asarray([f for f, _ in self.phases], dtype=np.float64)
-        ends = np.rint(np.cumsum(fractions) / fractions.sum() * self.steps).astype(int)
-        out = np.empty(self.steps, dtype=np.float64)
-        start = 0
-        for end, (_, factor) in zip(ends, self.phases, strict=True):
-            out[start:end] = self.lr * factor
-            start = end
-        out[start:] = self.lr * self.phases[-1][1]
-        return out
+        ends = np.floor(np.cumsum(fractions) / fractions.sum() * self.steps + 0.5).astype(int)
+        counts = np.diff(np.concatenate([[0], ends]))
+        if self.steps < k:
+            counts = np.asarray([1] * self.steps + [0] * (k - self.steps))
+        else:
+            for i in np.flatnonzero(counts == 0):  # take a step from the longest phase
+                counts[int(np.argmax(counts))] -= 1
+                counts[i] += 1
+        return np.repeat([self.lr * factor for _, factor in self.phases], counts).astype(np.float64)
 
 
 def r_alpha(x, alpha: float = ALPHA, b: float = B):

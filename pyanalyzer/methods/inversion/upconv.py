@@ -201,16 +201,20 @@ class UpconvDecoder:
         )
 
     def check(self, model: Model, layer: str | None = None) -> None:
-        """Raise :class:`DecoderMismatchError` unless this decoder fits ``model`` (and ``layer``).
+        """Raise :class:`DecoderMismatchError` unless this decoder fits ``model`` (and ``layer``)
+        as the model is read now: the same weights and layer, the same preprocessing (the
+        decoder learned the features of images normalised one way and answers in that input
+        range), the same shapes (input size, feature map) and the current storage format.
 
         Raises:
-            DecoderMismatchError: "the decoder was trained for <model>/<layer>, not ...".
+            DecoderMismatchError: one line naming what differs.
             LayerNotFoundError: ``layer`` is not in the model.
         """
         want = model.layer(layer) if layer is not None else None
         same_model = model.sha256 == self.model_sha256
         same_layer = want is None or want.name == self.layer
         if same_model and same_layer:
+            self._check_reading(model)
             return
         theirs, ours = self.model_file or self.model_sha256[:12], model.path.name
         if theirs == ours and not same_model:  # same file name, other weights: show digests
@@ -220,6 +224,30 @@ class UpconvDecoder:
         raise DecoderMismatchError(
             f"the decoder was trained for {theirs}/{self.alias}, not {requested}"
         )
+
+    def _check_reading(self, model: Model) -> None:
+        """The model is the decoder's; refuse it when it is read differently now."""
+        fmt = self.params.get("format")
+        if fmt != FORMAT_VERSION:
+            raise DecoderMismatchError(
+                f"the decoder for {self.alias} was stored in format {fmt}, this version reads "
+                f"format {FORMAT_VERSION}: train it again"
+            )
+        theirs = self.params.get("preprocessing") or {}
+        ours = model.preprocessing.to_dict()
+        differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        if differ:
+            what = ", ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in differ)
+            raise DecoderMismatchError(
+                f"the decoder for {self.alias} was trained with other preprocessing ({what}, "
+                "trained vs now): train one with the same preprocessing flags"
+            )
+        arch = architecture(model, model.layer(self.layer))
+        if arch != self.arch:
+            raise DecoderMismatchError(
+                f"the decoder for {self.alias} maps {_shape_text(self.arch)}; with this input "
+                f"size the layer needs {_shape_text(arch)}: train one at this size"
+            )
 
     def decode(self, features: np.ndarray, layer: LayerInfo) -> np.ndarray:
         """Images from raw layer features (as onnxruntime returns them).
@@ -504,21 +532,49 @@ def _fit(arch, feats, pix, epochs, batch_size, lr, seed, alias, progress):
     return net.to(memory_format=torch.contiguous_format).eval(), curve
 
 
+def _shape_text(arch: Mapping[str, Any]) -> str:
+    """``"32x32x32 features to a 64x64 image"`` from an :func:`architecture`."""
+    h, w = arch.get("in_size", ["?", "?"])
+    oh, ow = arch.get("out_size", ["?", "?"])
+    return f"{arch.get('in_channels', '?')}x{h}x{w} features to a {oh}x{ow} image"
+
+
 def find_decoder(store: Store, model: Model, layer: str) -> UpconvDecoder | None:
-    """The most recently trained decoder for ``layer`` of ``model`` in ``store``, or None."""
+    """The most recently trained decoder in ``store`` that fits ``layer`` of ``model`` as the
+    model is read now (:meth:`UpconvDecoder.check`), or None when none was trained for it.
+
+    Raises:
+        DecoderMismatchError: decoders exist for this model and layer, but none fits (another
+            preprocessing, input size or storage format); the newest one's reason is given.
+    """
     info = model.layer(layer)
-    found = [
-        e
-        for e in store.entries()
-        if e.key.model_sha256 == model.sha256
-        and e.key.method == METHOD
-        and isinstance(e.params, dict)
-        and e.params.get("layer") == info.name
-    ]
-    if not found:
-        return None
-    entry = store.get(max(found, key=lambda e: e.created).key)
-    return None if entry is None else UpconvDecoder.from_entry(entry)
+    found = sorted(
+        (
+            e
+            for e in store.entries()
+            if e.key.model_sha256 == model.sha256
+            and e.key.method == METHOD
+            and isinstance(e.params, dict)
+            and e.params.get("layer") == info.name
+        ),
+        key=lambda e: e.created,
+        reverse=True,
+    )
+    first_error: DecoderMismatchError | None = None
+    for info_entry in found:
+        entry = store.get(info_entry.key)
+        if entry is None:
+            continue
+        decoder = UpconvDecoder.from_entry(entry)
+        try:
+            decoder.check(model, info.name)
+        except DecoderMismatchError as e:
+            first_error = first_error or e
+            continue
+        return decoder
+    if first_error is not None:
+        raise first_error
+    return None
 
 
 # ---- inverting -------------------------------------------------------------------------------
