@@ -252,6 +252,31 @@ def odd_channels(
     return tiny_cnn(dir, channels=channels, seed=seed, name=name)
 
 
+class _ReLU6CNN(nn.Module):
+    """Conv-ReLU6-Conv-ReLU6-GAP-Linear (MobileNet's activation; ONNX ``Clip(0, 6)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 6, 3, stride=2, padding=1)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self.conv2(F.relu6(self.conv1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def relu6_cnn(dir: str | Path, *, seed: int = 0, name: str = "relu6_cnn.onnx") -> Path:
+    """A 32x32 RGB classifier with ReLU6 activations; unit 0 of its second ReLU6 is dead
+    (below 0 everywhere) on flat images from black to white, by half a unit."""
+    model = _init_weights(_ReLU6CNN(), seed)
+    with torch.no_grad():
+        flats = torch.linspace(0, 1, 11).view(-1, 1, 1, 1).expand(-1, 3, 32, 32)
+        pre = model.conv2(F.relu6(model.conv1(flats)))[:, 0]
+        model.conv2.bias[0] -= pre.max() + 0.5
+    return _export(model, torch.zeros(1, 3, 32, 32), Path(dir) / name)
+
+
 def softmax_head(dir: str | Path, *, seed: int = 0, name: str = "softmax_head.onnx") -> Path:
     """A classifier ending in ``Softmax``: output ``"probs"`` ``[N, 10]``.
 

@@ -424,14 +424,21 @@ def top_patch_projections(
     return out
 
 
-def parse_units(spec: str, channels: int) -> list[int]:
+def parse_units(spec: str, channels: int | None) -> list[int]:
     """``"5"``, ``"0-7"``, ``"1,4,9"`` or ``"all"`` to a sorted list of units in range.
+
+    Args:
+        spec: the text.
+        channels: the number of units; None parses only (no range check, no ``"all"``), for
+            callers that check the range in their own words.
 
     Raises:
         UserInputError: malformed, or a unit outside ``0..channels-1``.
     """
     text = str(spec).strip().lower()
     if text == "all":
+        if channels is None:
+            raise ValueError("parse_units: 'all' needs the number of units")
         return list(range(channels))
     units: set[int] = set()
     try:
@@ -446,7 +453,7 @@ def parse_units(spec: str, channels: int) -> list[int]:
                 units.add(int(part))
     except ValueError:
         raise UserInputError(f"units {spec!r}: expected N, A-B, a comma list or 'all'") from None
-    bad = sorted(u for u in units if not 0 <= u < channels)
+    bad = [] if channels is None else sorted(u for u in units if not 0 <= u < channels)
     if bad:
         raise UserInputError(
             f"unit {bad[0]} is out of range: the layer has units 0..{channels - 1}"

@@ -30,6 +30,7 @@ from pyanalyzer.methods.actmax import (
     RandomRotate,
     RandomScale,
     RedirectedReLU,
+    RedirectedReLU6,
     TotalVariation,
     channel,
     color_correlation_from_images,
@@ -107,6 +108,20 @@ def test_rotate_0_is_identity_and_90_is_rot90(size):
     assert torch.allclose(RandomRotate([0])(x, gen()), x, atol=1e-6)
     assert torch.allclose(RandomRotate([90])(x, gen()), torch.rot90(x, 1, dims=(2, 3)), atol=1e-5)
     assert torch.allclose(RandomRotate([-90])(x, gen()), torch.rot90(x, -1, dims=(2, 3)), atol=1e-5)
+
+
+def test_resampling_fill_and_the_standard_set_shows_no_black(size=224):
+    flat = torch.full((2, 3, 16, 16), 0.5)
+    assert torch.allclose(RandomScale([0.5], fill=0.5)(flat, gen()), flat)  # grey stays grey
+    zoomed_out = RandomScale([0.5])(flat, gen())  # default fill 0: a black border
+    assert zoomed_out[..., 0, 0].abs().max() == 0 and torch.isclose(zoomed_out[0, 0, 8, 8],
+                                                                   torch.tensor(0.5))  # fmt: skip
+    with pytest.raises(UserInputError, match="different values"):
+        Compose([RandomScale([0.9], fill=0.5), RandomRotate([5])])(flat, gen())
+    # a large grey image through lucid's set, cropped back to its size: grey everywhere
+    grey = torch.full((8, 3, size, size), 0.5)
+    out = Compose([*standard_transforms(), CenterCrop((size, size))])(grey, gen(3))
+    assert torch.allclose(out, grey, atol=1e-6)
 
 
 def test_compose_fuses_affine_steps_with_the_same_draws():
@@ -339,6 +354,31 @@ def test_redirected_relu_moves_a_dead_unit(model):
     assert moved.start[0] == 0 and moved.reached[0] > 0
 
 
+def test_redirected_relu6_gradient_on_a_hand_case():
+    # lucid's redirected_relu6_grad: an image whose ordinary ReLU6 gradient is zero everywhere
+    # passes the loss gradient, except where it would push x < 0 lower or x > 6 higher.
+    x = torch.tensor([[-1.0, 7.0, -2.0, 8.0], [3.0, -1.0, 7.0, 2.0]], requires_grad=True)
+    grad = torch.tensor([[0.5, -0.5, -0.5, 0.5], [1.0, 1.0, 1.0, 1.0]])  # d loss / d output
+    RedirectedReLU6()(x).backward(grad)
+    # row 0 is dead: blocked (-1 pushed lower, 7 pushed higher), passed (-2 up, 8 down);
+    # row 1 is alive: the ordinary gradient (zero outside 0..6)
+    assert x.grad.tolist() == [[0.0, 0.0, -0.5, 0.5], [1.0, 0.0, 0.0, 1.0]]
+    assert RedirectedReLU6()(x).tolist() == torch.clamp(x, 0, 6).tolist()
+
+
+def test_redirected_relu6_moves_a_dead_unit(tmp_path):
+    m = pa.load_model(fac.relu6_cnn(tmp_path), check_parity=False)
+    assert any(isinstance(x, torch.nn.ReLU6) for x in m.gradient.module.modules())
+    kw = dict(param="pixel", regularizers="none", start="mean", steps=24, **FAST)
+    stuck = run_actmax(m, "clip2", [0], redirect_steps=0, **kw)
+    assert stuck.start[0] == 0 and stuck.reached[0] == 0
+    moved = run_actmax(m, "clip2", [0], redirect_steps=24, lr=0.5, **kw)
+    assert moved.reached[0] > 0, moved.curve[:, 0]
+    with redirected_relu(m.gradient.module) as count:
+        assert count == 2
+    assert sum(isinstance(x, torch.nn.ReLU6) for x in m.gradient.module.modules()) == 2
+
+
 def test_relu_replacements_are_undone_after_success_and_error(model):
     gm = model.gradient.module
     before = {n: m for n, m in gm.named_modules() if isinstance(m, torch.nn.ReLU)}
@@ -531,7 +571,14 @@ def test_color_correlation_from_images():
         (dict(layer="relu4", units=[1], param="dct"), r"^unknown parametrization 'dct'"),
         (dict(layer="relu44", units=[1]), r"relu44"),
         (dict(layer="relu4", units="1-"), r"^units '1-'"),
-        (dict(layer="relu4", units=[1], steps=0), r"^steps must be at least 1"),
+        (dict(layer="relu4", units=[1], steps=0), r"^steps must be >= 1, got 0$"),
+        (dict(layer="relu4", units=[1], steps=10**11), r"^steps must be at most 100000"),
+        (dict(layer="relu4", units=[1], lr=float("inf")), r"^learning rate must be a positive finite"),
+        (dict(layer="relu4", units=[1], size=64.0), r"^image size must be an integer or a \(height"),
+        (dict(layer="relu4", units=[1], size=(8,)), r"^image size must be an integer or a \(height"),
+        (dict(layer="relu4", units="-1"), r"^unit -1 is out of range: layer relu4 has units 0\.\.63$"),
+        (dict(layer="relu4", units=[1.5]), r"^units must be integers"),
+        (dict(layer="relu4", units=[3], objective="class"), r"^class objectives read class scores \[N, K\]; layer relu4 has shape"),
     ],
 )  # fmt: skip
 def test_bad_input_raises_one_clear_line(model, kwargs, match):
@@ -539,6 +586,11 @@ def test_bad_input_raises_one_clear_line(model, kwargs, match):
     with pytest.raises(UserInputError, match=match) as exc:
         run_actmax(model, layer, units, **FAST, **kwargs)
     assert "\n" not in str(exc.value)
+
+
+def test_numpy_integer_units(model):
+    r = run_actmax(model, "relu6", np.int64(3), steps=2, **FAST)
+    assert list(r.units) == [3]
 
 
 def test_model_without_torch_twin_names_the_op(tmp_path):

@@ -29,6 +29,11 @@ def test_actmax_cli_writes_pngs_and_reuses_the_store(capsys, default_model, tmp_
         (["--layer", "relu66"], "did you mean"),
         (["--layer", "relu6", "--param", "fft", "--regularizers", "yosinski1"], "pixel"),
         (["--layer", "relu6", "--batch-size", "0"], "batch size must be >= 1, got 0"),
+        (
+            ["--layer", "relu6", "--units", "-1"],
+            "unit -1 is out of range: layer relu6 has units 0..127",
+        ),
+        (["--layer", "relu4", "--objective", "class"], "class objectives read class scores [N, K]"),
     ],
 )
 def test_actmax_bad_input(capsys, default_model, tmp_path, extra, msg):

@@ -101,6 +101,13 @@ def find_logits(model: Model, layer: str | None = None) -> TensorRef:
         info = outs[0]
     else:
         info = model.layer(layer)
+    per_class = int(np.prod(info.shape[2:])) if info.is_spatial and len(info.shape) == 4 else 1
+    if (info.is_spatial and per_class != 1) or (not info.is_spatial and len(info.shape) != 2):
+        raise UserInputError(
+            f"class objectives read class scores [N, K]; layer {info.alias} has shape "
+            f"{list(info.shape)}: name the class-score output, or use the channel or neuron "
+            "objective for a feature map"
+        )
     producer = {out: node for node in model.proto.graph.node for out in node.output}
     name, seen = info.name, set()
     while name in producer and name not in seen:

@@ -11,8 +11,9 @@
 5. Adam ascends the objective minus the penalties; pixel-editing regularizers and the
    parametrization's projection run after each step.
 
-During the first ``redirect_steps`` steps every ``nn.ReLU`` of the (private, cut) torch module
-is replaced by :class:`RedirectedReLU` (lucid's ``redirected_relu_grad``), so that a unit that
+During the first ``redirect_steps`` steps every ``nn.ReLU`` (and ``nn.ReLU6``) of the (private,
+cut) torch module is replaced by :class:`RedirectedReLU` (:class:`RedirectedReLU6`; lucid's
+``redirected_relu_grad`` and ``redirected_relu6_grad``), so that a unit that
 is zero on the start image still gets a gradient; :func:`redirected_relu` restores them in
 ``finally``.
 
@@ -28,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
+import numbers
 import operator
 import os
 import time
@@ -64,6 +67,7 @@ __all__ = [
     "ActivationMaximization",
     "ActmaxResult",
     "RedirectedReLU",
+    "RedirectedReLU6",
     "Rendering",
     "redirected_relu",
     "reference_maxima",
@@ -115,10 +119,50 @@ class RedirectedReLU(nn.Module):
         return _RedirectedReLUFunction.apply(x)
 
 
+class _RedirectedReLU6Function(torch.autograd.Function):
+    """ReLU6 forward; lucid's ``redirected_relu6_grad`` backward.
+
+    Per image: the ordinary gradient (zero where ``x < 0`` or ``x > 6``) when it is nonzero
+    somewhere; otherwise ``grad`` passes through except where it would push an input that is
+    already below 0 lower, or one already above 6 higher.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(0.0, 6.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        low, high = x < 0, x > 6
+        relu6_grad = grad.masked_fill(low | high, 0.0)
+        flat = relu6_grad.reshape(x.shape[0], -1) if x.ndim else relu6_grad.reshape(1, -1)
+        dead = flat.abs().amax(dim=1) == 0
+        if bool(dead.any()):
+            blocked = (low & (grad > 0)) | (high & (grad < 0))  # grad of the loss minimised
+            redirected = grad.masked_fill(blocked, 0.0)
+            if x.ndim == 0:
+                return redirected
+            relu6_grad[dead] = redirected[dead]
+        return relu6_grad
+
+
+class RedirectedReLU6(nn.Module):
+    """Drop-in ``nn.ReLU6`` (onnx2torch's ``Clip(0, 6)``) with lucid's redirected gradient."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _RedirectedReLU6Function.apply(x)
+
+
+_REDIRECTED = ((nn.ReLU, RedirectedReLU), (nn.ReLU6, RedirectedReLU6))
+
+
 @contextlib.contextmanager
 def redirected_relu(module: nn.Module) -> Iterator[int]:
-    """Replace every ``nn.ReLU`` submodule of ``module`` by :class:`RedirectedReLU` inside the
-    block, and put the originals back in ``finally`` (also when the block raises).
+    """Replace every ``nn.ReLU`` submodule of ``module`` by :class:`RedirectedReLU` (and every
+    ``nn.ReLU6`` by :class:`RedirectedReLU6`, as lucid redirects both) inside the block, and
+    put the originals back in ``finally`` (also when the block raises).
 
     onnx2torch turns every ONNX ``Relu`` node into an ``nn.ReLU`` submodule of the
     ``fx.GraphModule``, whose generated ``forward`` looks its submodules up by attribute, so
@@ -130,10 +174,11 @@ def redirected_relu(module: nn.Module) -> Iterator[int]:
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     try:
         for name, sub in list(module.named_modules(remove_duplicate=False)):
-            if isinstance(sub, nn.ReLU) and name:
+            replacement = next((r for kind, r in _REDIRECTED if isinstance(sub, kind)), None)
+            if replacement is not None and name:
                 parent_name, _, attr = name.rpartition(".")
                 parent = module.get_submodule(parent_name) if parent_name else module
-                setattr(parent, attr, RedirectedReLU())
+                setattr(parent, attr, replacement())
                 swapped.append((parent, attr, sub))
         yield len(swapped)
     finally:
@@ -210,6 +255,13 @@ class _Net:
 
 # ---- render --------------------------------------------------------------------------------
 
+REVISION = 2
+"""Bumped when the same parameters render different images (part of the store key, so that
+older cached results are not returned): 2 = the standard transforms fill with mid-grey."""
+
+MAX_STEPS = 100_000
+"""The most optimiser steps one call accepts (the per-step curve is kept in memory)."""
+
 
 def unit_seed(seed: int, key: int) -> int:
     """The seed of image ``key``'s generator (a unit number, or an image index)."""
@@ -253,10 +305,11 @@ def _check_options(
             f"regularizer set {regs.name!r} edits pixels between steps (Yosinski et al.); "
             "use param 'pixel' with it"
         )
-    if steps < 1:
-        raise UserInputError(f"steps must be at least 1, got {steps}")
-    if not lr > 0:
-        raise UserInputError(f"learning rate must be positive, got {lr}")
+    check_int("steps", steps, 1)
+    if steps > MAX_STEPS:
+        raise UserInputError(f"steps must be at most {MAX_STEPS}, got {steps}")
+    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        raise UserInputError(f"learning rate must be a positive finite number, got {lr!r}")
     if start is not None and start not in STARTS:
         raise UserInputError(f"unknown start {start!r}; choose one of {', '.join(STARTS)}")
     if redirect < 0:
@@ -266,9 +319,19 @@ def _check_options(
 def _size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
     if size is None:
         return default
-    if isinstance(size, int):
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
         size = (size, size)
-    h, w = (int(s) for s in size)
+    try:
+        pair = tuple(size)  # type: ignore[arg-type]
+        if len(pair) != 2 or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair
+        ):
+            raise TypeError
+    except TypeError:
+        raise UserInputError(
+            f"image size must be an integer or a (height, width) pair of integers, got {size!r}"
+        ) from None
+    h, w = int(pair[0]), int(pair[1])
     if min(h, w) < 8 or max(h, w) > 4096:
         raise UserInputError(f"image size must be 8..4096 pixels, got {h}x{w}")
     return h, w
@@ -635,8 +698,10 @@ class ActivationMaximization:
         color: FFT colour square root (None: ImageNet's; see
             :func:`~.param.color_correlation_from_images`).
         batch: optimise the units in batches (True) or one after another (False).
-        batch_size: units per batch (default 64): a layer with more units is rendered in
-            several batches, which bounds memory; the images do not depend on it.
+        batch_size: the most units in one batch (default 64): a layer with more units is
+            rendered in several batches of near-equal size, which bounds memory. A unit's image
+            does not depend on its batch up to float rounding (which Adam can amplify over
+            many steps; batches of one, as ``batch=False`` runs, round differently).
         progress: show a progress bar on stderr.
         directions: for ``objective="direction"`` (and only then): a vector over the layer's
             channels or a ``[K, C]`` matrix, one image per row (:func:`load_directions` reads
@@ -732,14 +797,16 @@ class ActivationMaximization:
             count = len(self.directions)
             noun, where = "direction", f"{count} direction(s) were given (0..{count - 1})"
         if isinstance(units, str):
-            # parse only (the range is checked below, in this method's words)
-            limit = count if units.strip().lower() == "all" else 1 << 16
-            chosen = parse_units(units, limit)
+            # "all", or parse only: the range is checked below, in this method's words
+            all_units = units.strip().lower() == "all"
+            chosen = list(range(count)) if all_units else parse_units(units, None)
         else:
-            seq = [units] if isinstance(units, int) else list(units)
             try:
+                seq = [units] if isinstance(units, numbers.Integral) else list(units)
+                if any(isinstance(u, bool) or not isinstance(u, numbers.Integral) for u in seq):
+                    raise TypeError
                 chosen = [int(u) for u in seq]
-            except (TypeError, ValueError):
+            except TypeError:
                 raise UserInputError(f"units must be integers, got {units!r}") from None
             if len(set(chosen)) != len(chosen):
                 raise UserInputError(f"units repeat: {chosen}")
@@ -763,6 +830,7 @@ class ActivationMaximization:
         else:
             color_id = np.round(np.asarray(color, np.float64), 6).tolist()
         return {
+            "revision": REVISION,
             "layer": tref.name,
             "objective": self.objective,
             "units": self.units(layer, units),
@@ -817,8 +885,11 @@ class ActivationMaximization:
             "color": self.color,
         }
         t0 = time.perf_counter()
+        # ceil(U / batch_size) groups of near-equal size (65 units in batches of 64: 33 + 32),
+        # so that no unit is left alone in a batch of one, whose kernels round differently.
         per_batch = self.batch_size if self.batch else 1
-        groups = [chosen[i : i + per_batch] for i in range(0, len(chosen), per_batch)]
+        n_groups = -(-len(chosen) // per_batch)
+        groups = [g.tolist() for g in np.array_split(np.asarray(chosen), n_groups)]
         with progress_bar(
             self.steps * len(groups), label=f"actmax {tref.alias}", enabled=self.progress
         ) as bar:
@@ -850,6 +921,8 @@ class ActivationMaximization:
                 directions=self.directions,
             )  # fmt: skip
         names = self.model.class_names if self.objective == "class" else None
+        if names and len(names) != tref.channels:  # scores of another head: no class names
+            names = None
         if self.directions is not None:
             labels = tuple(f"d{u}" for u in chosen)
         else:

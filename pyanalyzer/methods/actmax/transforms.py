@@ -113,10 +113,14 @@ class AffineTransform(Transform):
 
     ``M_i`` is a 3x3 matrix in pixel coordinates (pixel ``(row, col)`` has its centre at
     ``(x, y) = (col, row)``) mapping an output pixel to where it samples the input, bilinearly,
-    with 0 outside the input. :class:`Compose` multiplies the matrices of consecutive affine
-    transforms and resamples once: fewer passes over the batch, and one interpolation instead
-    of several (integer shifts stay exact).
+    with :attr:`fill` outside the input. :class:`Compose` multiplies the matrices of
+    consecutive affine transforms and resamples once: fewer passes over the batch, and one
+    interpolation instead of several (integer shifts stay exact).
     """
+
+    fill: float | None = None
+    """The value of output pixels that sample outside the input (0 = black in RGB 0..1), or
+    None for transforms that never do (crops)."""
 
     def matrix(
         self, n: int, size: tuple[int, int], generator: Generators
@@ -126,7 +130,7 @@ class AffineTransform(Transform):
 
     def __call__(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
         m, out = self.matrix(x.shape[0], tuple(x.shape[-2:]), generator)
-        return warp(x, m, out)
+        return warp(x, m, out, fill=self.fill or 0.0)
 
 
 def _to_normalized(h: int, w: int) -> torch.Tensor:
@@ -138,15 +142,22 @@ def _to_normalized(h: int, w: int) -> torch.Tensor:
     )
 
 
-def warp(x: torch.Tensor, matrix: torch.Tensor, out: tuple[int, int]) -> torch.Tensor:
+def warp(
+    x: torch.Tensor, matrix: torch.Tensor, out: tuple[int, int], fill: float = 0.0
+) -> torch.Tensor:
     """Resample ``x [N, C, H, W]`` at ``matrix @ (x, y, 1)`` of every output pixel of size
-    ``out`` (pixel coordinates, see :class:`AffineTransform`): bilinear, zeros outside."""
+    ``out`` (pixel coordinates, see :class:`AffineTransform`): bilinear, ``fill`` outside
+    (blending into it across the input's edge pixel, as zeros padding does)."""
     n, c, h, w = x.shape
     ho, wo = out
     theta = (
         _to_normalized(h, w) @ matrix.to(torch.float64) @ torch.linalg.inv(_to_normalized(ho, wo))
     )
     grid = F.affine_grid(theta[:, :2].to(x.dtype), [n, c, ho, wo], align_corners=False)
+    if fill:
+        shifted = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # fmt: skip
+        return shifted + fill
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -205,14 +216,17 @@ class RandomScale(AffineTransform):
     """Zoom about the centre by a factor drawn per image from ``scales``; the size is kept.
 
     Output pixel ``p`` samples the input at ``centre + (p - centre) / s``, bilinearly; zooming
-    out (``s < 1``) fills the border with 0. lucid resizes the tensor instead; since the render
-    loop crops the centre back to the image size, the two differ only at the border.
+    out (``s < 1``) fills the border with ``fill``. lucid resizes the tensor instead, which
+    shows no fill; after the render loop's crop back to the image size the two differ where a
+    large image's border reaches the fill (:func:`standard_transforms` fills with the pad's
+    mid-grey there, not black).
     """
 
-    def __init__(self, scales: Iterable[float]):
+    def __init__(self, scales: Iterable[float], fill: float = 0.0):
         self.scales = [float(s) for s in scales]
         if not self.scales or min(self.scales) <= 0:
             raise UserInputError(f"scales must be positive and non-empty, got {self.scales}")
+        self.fill = float(fill)
 
     def matrix(self, n, size, generator):
         inv = 1.0 / _choice(generator, n, self.scales).to(torch.float64)
@@ -224,13 +238,14 @@ class RandomScale(AffineTransform):
 
 class RandomRotate(AffineTransform):
     """Rotate about the centre by an angle (degrees, counter-clockwise on screen) drawn per
-    image from ``angles``; bilinear, 0 outside, size kept. ``90`` equals
+    image from ``angles``; bilinear, ``fill`` outside (lucid: 0), size kept. ``90`` equals
     ``torch.rot90(x, 1, dims=(2, 3))`` on a square image."""
 
-    def __init__(self, angles: Iterable[float]):
+    def __init__(self, angles: Iterable[float], fill: float = 0.0):
         self.angles = [float(a) for a in angles]
         if not self.angles:
             raise UserInputError("angles must not be empty")
+        self.fill = float(fill)
 
     def matrix(self, n, size, generator):
         rad = _choice(generator, n, self.angles).to(torch.float64) * (math.pi / 180.0)
@@ -291,13 +306,19 @@ class Compose(Transform):
             return x
         if len(run) == 1:
             return run[0](x, generator)
+        fills = {t.fill for t in run if t.fill is not None}
+        if len(fills) > 1:
+            raise UserInputError(
+                f"consecutive resampling transforms fill the outside with different values "
+                f"({sorted(fills)}): give them one fill, or put another transform between them"
+            )
         n = x.shape[0]
         size: tuple[int, int] = tuple(x.shape[-2:])  # type: ignore[assignment]
         total = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
         for t in run:
             m, size = t.matrix(n, size, generator)
             total = total @ m
-        return warp(x, total, size)
+        return warp(x, total, size, fill=fills.pop() if fills else 0.0)
 
     def __iter__(self) -> Iterator[Transform]:
         return iter(self.transforms)
@@ -313,13 +334,17 @@ def standard_transforms() -> Compose:
     """lucid's ``transform.standard_transforms``: pad 12 (constant 0.5), jitter 8, scale from
     ``[1 + (i - 5) / 50 for i in range(11)]``, rotate from ``range(-10, 11)`` degrees (plus the
     five extra 0° entries lucid lists, so no rotation is drawn a little more often), jitter 4.
+
+    Where scaling or rotation samples outside the padded image, it sees the pad's mid-grey:
+    lucid's zoom shows no fill at all and its rotation black corners, which on large images
+    reach the crop that the model sees.
     """
     return Compose(
         [
             Pad(12, mode="constant", value=0.5),
             Jitter(8),
-            RandomScale([1 + (i - 5) / 50 for i in range(11)]),
-            RandomRotate(list(range(-10, 11)) + 5 * [0]),
+            RandomScale([1 + (i - 5) / 50 for i in range(11)], fill=0.5),
+            RandomRotate(list(range(-10, 11)) + 5 * [0], fill=0.5),
             Jitter(4),
         ]
     )
