@@ -16,8 +16,9 @@ caffe-style (0–255 BGR) and grayscale models.
   sigmoid into 0..1. One-channel models get no colour decorrelation.
 
 The *centre* of both is the model's mean image (:func:`mean_color`): the pixel values that the
-model's preprocessing maps to 0 (mid-grey when the preprocessing subtracts nothing), so that
-``start="mean"`` starts where the model's input is zero.
+model's preprocessing maps to 0, so that ``start="mean"`` starts where the model's input is
+zero; a preprocessing that subtracts nothing (whose zero input is black) gets mid-grey
+instead, and every value is kept within [0.01, 0.99], where the FFT sigmoid can reach it.
 """
 
 from __future__ import annotations
