@@ -829,8 +829,12 @@ def invert_run(
 ) -> None:
     """Reconstruct --image from each --layer; writes a strip PNG and metrics.json."""  # fmt: skip
     from pyanalyzer.errors import UserInputError
-    from pyanalyzer.methods.inversion import find_decoder, layer_sweep, load_images
-    from pyanalyzer.methods.inversion._common import resolve_layers
+    from pyanalyzer.methods.inversion import (
+        find_decoder,
+        layer_sweep,
+        load_images,
+        resolve_layers,
+    )
     from pyanalyzer.report.montage import save_png
     from pyanalyzer.store import Store
 
@@ -917,8 +921,7 @@ def invert_train(
 ) -> None:
     """Train an UpconvNet decoder for --layer and keep it in the store (Dosovitskiy & Brox)."""  # fmt: skip
     from pyanalyzer.data.images import ImageFolder
-    from pyanalyzer.methods.inversion import train_upconv
-    from pyanalyzer.methods.inversion._common import resolve_layers
+    from pyanalyzer.methods.inversion import resolve_layers, train_upconv
     from pyanalyzer.store import Store
 
     m = open_model(model, kw, check_parity=False)

@@ -10,7 +10,7 @@ Both methods return an :class:`InversionResult` with the paper's normalised feat
 error ``‖Φ(x̂) − Φ0‖ / ‖Φ0‖`` and a pixel-space RMS error, per image and layer.
 """
 
-from pyanalyzer.methods.inversion._common import load_images
+from pyanalyzer.methods.inversion._common import load_images, resolve_layers
 from pyanalyzer.methods.inversion.optim import OptimInversion, invert_optim
 from pyanalyzer.methods.inversion.result import InversionResult, feature_error, pixel_error
 from pyanalyzer.methods.inversion.sweep import LayerSweep, layer_sweep, strip
@@ -38,6 +38,7 @@ __all__ = [
     "layer_sweep",
     "load_images",
     "pixel_error",
+    "resolve_layers",
     "strip",
     "synthetic_source",
     "train_upconv",
