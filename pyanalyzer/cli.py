@@ -766,6 +766,7 @@ def invert() -> None:
 
     Mahendran & Vedaldi, CVPR 2015 (optim: regularised optimisation); Dosovitskiy & Brox,
     CVPR 2016 (upconv: a trained up-convolutional decoder, kept in the store).
+    The options of the first form: `pyanalyzer invert MODEL --help`.
     """
 
 
@@ -781,7 +782,11 @@ def invert() -> None:
     help="Layer(s) to invert from; repeatable (one strip).",
 )
 @click.option(
-    "--method", type=click.Choice(["optim", "upconv", "both"]), default="optim", show_default=True
+    "--method",
+    type=click.Choice(["optim", "upconv", "both"]),
+    default="optim",
+    show_default=True,
+    help="Regularised optimisation, a trained decoder (invert train), or one row of each.",
 )
 @click.option(
     "--steps", type=int, default=None, help="Optimisation steps (optim; default: the method's)."
