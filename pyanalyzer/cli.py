@@ -694,6 +694,7 @@ def actmax(
     from pyanalyzer.methods.actmax import (
         ActivationMaximization,
         ActmaxResult,
+        Rendering,
         color_correlation_from_images,
         load_directions,
     )
@@ -726,12 +727,31 @@ def actmax(
     store = Store(store_path)
     key = Key.make(m.sha256, "actmax", params)
     entry = store.get(key)
+    resumed = 0
     if entry is not None:
         result = ActmaxResult.from_arrays(entry)
     else:
-        result = method.run(layer, units, reference=source)
-        store.put(key, result.to_arrays(), params=params, model_file=m.path.name,
-                  preprocessing=m.preprocessing.to_dict())  # fmt: skip
+        # Every finished batch is checkpointed, so an interrupted run resumes where it stopped.
+        meta = {"model_file": m.path.name, "preprocessing": m.preprocessing.to_dict()}
+        partial = store.get(key.partial())
+        resume = None
+        if partial is not None:
+            resume = Rendering(
+                pixels=np.asarray(partial["pixels"]), start=np.asarray(partial["start"]),
+                reached=np.asarray(partial["reached"]), curve=np.asarray(partial["curve"]),
+            )  # fmt: skip
+            resumed = len(resume.pixels)
+
+        def checkpoint(done: Rendering) -> None:
+            if len(done.pixels) < len(params["units"]):  # the last one is the result itself
+                arrays = {"pixels": done.pixels, "start": done.start, "reached": done.reached,
+                          "curve": done.curve}  # fmt: skip
+                store.put(key.partial(), arrays, params=params, **meta)
+
+        result = method.run(layer, units, reference=source, resume=resume, on_batch=checkpoint)
+        with store.transaction() as tx:
+            tx.put(key, result.to_arrays(), params=params, **meta)
+            tx.remove(key.partial())
     files = result.save(out_dir)
     rel = result.relative
     noun = {"class": "class(es)", "direction": "direction(s)"}.get(objective, "unit(s)")
@@ -741,6 +761,7 @@ def actmax(
         + (f", {float(np.nanmean(rel)):.2f}x the reference maximum" if rel is not None else "")
         + f"); {len(files)} PNG(s) in {out_dir}"
         + (" (from the store)" if entry is not None else "")
+        + (f" ({resumed} resumed from a checkpoint)" if resumed else "")
     )
 
 
@@ -1057,9 +1078,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
+    except click.exceptions.Abort:  # click's form of Ctrl-C (KeyboardInterrupt) and EOF
+        click.echo("interrupted", err=True)
+        sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except PyanalyzerError as exc:

@@ -148,3 +148,50 @@ def test_actmax_cli_bad_color_or_start(capsys, default_model, tmp_path, extra, m
                            "--store", str(tmp_path / "s.h5"))  # fmt: skip
     assert code == 2 and msg in err, err
     assert not (tmp_path / "o").exists() and not (tmp_path / "s.h5").exists()
+
+
+def test_actmax_cli_interrupted_run_resumes_from_its_last_batch(
+    capsys, default_model, tmp_path, monkeypatch
+):
+    import importlib
+
+    import numpy as np
+    from PIL import Image
+
+    render_mod = importlib.import_module("pyanalyzer.methods.actmax.render")  # not the function
+
+    store = tmp_path / "s.h5"
+    args = ["actmax", str(default_model), "--layer", "relu6", "--units", "0-5", "--steps", "6",
+            "--batch-size", "2", "--store", str(store), "--no-progress"]  # fmt: skip
+    real = render_mod.render
+    calls = []
+
+    def interrupted(*a, **k):  # Ctrl-C during the third batch
+        calls.append(k["keys"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(render_mod, "render", interrupted)
+    code, _, err = run_cli(capsys, *args, "--out", str(tmp_path / "a"))
+    assert code == 130 and err.strip() == "interrupted" and not (tmp_path / "a").exists(), err
+    entries = Store(store).entries()
+    assert [e.key.method for e in entries] == ["actmax/partial"]
+    assert len(Store(store).get(entries[0].key)["pixels"]) == 4  # two batches kept
+
+    calls.clear()
+    code, out, err = run_cli(capsys, *args, "--out", str(tmp_path / "a"))
+    assert code == 0 and "(4 resumed from a checkpoint)" in out, err
+    assert calls == [[4, 5]]  # only the missing batch ran
+    assert [e.key.method for e in Store(store).entries()] == ["actmax"]  # checkpoint dropped
+
+    # the same images as a run that was never interrupted
+    monkeypatch.setattr(render_mod, "render", real)
+    code, _, err = run_cli(capsys, *args[:-3], "--store", str(tmp_path / "fresh.h5"),
+                           "--no-progress", "--out", str(tmp_path / "b"))  # fmt: skip
+    assert code == 0, err
+    for u in range(6):
+        name = f"relu6_channel_unit{u:04d}.png"
+        a = np.asarray(Image.open(tmp_path / "a" / name))
+        b = np.asarray(Image.open(tmp_path / "b" / name))
+        assert np.array_equal(a, b), name

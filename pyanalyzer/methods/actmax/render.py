@@ -292,6 +292,18 @@ class Rendering:
     curve: np.ndarray
 
 
+def concat_renderings(parts: Sequence[Rendering]) -> Rendering:
+    """One :class:`Rendering` of the images of ``parts``, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return Rendering(
+        pixels=np.concatenate([p.pixels for p in parts]),
+        start=np.concatenate([p.start for p in parts]),
+        reached=np.concatenate([p.reached for p in parts]),
+        curve=np.concatenate([p.curve for p in parts], axis=1),
+    )
+
+
 def _check_options(
     param: str, regs: RegularizerSet, steps: int, lr: float, start: str | None, redirect: int
 ) -> None:
@@ -856,6 +868,8 @@ class ActivationMaximization:
         units: str | int | Sequence[int],
         *,
         reference: ImageSource | None = None,
+        resume: Rendering | None = None,
+        on_batch: Callable[[Rendering], None] | None = None,
     ) -> ActmaxResult:
         """Render one image per unit.
 
@@ -865,6 +879,11 @@ class ActivationMaximization:
             units: ``"all"``, ``"0-7"``, ``"1,4,9"``, an int or a sequence of ints.
             reference: images over which each unit's maximum activation is measured
                 (``reference_max``, ``relative``).
+            resume: the units already rendered by an interrupted run with the same
+                parameters (what ``on_batch`` was last given); their batches are skipped.
+                Ignored when it does not end at a batch boundary.
+            on_batch: called after every batch with everything rendered so far (a
+                checkpoint: the CLI keeps it in the store).
 
         Raises:
             UserInputError: see the class; units out of range.
@@ -890,6 +909,12 @@ class ActivationMaximization:
         per_batch = self.batch_size if self.batch else 1
         n_groups = -(-len(chosen) // per_batch)
         groups = [g.tolist() for g in np.array_split(np.asarray(chosen), n_groups)]
+        parts: list[Rendering] = []
+        if resume is not None:
+            ends = np.cumsum([len(g) for g in groups]).tolist()
+            if len(resume.pixels) in ends and resume.curve.shape[0] == self.steps:
+                parts = [resume]
+                groups = groups[ends.index(len(resume.pixels)) + 1 :]
         with progress_bar(
             self.steps * len(groups), label=f"actmax {tref.alias}", enabled=self.progress
         ) as bar:
@@ -899,17 +924,20 @@ class ActivationMaximization:
 
             # Each unit's generator is keyed by the unit, so a unit's image does not depend on
             # the group it is rendered in (up to float rounding of batched kernels).
-            parts = [
-                render(
-                    self.model,
-                    method_objective(self.objective, layer, group, self.directions),
-                    len(group),
-                    keys=group,
-                    on_step=tick,
-                    **kw,
+            for group in groups:
+                parts.append(
+                    render(
+                        self.model,
+                        method_objective(self.objective, layer, group, self.directions),
+                        len(group),
+                        keys=group,
+                        on_step=tick,
+                        **kw,
+                    )
                 )
-                for group in groups
-            ]
+                if on_batch is not None:
+                    parts = [concat_renderings(parts)]
+                    on_batch(parts[0])
         seconds = time.perf_counter() - t0
         pixels = np.concatenate([p.pixels for p in parts])
         if pixels.shape[-1] == 1:
