@@ -537,7 +537,7 @@ def method_objective(
         raise UserInputError("the direction objective needs a layer")
     if directions is None:
         raise UserInputError("the direction objective needs directions")
-    rows = int(units) if isinstance(units, (int, np.integer)) else [int(u) for u in units]
+    rows = int(units) if isinstance(units, numbers.Integral) else [int(u) for u in units]
     return direction(layer, directions[rows])
 
 

@@ -227,27 +227,9 @@ class UpconvDecoder:
 
     def _check_reading(self, model: Model) -> None:
         """The model is the decoder's; refuse it when it is read differently now."""
-        fmt = self.params.get("format")
-        if fmt != FORMAT_VERSION:
-            raise DecoderMismatchError(
-                f"the decoder for {self.alias} was stored in format {fmt}, this version reads "
-                f"format {FORMAT_VERSION}: train it again"
-            )
-        theirs = self.params.get("preprocessing") or {}
-        ours = model.preprocessing.to_dict()
-        differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
-        if differ:
-            what = ", ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in differ)
-            raise DecoderMismatchError(
-                f"the decoder for {self.alias} was trained with other preprocessing ({what}, "
-                "trained vs now): train one with the same preprocessing flags"
-            )
-        arch = architecture(model, model.layer(self.layer))
-        if arch != self.arch:
-            raise DecoderMismatchError(
-                f"the decoder for {self.alias} maps {_shape_text(self.arch)}; with this input "
-                f"size the layer needs {_shape_text(arch)}: train one at this size"
-            )
+        error = _reading_mismatch(self.params, model)
+        if error is not None:
+            raise error
 
     def decode(self, features: np.ndarray, layer: LayerInfo) -> np.ndarray:
         """Images from raw layer features (as onnxruntime returns them).
@@ -532,6 +514,35 @@ def _fit(arch, feats, pix, epochs, batch_size, lr, seed, alias, progress):
     return net.to(memory_format=torch.contiguous_format).eval(), curve
 
 
+def _reading_mismatch(params: Mapping[str, Any], model: Model) -> DecoderMismatchError | None:
+    """Why a decoder with these training ``params`` does not fit ``model`` as it is read now
+    (storage format, preprocessing, the layer's shape at this input size), or None. Its model
+    and layer are assumed to be ``model``'s; only the parameters are read (no weights)."""
+    alias = params.get("alias", params.get("layer"))
+    fmt = params.get("format")
+    if fmt != FORMAT_VERSION:
+        return DecoderMismatchError(
+            f"the decoder for {alias} was stored in format {fmt}, this version reads "
+            f"format {FORMAT_VERSION}: train it again"
+        )
+    theirs = params.get("preprocessing") or {}
+    ours = model.preprocessing.to_dict()
+    differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    if differ:
+        what = ", ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in differ)
+        return DecoderMismatchError(
+            f"the decoder for {alias} was trained with other preprocessing ({what}, "
+            "trained vs now): train one with the same preprocessing flags"
+        )
+    arch = architecture(model, model.layer(params["layer"]))
+    if arch != params.get("arch"):
+        return DecoderMismatchError(
+            f"the decoder for {alias} maps {_shape_text(params.get('arch') or {})}; with this "
+            f"input size the layer needs {_shape_text(arch)}: train one at this size"
+        )
+    return None
+
+
 def _shape_text(arch: Mapping[str, Any]) -> str:
     """``"32x32x32 features to a 64x64 image"`` from an :func:`architecture`."""
     h, w = arch.get("in_size", ["?", "?"])
@@ -561,17 +572,14 @@ def find_decoder(store: Store, model: Model, layer: str) -> UpconvDecoder | None
         reverse=True,
     )
     first_error: DecoderMismatchError | None = None
-    for info_entry in found:
+    for info_entry in found:  # the parameters decide; only a fitting decoder's weights are read
+        error = _reading_mismatch(info_entry.params, model)
+        if error is not None:
+            first_error = first_error or error
+            continue
         entry = store.get(info_entry.key)
-        if entry is None:
-            continue
-        decoder = UpconvDecoder.from_entry(entry)
-        try:
-            decoder.check(model, info.name)
-        except DecoderMismatchError as e:
-            first_error = first_error or e
-            continue
-        return decoder
+        if entry is not None:
+            return UpconvDecoder.from_entry(entry)
     if first_error is not None:
         raise first_error
     return None
