@@ -47,9 +47,9 @@ def store_option(f: Callable) -> Callable:
     return click.option(
         "--store",
         "store_path",
-        type=click.Path(dir_okay=False),
+        type=click.Path(),
         envvar="PYANALYZER_STORE",
-        help="HDF5 result store (default $PYANALYZER_STORE, else ~/.cache/pyanalyzer/store.h5).",
+        help="Result store (default $PYANALYZER_STORE, else ~/.cache/pyanalyzer/store).",
     )(f)
 
 

@@ -2,12 +2,13 @@
 
 Usage::
 
-    python _store_worker.py hang STORE READY_FILE STAGE   # STAGE: arrays | replace
+    python _store_worker.py hang STORE READY_FILE STAGE   # STAGE: arrays | replace | renamed
     python _store_worker.py write STORE NAME N GO_FILE
 
-``hang`` starts writing a three-array entry and, at STAGE (after the first array is in the temp
-copy, or just before the copy would replace the store), creates READY_FILE and sleeps until it
-is killed. ``write`` waits for GO_FILE, then writes N entries with method NAME.
+``hang`` starts writing a three-array entry and, at STAGE (after the first array is in the
+entry's temp file, just before the temp file is renamed onto the entry's name, or just after),
+creates READY_FILE and sleeps until it is killed. ``write`` waits for GO_FILE, then writes N
+entries with method NAME.
 
 The package is imported from ``$PYANALYZER_PKG_DIR`` without running its ``__init__`` (which
 may import torch), so that a worker starts in a fraction of a second.
@@ -37,6 +38,12 @@ def _import_store() -> types.ModuleType:
     return store_mod
 
 
+def _import_hdf5() -> types.ModuleType:
+    import pyanalyzer.store._hdf5 as hdf5_mod
+
+    return hdf5_mod
+
+
 def hang(store_path: str, ready: str, stage: str) -> None:
     sm = _import_store()
     store = sm.Store(store_path)
@@ -46,7 +53,8 @@ def hang(store_path: str, ready: str, stage: str) -> None:
         time.sleep(120)
 
     if stage == "arrays":
-        original = sm._write_array
+        hdf5 = _import_hdf5()  # where entry files are written
+        original = hdf5._write_array
         calls = 0
 
         def slow_write(group, name, value):  # type: ignore[no-untyped-def]
@@ -57,15 +65,17 @@ def hang(store_path: str, ready: str, stage: str) -> None:
                 group.file.flush()  # part of the entry really is in the temp file
                 pause()
 
-        sm._write_array = slow_write
-    elif stage == "replace":
+        hdf5._write_array = slow_write
+    elif stage in ("replace", "renamed"):
         real_replace = os.replace
 
         def slow_replace(src, dst):  # type: ignore[no-untyped-def]
-            pause()
+            if stage == "replace":
+                pause()
             real_replace(src, dst)
+            pause()
 
-        sm.os.replace = slow_replace
+        os.replace = slow_replace  # type: ignore[assignment]
     else:
         raise SystemExit(f"unknown stage {stage}")
 
