@@ -323,13 +323,15 @@ def test_defect_in_batch_and_cache_writes_nothing(hand: Path, cache_dir: Path) -
 @pytest.fixture
 def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
-    real = broden._decode_png
+    from pyanalyzer.data.broden import reader  # where segmentation PNGs are decoded
+
+    real = reader._decode_png
 
     def counting(path: Path) -> np.ndarray:
         calls.append(Path(path))
         return real(path)
 
-    monkeypatch.setattr(broden, "_decode_png", counting)
+    monkeypatch.setattr(reader, "_decode_png", counting)
     return calls
 
 
