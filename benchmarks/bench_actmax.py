@@ -2,7 +2,7 @@
 
 Renders every channel of one layer of the default model (relu5: 64 channels, 16x16, at the
 model's 64 px input) for the same number of steps, first all units in one batch (what
-``run_actmax`` does by default), then one optimisation per unit (``batch=False``), and prints
+``ActivationMaximization`` does by default), then one optimisation per unit (``batch=False``), and prints
 both times, their ratio (target: batched >= 8x faster) and the mean activation each reached
 (they should be similar: every unit draws its noise and transforms from its own generator, so
 the two runs differ only by float rounding of batched kernels).
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 import pyanalyzer as pa
-from pyanalyzer.methods.actmax import run_actmax
+from pyanalyzer.methods.actmax import ActivationMaximization
 from pyanalyzer.methods.actmax.objectives import resolve
-from pyanalyzer.methods.actmax.render import _Net
+from pyanalyzer.methods.actmax.render import Net
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _ceiling import report  # noqa: E402
@@ -59,13 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(units)} units, {args.steps} steps, {args.param}/{args.regularizers}, "
         f"{torch.get_num_threads()} threads"
     )
-    run_actmax(model, info.name, units[:2], **{**kw, "steps": 2})  # warm-up (oneDNN, fx)
+
+    def run_actmax(layer: str, chosen: list[int], **options: object) -> pa.ActmaxResult:
+        return ActivationMaximization(model, layer=layer, units=chosen, **options).run()
+
+    run_actmax(info.name, units[:2], **{**kw, "steps": 2})  # warm-up (oneDNN, fx)
 
     t0 = time.perf_counter()
-    together = run_actmax(model, info.name, units, batch=True, **kw)
+    together = run_actmax(info.name, units, batch=True, **kw)
     t_batch = time.perf_counter() - t0
     t0 = time.perf_counter()
-    apart = run_actmax(model, info.name, units, batch=False, **kw)
+    apart = run_actmax(info.name, units, batch=False, **kw)
     t_single = time.perf_counter() - t0
 
     ratio = t_single / t_batch
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio       {ratio:8.2f}x  (target >= {args.target:g}x); mean |image difference| "
           f"{diff:.2f} / 255")  # fmt: skip
     # The render loop's network: RGB 0..1 -> preprocessing -> the torch twin cut after the layer.
-    net = _Net(model, {info.name: resolve(model, info.name)})
+    net = Net(model, {info.name: resolve(model, info.name)})
     report(
         f"to {info.alias}",
         lambda x: net(x)(info.name),

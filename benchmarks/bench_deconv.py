@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import pyanalyzer as pa
-from pyanalyzer.methods.deconvnet import Deconvolution
+from pyanalyzer.methods.deconvnet import Projector
 
 
 def alexnet() -> nn.Module:
@@ -84,11 +84,11 @@ def main() -> None:
         model = pa.load_model(path, check_parity=False)
         layer = [x for x in model.layers if x.op == "Relu"][-1]
         x = np.random.default_rng(0).normal(size=(args.batch, 3, 227, 227)).astype(np.float32)
-        walker = Deconvolution(model, "deconv", device="cpu")
+        walker = Projector(model, "deconv", device="cpu")
         ours, theirs = [], []
         for _ in range(args.repeat + 1):  # interleaved; the first round warms up
             t0 = time.perf_counter()
-            a = walker.run(x, layer.name, 7).pixels
+            a = walker.project(x, layer.name, 7).pixels
             ours.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             b = autograd_projection(model, x, layer.name, 7)

@@ -39,13 +39,13 @@ def bare_forward(model, ds, layer: str, batch: int) -> float:
 
 def dissection(model, ds, layer: str, batch: int) -> tuple[float, object]:
     t0 = time.perf_counter()
-    (r,) = Dissection(model, ds, batch_size=batch, progress=False).run([layer])
+    (r,) = Dissection(model, layers=[layer], batch_size=batch, progress=False).run(ds)
     return time.perf_counter() - t0, r
 
 
 def peak_memory(model, ds, layer: str, batch: int) -> float:
     tracemalloc.start()
-    Dissection(model, ds, batch_size=batch, progress=False).run([layer])
+    Dissection(model, layers=[layer], batch_size=batch, progress=False).run(ds)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return peak / 2**20

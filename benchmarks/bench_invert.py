@@ -2,7 +2,7 @@
 
 Inverts N synthetic scenes from one layer of the default model with the authors' schedule
 (Mahendran & Vedaldi: momentum SGD, 400 steps), first all images in one batch (what
-``invert_optim`` does with several images), then one ``invert_optim`` call per image, and prints
+``OptimInversion`` does with several images), then one run per image, and prints
 both times, their ratio (target: batched >= 4x faster) and how far apart the results are (a
 batch moves every row as it would move alone, so they differ only by float rounding).
 
@@ -24,8 +24,7 @@ import torch
 
 import pyanalyzer as pa
 from pyanalyzer.data import synthetic
-from pyanalyzer.methods.inversion import invert_optim
-from pyanalyzer.methods.inversion.optim import OptimInversion
+from pyanalyzer.methods.inversion import OptimInversion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _ceiling import report  # noqa: E402
@@ -54,15 +53,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{model.path.name} {', '.join(layers)}, {args.images} images, {args.steps} steps "
         f"({args.optimizer}), {torch.get_num_threads()} threads"
     )
-    invert_optim(model, images[:2], layers, **{**kw, "steps": 2})  # warm-up (oneDNN, sessions)
+
+    def invert_optim(batch: np.ndarray, **options: object) -> pa.InversionResult:
+        return OptimInversion(model, layers=layers, **options).run(batch)
+
+    invert_optim(images[:2], **{**kw, "steps": 2})  # warm-up (oneDNN, sessions)
 
     t_batch, t_single = [], []
     for _ in range(args.repeat):  # interleaved, so that a slow spell hits both
         t0 = time.perf_counter()
-        together = invert_optim(model, images, layers, **kw)
+        together = invert_optim(images, **kw)
         t_batch.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        apart = [invert_optim(model, images[i : i + 1], layers, **kw) for i in range(len(images))]
+        apart = [invert_optim(images[i : i + 1], **kw) for i in range(len(images))]
         t_single.append(time.perf_counter() - t0)
     tb, ts = statistics.median(t_batch), statistics.median(t_single)
 
@@ -74,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one by one  {ts:8.2f} s   mean pixel error {pe_s:.4f}")
     print(f"ratio       {ts / tb:8.2f}x  (target >= {args.target:g}x); mean |image difference| "
           f"{diff:.3f} / 255")  # fmt: skip
-    # The loop's network: preprocessing -> the torch twin, stopped after the deepest layer;
+    # The loop's network: preprocessing -> the torch twin, cut after the deepest layer;
     # channels-last from 4 rows on, as the loop runs it.
-    inv, spec = OptimInversion(model, progress=False), model.preprocessing
+    engine, spec = model.gradient, model.preprocessing
     names = [model.layer(name).name for name in layers]
 
     def net(x):
         fmt = torch.channels_last if len(x) >= 4 else torch.contiguous_format
-        feats = inv._features(spec.normalize_torch(x).contiguous(memory_format=fmt), names)
+        feats = engine.features(spec.normalize_torch(x).contiguous(memory_format=fmt), names)
         return sum(feats[n].sum() for n in names)
 
     report(

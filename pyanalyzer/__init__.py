@@ -1,13 +1,17 @@
 """pyanalyzer: see what an image CNN saved as ONNX has learned.
 
 The public API is re-exported here and imported lazily, so that ``import pyanalyzer`` (and
-``pyanalyzer --version``) does not pay for torch and onnxruntime until they are used::
+``pyanalyzer --version``) does not pay for torch and onnxruntime until they are used. Every
+analysis has the same shape (:mod:`pyanalyzer.analysis`): built on a model with its params, one
+verb, ``run``, a result with ``summary()``, cached in the store, written by
+:func:`write_result`::
 
     import pyanalyzer as pa
 
     model = pa.load_model("models/default.onnx")
-    print(model.layers[0].alias, model.preprocessing.describe())
-    acts = model.forward.run(x, ["conv3"])
+    store = pa.Store("out/store")
+    result = pa.Dissection(model, layers=["relu5"], store=store).run(dataset)
+    pa.write_result(result, "out/dissect", model=model, dataset=dataset)
 """
 
 from __future__ import annotations
@@ -38,10 +42,64 @@ _EXPORTS = {
     "GradientUnavailableError": "pyanalyzer.errors",
     "StoreError": "pyanalyzer.errors",
     "ParityWarning": "pyanalyzer.errors",
+    "ParamsError": "pyanalyzer.analysis",
+    "Analysis": "pyanalyzer.analysis",
+    "Params": "pyanalyzer.analysis",
+    "Result": "pyanalyzer.analysis",
+    "analyses": "pyanalyzer.methods",
+    "analysis": "pyanalyzer.methods",
+    "Dissection": "pyanalyzer.methods.dissection",
+    "DissectionResult": "pyanalyzer.methods.dissection",
+    "LayerDissection": "pyanalyzer.methods.dissection",
+    "Net2Vec": "pyanalyzer.methods.dissection",
+    "Net2VecResults": "pyanalyzer.methods.dissection",
+    "DeconvNet": "pyanalyzer.methods.deconvnet",
+    "GuidedBackprop": "pyanalyzer.methods.deconvnet",
+    "Saliency": "pyanalyzer.methods.deconvnet",
+    "ProjectionResult": "pyanalyzer.methods.deconvnet",
+    "TopPatches": "pyanalyzer.methods.patches",
+    "TopPatchesResult": "pyanalyzer.methods.patches",
+    "ActivationMaximization": "pyanalyzer.methods.actmax",
+    "ActmaxResult": "pyanalyzer.methods.actmax",
+    "OptimInversion": "pyanalyzer.methods.inversion",
+    "UpconvInversion": "pyanalyzer.methods.inversion",
+    "UpconvTraining": "pyanalyzer.methods.inversion",
+    "UpconvDecoder": "pyanalyzer.methods.inversion",
+    "InversionResult": "pyanalyzer.methods.inversion",
+    "BrodenDataset": "pyanalyzer.data.broden",
+    "SyntheticImages": "pyanalyzer.data.defaults",
+    "write_result": "pyanalyzer.report",
 }
 
 __all__ = [
     "__version__",
+    "ActivationMaximization",
+    "ActmaxResult",
+    "Analysis",
+    "BrodenDataset",
+    "DeconvNet",
+    "Dissection",
+    "DissectionResult",
+    "GuidedBackprop",
+    "InversionResult",
+    "LayerDissection",
+    "Net2Vec",
+    "Net2VecResults",
+    "OptimInversion",
+    "Params",
+    "ParamsError",
+    "ProjectionResult",
+    "Result",
+    "Saliency",
+    "SyntheticImages",
+    "TopPatches",
+    "TopPatchesResult",
+    "UpconvDecoder",
+    "UpconvInversion",
+    "UpconvTraining",
+    "analyses",
+    "analysis",
+    "write_result",
     "ArraySource",
     "GradientUnavailableError",
     "ImageFiles",
@@ -78,6 +136,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from pyanalyzer.analysis import Analysis, Params, ParamsError, Result
+    from pyanalyzer.data.broden import BrodenDataset
+    from pyanalyzer.data.defaults import SyntheticImages
     from pyanalyzer.data.images import ArraySource, ImageFiles, ImageFolder
     from pyanalyzer.errors import (
         GradientUnavailableError,
@@ -89,6 +150,29 @@ if TYPE_CHECKING:
         StoreError,
         UserInputError,
     )
+    from pyanalyzer.methods import analyses, analysis
+    from pyanalyzer.methods.actmax import ActivationMaximization, ActmaxResult
+    from pyanalyzer.methods.deconvnet import (
+        DeconvNet,
+        GuidedBackprop,
+        ProjectionResult,
+        Saliency,
+    )
+    from pyanalyzer.methods.dissection import (
+        Dissection,
+        DissectionResult,
+        LayerDissection,
+        Net2Vec,
+        Net2VecResults,
+    )
+    from pyanalyzer.methods.inversion import (
+        InversionResult,
+        OptimInversion,
+        UpconvDecoder,
+        UpconvInversion,
+        UpconvTraining,
+    )
+    from pyanalyzer.methods.patches import TopPatches, TopPatchesResult
     from pyanalyzer.model import (
         PRESETS,
         InputInfo,
@@ -98,4 +182,5 @@ if TYPE_CHECKING:
         PreprocessSpec,
         load_model,
     )
+    from pyanalyzer.report import write_result
     from pyanalyzer.store import Key, Store

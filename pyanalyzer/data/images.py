@@ -1,7 +1,9 @@
 """Image sources: where the images a method scans come from.
 
 A source is indexable and yields each image as 0–255 pixels at the model's input size
-(``pixels(i, spec)``), so forward passes can stream any number of images in batches.
+(``pixels(i, spec)``), so forward passes can stream any number of images in batches (the
+protocol is :class:`pyanalyzer.model.forward.ImageSource`). Each source here also says what it
+is (``identity()``), which store keys are made of.
 """
 
 from __future__ import annotations
@@ -9,28 +11,30 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pyanalyzer._checks import check_shape
 from pyanalyzer.errors import ImageError
 
 if TYPE_CHECKING:
+    from pyanalyzer.model.forward import ImageSource
     from pyanalyzer.model.preprocessing import PreprocessSpec
 
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ArraySource",
+    "ImageFiles",
+    "ImageFolder",
+    "array_digest",
+    "files_digest",
+    "load_image",
+    "model_images",
+    "source_identity",
+]
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-
-
-class ImageSource(Protocol):
-    """What the forward engine streams over."""
-
-    def __len__(self) -> int: ...
-
-    def pixels(self, index: int, spec: PreprocessSpec) -> np.ndarray:
-        """``uint8 [H, W, C]`` at ``spec.input_size`` with ``spec.channels`` channels (RGB)."""
-        ...
-
-    def name(self, index: int) -> str: ...
 
 
 def load_image(path: str | os.PathLike[str]):
@@ -71,6 +75,58 @@ def files_digest(paths: Sequence[str | os.PathLike[str]]) -> str:
     return h.hexdigest()
 
 
+def model_images(images: Any, spec: PreprocessSpec) -> np.ndarray:
+    """Images as the model sees them: uint8 ``[N, H, W, C]`` at ``spec``'s input size, our own
+    writable copy.
+
+    Args:
+        images: an image source (files, a folder...), read through the preprocessing, or an
+            array: one ``[H, W, C]`` image or a batch, already at the input size.
+
+    Raises:
+        ImageError: an empty source, an unreadable file (named), or an array of another dtype,
+            shape or size.
+    """
+    if hasattr(images, "pixels") and hasattr(images, "__len__"):  # an image source
+        if len(images) == 0:
+            raise ImageError("the image source is empty: give at least one image")
+        images = np.stack([images.pixels(i, spec) for i in range(len(images))])
+    arr = np.asarray(images)
+    h, w = spec.input_size
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.dtype != np.uint8:
+        raise ImageError(f"images must be uint8 pixels 0..255, got {arr.dtype}")
+    note = "(the model's input size, RGB)"
+    check_shape("images", arr, "N H W C", note=note, error=ImageError, H=h, W=w, C=spec.channels)
+    return np.array(arr, dtype=np.uint8, order="C")
+
+
+def array_digest(a: np.ndarray) -> str:
+    """sha256 over an array's shape, dtype and bytes: the identity of in-memory images."""
+    import hashlib
+
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def source_identity(source: ImageSource) -> dict[str, Any]:
+    """What identifies an image source in store keys (JSON-able): the source's own
+    ``identity()`` when it has one (files: their digest; arrays: their bytes; synthetic scenes:
+    count, seed and size; concept datasets: their digest), else a digest of its names."""
+    identity = getattr(source, "identity", None)
+    if callable(identity):
+        return dict(identity())
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in range(len(source)):
+        h.update(f"{source.name(i)}\n".encode())
+    return {"kind": type(source).__name__, "n": len(source), "sha256": h.hexdigest()}
+
+
 class ImageFiles:
     """A list of image files.
 
@@ -89,6 +145,10 @@ class ImageFiles:
 
     def pixels(self, index: int, spec: PreprocessSpec) -> np.ndarray:
         return spec.prepare_image(load_image(self.paths[index]))
+
+    def identity(self) -> dict[str, Any]:
+        """The files' paths, sizes and modification times (:func:`files_digest`)."""
+        return {"kind": "files", "n": len(self), "sha256": files_digest(self.paths)}
 
 
 class ImageFolder(ImageFiles):
@@ -130,6 +190,10 @@ class ArraySource:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def identity(self) -> dict[str, Any]:
+        """The images' bytes (:func:`array_digest`)."""
+        return {"kind": "array", "n": len(self), "sha256": array_digest(self.images)}
 
     def name(self, index: int) -> str:
         return self.names[index]

@@ -34,17 +34,41 @@ backward.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from pyanalyzer import _backend
+from pyanalyzer._checks import check_shape
+from pyanalyzer.analysis import Choice, ImageAnalysis, Int, Params, Result, Units
 from pyanalyzer.errors import UserInputError
+from pyanalyzer.model.graph import to_nchw
+from pyanalyzer.units import select_units
+
+if TYPE_CHECKING:
+    from pyanalyzer.model.model import Model
+    from pyanalyzer.store import Checkpoint
+
+__all__ = [
+    "DEVICES",
+    "METHODS",
+    "MODES",
+    "PROJECTIONS",
+    "DeconvNet",
+    "GuidedBackprop",
+    "Projection",
+    "ProjectionParams",
+    "ProjectionResult",
+    "Projector",
+    "Saliency",
+    "UnitProjection",
+]
 
 METHODS = ("deconv", "guided", "saliency")
 MODES = ("max", "map", "topk")
+DEVICES = ("auto", "cpu", "cuda")
 
 # Ops that are linear in their path inputs (their transpose is their VJP).
 _LINEAR = {
@@ -98,8 +122,9 @@ class Projection:
         return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
 
 
-class Deconvolution:
-    """Project a unit of any layer back to pixels (one verb, the method chosen by name).
+class Projector:
+    """Project a unit of any layer back to pixels for a batch of model inputs: the reverse walk
+    that the analyses below (:class:`DeconvNet`, :class:`GuidedBackprop`, :class:`Saliency`) run.
 
     Args:
         model: a loaded :class:`~pyanalyzer.model.model.Model` whose graph converted to torch.
@@ -112,7 +137,7 @@ class Deconvolution:
         UserInputError: an unknown method.
     """
 
-    def __init__(self, model, method: str = "deconv", device: str = "auto"):
+    def __init__(self, model: Model, method: str = "deconv", device: str = "auto"):
         if method not in METHODS:
             raise UserInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self.model = model
@@ -122,7 +147,7 @@ class Deconvolution:
         _backend.kernels(device)
 
     # ---- public --------------------------------------------------------------------------
-    def run(
+    def project(
         self, x: np.ndarray, layer: str, unit: int, *, mode: str = "max", k: int = 9
     ) -> Projection:
         """Project ``unit`` of ``layer`` for a batch of model inputs.
@@ -142,24 +167,30 @@ class Deconvolution:
         import torch
 
         info = self.model.spatial_layer(layer)
+        channels = int(info.channels or 0)
         if mode not in MODES:
             raise UserInputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if not (0 <= int(unit) < info.channels):
+        if not (0 <= int(unit) < channels):
             raise UserInputError(
-                f"unit {unit} is out of range: layer {info.alias} has units 0..{info.channels - 1}"
+                f"unit {unit} is out of range: layer {info.alias} has units 0..{channels - 1}"
             )
         if mode == "topk" and k < 1:
             raise UserInputError(f"k must be at least 1, got {k}")
+        spec = self.model.preprocessing
+        h, w = spec.input_size
+        dims = "N C H W" if self.model.input.layout == "nchw" else "N H W C"
+        x = check_shape("x", x, dims, note="(preprocessed model input)", C=spec.channels, H=h, W=w)
         unit = int(unit)
-        gm = self.engine.module
-        values = self._record(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        target = self._fx_node(info.name)
-        act = values[target.name]
+        with torch.no_grad():
+            rec = self.engine.record(
+                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), [info.name]
+            )
+        target = rec.nodes[info.name]
+        act = rec.values[target.name]
         if isinstance(act, tuple | list):
-            act = act[self.engine._producer[info.name][1]]
-        act = act.detach()
-        nhwc = info.layout == "nhwc"
-        chan = act[..., unit] if nhwc else act[:, unit]  # [N, h, w]
+            act = act[self.engine.producer(info.name)[1]]
+        act = info.to_nchw(act.detach())  # [N, C, h, w] whatever the model's layout
+        chan = act[:, unit]  # [N, h, w]
         flat = chan.reshape(len(chan), -1)
         pos = flat.argmax(dim=1)
         keep = torch.zeros_like(flat)
@@ -172,13 +203,9 @@ class Deconvolution:
             keep.scatter_(1, top, 1.0)
         kept = (flat * keep).reshape(chan.shape)
         signal = torch.zeros_like(act)
-        if nhwc:
-            signal[..., unit] = kept
-        else:
-            signal[:, unit] = kept
-        pixels = self._walk(gm, values, target, signal)
-        if self.model.input.layout == "nhwc":
-            pixels = pixels.permute(0, 3, 1, 2)
+        signal[:, unit] = kept
+        pixels = self._walk(rec.module, rec.values, target, info.from_nchw(signal))
+        pixels = to_nchw(pixels, self.model.input.layout)
         out = pixels.detach().numpy().astype(np.float32)
         if self.model.input.channels == 3 and self.model.preprocessing.channel_order == "bgr":
             out = out[:, ::-1].copy()
@@ -188,30 +215,6 @@ class Deconvolution:
             pixels=out, activation=kept.reshape(len(kept), -1).sum(1).numpy().astype(np.float32),
             positions=positions, method=self.method, mode=mode, layer=info.name, unit=unit,
         )  # fmt: skip
-
-    # ---- the forward record --------------------------------------------------------------
-    def _record(self, x) -> dict[str, Any]:
-        import torch
-        import torch.fx
-
-        values: dict[str, Any] = {}
-
-        class Recorder(torch.fx.Interpreter):
-            def run_node(self, n):
-                out = super().run_node(n)
-                values[n.name] = out
-                return out
-
-        with torch.no_grad():
-            Recorder(self.engine.module).run(x)
-        return values
-
-    def _fx_node(self, tensor: str):
-        name, _ = self.engine._producer[tensor]
-        for n in self.engine.module.graph.nodes:
-            if n.op == "call_module" and n.target == name:
-                return n
-        raise UserInputError(f"layer tensor {tensor!r} has no node in the torch graph")
 
     # ---- the reverse walk ----------------------------------------------------------------
     def _walk(self, gm, values: dict[str, Any], target, signal):
@@ -387,81 +390,184 @@ def _flat_args(args) -> list:
     return out
 
 
-def project(
-    model, x: np.ndarray, layer: str, unit: int, *, method: str = "deconv", mode: str = "max",
-    k: int = 9, device: str = "auto",
-) -> Projection:  # fmt: skip
-    """Shorthand for ``Deconvolution(model, method, device).run(x, layer, unit, mode=, k=)``."""
-    return Deconvolution(model, method, device).run(x, layer, unit, mode=mode, k=k)
+# ---- the analyses ----------------------------------------------------------------------------
 
 
-def top_patch_projections(
-    model, patches, source, units: Sequence[int], *, method: str = "deconv",
-    device: str = "auto", batch_size: int = 16,
-) -> dict[int, list[np.ndarray]]:  # fmt: skip
-    """Project each unit's top activations (Zeiler & Fergus, Fig. 2).
+class ProjectionParams(Params):
+    """Parameters of the projections (:class:`DeconvNet`, :class:`GuidedBackprop`,
+    :class:`Saliency`)."""
 
-    Args:
-        patches: a :class:`~pyanalyzer.methods.patches.TopPatchesResult` of ``source``.
-        units: the units to project.
+    title: ClassVar[str] = "deconv"
 
-    Returns:
-        ``{unit: [uint8 [H, W, 3] at the model's input size, one per top image]}``, each the
-        projection of the unit's strongest activation in that image (``Projection.images``);
-        :meth:`TopPatchesResult.montage` cuts them at the patch's box.
+    layer: str = Field(description="Layer (alias or ONNX name) of a spatial map.")
+    units: Units = Field("all", description="Units (channels) to project.")
+    mode: Annotated[str, Choice("mode", MODES)] = Field(
+        "max",
+        description="max: the unit's strongest activation (Zeiler & Fergus); map: the whole "
+        "channel map; topk: its k strongest activations.",
+    )
+    k: Annotated[int, Int("k", 1)] = Field(9, description="Activations kept for mode topk.")
+    batch_size: Annotated[int, Int("batch size", 1)] = Field(
+        16, description="Images per backward walk."
+    )
+    device: Annotated[str, Choice("device", DEVICES)] = Field(
+        "auto", description="Where the unpooling kernel runs."
+    )
+
+
+@dataclass(frozen=True)
+class ProjectionResult(Result):
+    """The projections of some units of a layer on a batch of images.
+
+    Attributes:
+        pixels: float32 ``[U, N, C, H, W]``: for unit ``u`` and image ``n`` the signal that
+            reached the input (NCHW, RGB order), as :class:`Projection` describes it.
+        activation: float32 ``[U, N]``: the activation that was projected.
+        positions: int64 ``[U, N, 2]``: ``(y, x)`` of each unit's strongest activation.
+        originals: uint8 ``[N, H, W, C]``: the images, as the model saw them.
+        units: int64 ``[U]``.
+        method: ``"deconv"``, ``"guided"`` or ``"saliency"``; ``mode``: as the params.
+        layer, alias: the layer's ONNX name and alias.
     """
-    spec = model.preprocessing
-    walker = Deconvolution(model, method, device)
-    out: dict[int, list[np.ndarray]] = {}
-    for u in units:
-        ids = [int(i) for i in patches.images[u] if i >= 0]
-        imgs: list[np.ndarray] = []
-        for s in range(0, len(ids), batch_size):
-            chunk = ids[s : s + batch_size]
-            x = spec.normalize(np.stack([source.pixels(i, spec) for i in chunk]))
-            imgs.extend(walker.run(x, patches.layer.name, u, mode="max").images())
-        out[u] = imgs
-    return out
+
+    pixels: np.ndarray
+    activation: np.ndarray
+    positions: np.ndarray
+    originals: np.ndarray
+    units: np.ndarray
+    method: str
+    mode: str
+    layer: str
+    alias: str
+
+    def images(self) -> np.ndarray:
+        """uint8 ``[U, N, H, W, 3]`` for display (:meth:`Projection.images`)."""
+        return np.stack(
+            [
+                Projection(p, a, q, self.method, self.mode, self.layer, int(u)).images()
+                for p, a, q, u in zip(
+                    self.pixels, self.activation, self.positions, self.units, strict=True
+                )
+            ]
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Per unit: the projected activation and the position of its maximum, per image."""
+        return {
+            "method": self.method,
+            "mode": self.mode,
+            "layer": self.layer,
+            "alias": self.alias,
+            "images": len(self.originals),
+            "units": [
+                {
+                    "unit": int(u),
+                    "activation": [float(v) for v in self.activation[i]],
+                    "positions": [[int(y), int(x)] for y, x in self.positions[i]],
+                }
+                for i, u in enumerate(self.units)
+            ],
+        }
 
 
-def parse_units(spec: str, channels: int | None) -> list[int]:
-    """``"5"``, ``"0-7"``, ``"1,4,9"`` or ``"all"`` to a sorted list of units in range.
+class UnitProjection(ImageAnalysis[ProjectionParams, ProjectionResult]):
+    """Project units of a layer back to pixels on a batch of images; :attr:`rule` says how the
+    signal passes the rectifiers (see the module's table). Subclasses only set it.
 
-    Args:
-        spec: the text.
-        channels: the number of units; None parses only (no range check, no ``"all"``), for
-            callers that check the range in their own words.
+    :meth:`run` takes uint8 ``[N, H, W, C]`` images at the model's input size (or one image, or
+    an image source) and returns a :class:`ProjectionResult`.
 
     Raises:
-        UserInputError: malformed, or a unit outside ``0..channels-1``.
+        GradientUnavailableError: the model could not be converted (names the ops).
+        UserInputError: not a spatial layer, units out of range, CUDA asked for and missing, an
+            op the rule cannot invert (named, when it runs).
     """
-    text = str(spec).strip().lower()
-    if text == "all":
-        if channels is None:
-            raise ValueError("parse_units: 'all' needs the number of units")
-        return list(range(channels))
-    units: set[int] = set()
-    try:
-        for part in text.split(","):
-            if "-" in part.strip()[1:]:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if lo > hi:
-                    raise ValueError
-                units.update(range(lo, hi + 1))
-            else:
-                units.add(int(part))
-    except ValueError:
-        raise UserInputError(f"units {spec!r}: expected N, A-B, a comma list or 'all'") from None
-    bad = [] if channels is None else sorted(u for u in units if not 0 <= u < channels)
-    if bad:
-        raise UserInputError(
-            f"unit {bad[0]} is out of range: the layer has units 0..{channels - 1}"
+
+    rule: ClassVar[str]
+    missing_inputs: ClassVar[str] = "give the images to project the units on"
+    params_type: ClassVar[type[Params]] = ProjectionParams
+    result_type: ClassVar[type[Result]] = ProjectionResult
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
+
+    def check(self) -> None:
+        p = self.params
+        self.info = self.model.spatial_layer(p.layer)
+        self.units = select_units(p.units, int(self.info.channels or 0))
+        self.projector = Projector(self.model, self.rule, p.device)
+
+    def resolved(self) -> dict[str, Any]:
+        out = super().resolved()
+        out.update(layer=self.info.name, units=self.units)
+        if self.params.mode != "topk":
+            out.pop("k")
+        return out
+
+    def compute(self, inputs: np.ndarray, checkpoint: Checkpoint) -> ProjectionResult:
+        p, spec = self.params, self.model.preprocessing
+        per_unit = []
+        for u in self.units:
+            parts = [
+                self.projector.project(
+                    spec.normalize(inputs[s : s + p.batch_size]),
+                    self.info.name,
+                    u,
+                    mode=p.mode,
+                    k=p.k,
+                )  # fmt: skip
+                for s in range(0, len(inputs), p.batch_size)
+            ]
+            per_unit.append(parts)
+        return ProjectionResult(
+            pixels=np.stack([np.concatenate([q.pixels for q in parts]) for parts in per_unit]),
+            activation=np.stack(
+                [np.concatenate([q.activation for q in parts]) for parts in per_unit]
+            ),
+            positions=np.stack(
+                [np.concatenate([q.positions for q in parts]) for parts in per_unit]
+            ),
+            originals=inputs,
+            units=np.asarray(self.units, np.int64),
+            method=self.rule,
+            mode=p.mode,
+            layer=self.info.name,
+            alias=self.info.alias,
         )
-    return sorted(units)
 
 
-__all__: Sequence[str] = (
-    "METHODS", "MODES", "Deconvolution", "Projection", "parse_units", "project",
-    "top_patch_projections",
-)  # fmt: skip
+class DeconvNet(UnitProjection):
+    """DeconvNet (Zeiler & Fergus, ECCV 2014): the signal rectified at every ReLU."""
+
+    method: ClassVar[str] = "deconv"
+    rule: ClassVar[str] = "deconv"
+    summary_line: ClassVar[str] = (
+        "DeconvNet: project a unit back to pixels through rectification, transposed "
+        "convolutions and max-unpooling with switches (Zeiler & Fergus, ECCV 2014)."
+    )
+
+
+class GuidedBackprop(UnitProjection):
+    """Guided backpropagation (Springenberg et al., ICLR 2015 workshop): rectified, and masked
+    where the forward input was <= 0."""
+
+    method: ClassVar[str] = "guided"
+    rule: ClassVar[str] = "guided"
+    summary_line: ClassVar[str] = (
+        "Guided backpropagation: the DeconvNet signal also masked by the forward pass "
+        "(Springenberg et al., ICLR 2015)."
+    )
+
+
+class Saliency(UnitProjection):
+    """Saliency (Simonyan, Vedaldi & Zisserman, 2013): the plain gradient of the unit."""
+
+    method: ClassVar[str] = "saliency"
+    rule: ClassVar[str] = "saliency"
+    summary_line: ClassVar[str] = (
+        "Saliency: the gradient of a unit with respect to the image (Simonyan et al., 2013)."
+    )
+
+
+PROJECTIONS: dict[str, type[UnitProjection]] = {
+    c.rule: c for c in (DeconvNet, GuidedBackprop, Saliency)
+}
+"""The projection analyses by rule name (``"deconv"``, ``"guided"``, ``"saliency"``)."""

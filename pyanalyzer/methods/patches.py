@@ -12,48 +12,50 @@ comes from the ONNX graph (:mod:`pyanalyzer.model.receptive`).
 
 Ordering is deterministic: by value (descending), ties by image index (ascending); within an
 image, the first maximum in raster order (lowest row, then lowest column).
+
+With ``projection`` set, each chosen unit's top activations are also projected back to pixels
+(:class:`~pyanalyzer.methods.deconvnet.Projector`): DeconvNet, guided backprop or saliency. The
+whole result is cached: a second run answers from the store without scanning an image.
+The montages are drawn by :mod:`pyanalyzer.report.patches`.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import field as dc_field
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from pyanalyzer._checks import check_int
+from pyanalyzer.analysis import Analysis, Choice, Int, Params, Result, Units
 from pyanalyzer.errors import UserInputError
+from pyanalyzer.methods.deconvnet import DEVICES, METHODS, Projector
+from pyanalyzer.model.graph import LayerInfo
+from pyanalyzer.model.preprocessing import PreprocessSpec
 from pyanalyzer.model.receptive import ReceptiveField, crop_box, receptive_field
-from pyanalyzer.report.montage import grid, save_png
+from pyanalyzer.units import select_units
 
 if TYPE_CHECKING:
-    from pyanalyzer.data.images import ImageSource
-    from pyanalyzer.model.graph import LayerInfo
+    from pyanalyzer.model.forward import ImageSource
     from pyanalyzer.model.model import Model
-    from pyanalyzer.model.preprocessing import PreprocessSpec
+    from pyanalyzer.store import Checkpoint
 
-__all__ = ["TopPatches", "TopPatchesResult"]
+__all__ = ["TopPatches", "TopPatchesParams", "TopPatchesResult", "merge_topk", "rgb"]
 
 _NO_IMAGE = np.iinfo(np.int64).max  # sorts after every real image index
 
 
-def _rgb(img: np.ndarray) -> np.ndarray:
+def rgb(img: np.ndarray) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` from ``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]``."""
     img = np.asarray(img)
     if img.ndim == 2:
         img = img[..., None]
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
     return img.astype(np.uint8, copy=False)
-
-
-def _enlarge(img: np.ndarray, factor: int) -> np.ndarray:
-    if factor <= 1:
-        return img
-    return np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
 
 
 def merge_topk(
@@ -90,7 +92,7 @@ def merge_topk(
 
 
 @dataclass
-class TopPatchesResult:
+class TopPatchesResult(Result):
     """The k strongest activations of each unit of a layer, one per image at most.
 
     Attributes:
@@ -104,6 +106,11 @@ class TopPatchesResult:
         field_error: why ``field`` is None.
         spec: the preprocessing the model used: the pixels its fields refer to.
         n_images: how many images were scanned.
+        projection: how the top activations were projected back to pixels (``"deconv"``,
+            ``"guided"``, ``"saliency"``), or ``"none"``.
+        projections: per projected unit, uint8 ``[count, H, W, 3]`` at the model's input size,
+            one per filled slot (:meth:`~pyanalyzer.methods.deconvnet.Projection.images`);
+            the montages cut them at each patch's box.
     """
 
     layer: LayerInfo
@@ -114,6 +121,8 @@ class TopPatchesResult:
     field_error: str | None
     spec: PreprocessSpec
     n_images: int
+    projection: str = "none"
+    projections: dict[int, np.ndarray] = dc_field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -125,9 +134,10 @@ class TopPatchesResult:
 
     def count(self, unit: int) -> int:
         """How many of ``unit``'s k slots hold an image."""
-        return int((self.images[self._unit(unit)] >= 0).sum())
+        return int((self.images[self.check_unit(unit)] >= 0).sum())
 
-    def _unit(self, unit: int) -> int:
+    def check_unit(self, unit: int) -> int:
+        """``unit`` as an index of this result (UserInputError when out of range)."""
         u = check_int("unit", unit, 0)
         if u >= self.units:
             raise UserInputError(
@@ -141,7 +151,7 @@ class TopPatchesResult:
         Raises:
             UserInputError: the layer has no receptive field, or the slot is empty.
         """
-        u = self._unit(unit)
+        u = self.check_unit(unit)
         j = check_int("rank", rank, 0)
         if j >= self.k or self.images[u, j] < 0:
             raise UserInputError(
@@ -173,7 +183,7 @@ class TopPatchesResult:
         """
         top, left, bottom, right = self.box(unit, rank)
         spec = spec or self.spec
-        image = _rgb(source.pixels(int(self.images[unit, rank]), spec))
+        image = rgb(source.pixels(int(self.images[unit, rank]), spec))
         if image.shape[:2] != tuple(spec.input_size):
             raise UserInputError(
                 f"the source gave an image of {list(image.shape[:2])} pixels, "
@@ -181,223 +191,201 @@ class TopPatchesResult:
             )
         return image[top:bottom, left:right].copy()
 
-    def montage(
-        self,
-        unit: int,
-        source: ImageSource,
-        spec: PreprocessSpec | None = None,
-        projections: Sequence[np.ndarray | None] | None = None,
-        *,
-        cols: int | None = None,
-        min_side: int = 64,
-        captions: bool = False,
-        pad: int = 2,
-    ) -> np.ndarray:
-        """The unit's patches in a grid (Zeiler & Fergus's 3x3 for k = 9).
+    # ---- summary and store -----------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Per unit: the top values, their images and positions, and the receptive field."""
+        return {
+            "layer": self.layer.name,
+            "alias": self.layer.alias,
+            "k": self.k,
+            "images_scanned": self.n_images,
+            "projection": self.projection,
+            "receptive_field": None if self.field is None else self.field.to_dict(),
+            "receptive_field_error": self.field_error,
+            "units": [
+                {
+                    "unit": u,
+                    "values": [float(v) for v in self.values[u, : self.count(u)]],
+                    "images": [int(i) for i in self.images[u, : self.count(u)]],
+                    "positions": [[int(y), int(x)] for y, x in self.positions[u, : self.count(u)]],
+                }
+                for u in range(self.units)
+            ],
+        }
 
-        Args:
-            unit: the unit.
-            source, spec: as for :meth:`patch`.
-            projections: optional images to show to the right of each patch, one per filled
-                slot (None to skip one), uint8 ``[h, w, 3]`` or ``[h, w]``: either the size
-                of the patch, or the model's input size (then cut at the same box); the
-                DeconvNet projections of each activation, for instance.
-            cols: grid columns (default ``ceil(sqrt(k))``).
-            min_side: patches are enlarged by a whole factor (nearest neighbour) so that the
-                largest is at least this many pixels on its shorter side.
-            captions: write each activation's value under it.
-            pad: gap in pixels between the cells.
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {"values": self.values, "images": self.images, "positions": self.positions}
+        for u, p in self.projections.items():
+            out[f"projections/{int(u):04d}"] = p
+        return out
 
-        Returns:
-            uint8 ``[H, W, 3]``.
-        """
-        u = self._unit(unit)
-        n = self.count(u)
-        spec = spec or self.spec
-        if projections is not None and len(projections) != n:
-            raise UserInputError(
-                f"got {len(projections)} projections for the {n} patches of unit {u}"
-            )
-        patches = [self.patch(u, j, source, spec) for j in range(n)]
-        biggest = max(min(p.shape[:2]) for p in patches)
-        factor = max(1, math.ceil(min_side / max(biggest, 1)))
-        tiles = []
-        for j, p in enumerate(patches):
-            tile = _enlarge(p, factor)
-            proj = projections[j] if projections is not None else None
-            if proj is not None:
-                proj = _enlarge(self._fit_projection(u, j, proj, p.shape[:2], spec), factor)
-                h = max(tile.shape[0], proj.shape[0])
-                side = np.full((h, tile.shape[1] + pad + proj.shape[1], 3), 255, np.uint8)
-                side[: tile.shape[0], : tile.shape[1]] = tile
-                side[: proj.shape[0], tile.shape[1] + pad :] = proj
-                tile = side
-            tiles.append(tile)
-        labels = [f"{self.values[u, j]:.3g}" for j in range(n)] if captions else None
-        ncols = cols if cols is not None else math.ceil(math.sqrt(self.k))
-        return grid(tiles, check_int("cols", ncols, 1), pad=pad, labels=labels)
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "layer": {**self.layer.to_dict(), "index": self.layer.index},
+            "field": None if self.field is None else self.field.to_dict(),
+            "field_error": self.field_error,
+            "spec": self.spec.to_dict(),
+            "n_images": self.n_images,
+            "projection": self.projection,
+        }
 
-    def _fit_projection(self, u, j, proj, patch_hw, spec) -> np.ndarray:
-        proj = np.asarray(proj)
-        if proj.dtype != np.uint8 or proj.ndim not in (2, 3):
-            raise UserInputError(
-                f"projection {j} of unit {u} must be uint8 [h, w, 3] or [h, w], got "
-                f"{proj.dtype} {list(proj.shape)}"
-            )
-        proj = _rgb(proj)
-        if proj.shape[:2] == tuple(patch_hw):
-            return proj
-        if proj.shape[:2] == tuple(spec.input_size):
-            top, left, bottom, right = self.box(u, j)
-            return proj[top:bottom, left:right]
-        raise UserInputError(
-            f"projection {j} of unit {u} is {list(proj.shape[:2])}: it must be the patch's "
-            f"size {list(patch_hw)} or the model's input size {list(spec.input_size)}"
+    @classmethod
+    def from_stored(
+        cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+    ) -> TopPatchesResult:
+        prefix = "projections/"
+        return cls(
+            layer=LayerInfo.from_dict(meta["layer"]),
+            values=np.asarray(arrays["values"]),
+            images=np.asarray(arrays["images"]),
+            positions=np.asarray(arrays["positions"]),
+            field=None if meta["field"] is None else ReceptiveField.from_dict(meta["field"]),
+            field_error=meta["field_error"],
+            spec=PreprocessSpec.from_dict(meta["spec"]),
+            n_images=int(meta["n_images"]),
+            projection=str(meta["projection"]),
+            projections={
+                int(k[len(prefix) :]): np.asarray(v)
+                for k, v in arrays.items()
+                if k.startswith(prefix)
+            },
         )
 
-    def layer_montage(
-        self,
-        units: Sequence[int] | None,
-        source: ImageSource,
-        spec: PreprocessSpec | None = None,
-        projections: Mapping[int, Sequence[np.ndarray | None]] | None = None,
-        *,
-        cols: int | None = None,
-        min_side: int = 64,
-        pad: int = 6,
-    ) -> np.ndarray:
-        """One montage per unit, tiled with the unit's number under each.
 
-        Args:
-            units: the units to show, in order (None: all).
-            projections: per unit, as for :meth:`montage`.
-            cols: grid columns (default ``ceil(sqrt(len(units)))``).
+class TopPatchesParams(Params):
+    """Parameters of :class:`TopPatches`."""
 
-        Returns:
-            uint8 ``[H, W, 3]``.
-        """
-        units = list(range(self.units)) if units is None else [self._unit(u) for u in units]
-        if not units:
-            raise UserInputError("no units to show")
-        projections = projections or {}
-        blocks = [
-            self.montage(u, source, spec, projections.get(u), min_side=min_side) for u in units
-        ]
-        ncols = cols if cols is not None else math.ceil(math.sqrt(len(units)))
-        labels = [f"{self.layer.alias} unit {u}" for u in units]
-        return grid(blocks, check_int("cols", ncols, 1), pad=pad, labels=labels)
+    title: ClassVar[str] = "patches"
 
-    def save(
-        self,
-        directory: str | os.PathLike[str],
-        source: ImageSource,
-        units: Sequence[int] | None = None,
-        spec: PreprocessSpec | None = None,
-        projections: Mapping[int, Sequence[np.ndarray | None]] | None = None,
-        *,
-        min_side: int = 64,
-    ) -> list[Path]:
-        """Write ``<alias>_unit<NNNN>.png`` per unit and ``<alias>.png`` for the layer.
-
-        Returns:
-            The files written, the layer montage last.
-        """
-        directory = Path(directory)
-        units = list(range(self.units)) if units is None else [self._unit(u) for u in units]
-        projections = projections or {}
-        alias = self.layer.alias
-        written = [
-            save_png(
-                directory / f"{alias}_unit{u:04d}.png",
-                self.montage(u, source, spec, projections.get(u), min_side=min_side),
-            )
-            for u in units
-        ]
-        layer = self.layer_montage(units, source, spec, projections, min_side=min_side)
-        written.append(save_png(directory / f"{alias}.png", layer))
-        return written
+    layer: str = Field(description="Layer (alias or ONNX name) of a spatial map.")
+    k: Annotated[int, Int("k", 1)] = Field(
+        9, description="Activations kept per unit, one per image (9)."
+    )
+    units: Units = Field("all", description="Units whose top activations are projected.")
+    projection: Annotated[str, Choice("projection", (*METHODS, "none"))] = Field(
+        "none",
+        description="Project each top activation back to pixels: deconv, guided, saliency, or "
+        "none (the scan only).",
+    )
+    batch_size: Annotated[int, Int("batch_size", 1)] = Field(
+        32, description="Images per forward pass."
+    )
+    device: Annotated[str, Choice("device", DEVICES)] = Field(
+        "auto", description="Where the unpooling kernel runs."
+    )
 
 
-class TopPatches:
-    """Find each unit's k strongest activations over an image source (Zeiler & Fergus 2014).
+class TopPatches(Analysis[TopPatchesParams, TopPatchesResult]):
+    """Find each unit's k strongest activations over an image source (Zeiler & Fergus 2014),
+    and optionally project them back to pixels.
 
-    Args:
-        model: the loaded model.
-        layer: a spatial layer, by ONNX name or alias.
-        k: activations kept per unit (9 in the paper), at most one per image.
-        batch_size: images per forward pass.
-        progress: show a progress bar.
+    :meth:`run` takes the image source to scan (default: synthetic scenes,
+    :data:`~pyanalyzer.data.defaults.PATCH_IMAGES` of them).
 
     Raises:
         LayerNotFoundError: no such layer.
-        UserInputError: the layer is not a spatial map, or ``k``/``batch_size`` < 1.
+        UserInputError: the layer is not a spatial map, ``k``/``batch_size`` < 1, units out of
+            range, an empty source; GradientUnavailableError when projections are asked for
+            and the model has no torch twin.
     """
 
-    def __init__(
-        self,
-        model: Model,
-        layer: str,
-        *,
-        k: int = 9,
-        batch_size: int = 32,
-        progress: bool = True,
-    ):
-        self.model = model
-        self.layer = model.spatial_layer(layer)
-        self.k = check_int("k", k, 1)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.progress = progress
+    method: ClassVar[str] = "patches"
+    inputs: ClassVar[str] = "image-source"
+    params_type: ClassVar[type[Params]] = TopPatchesParams
+    result_type: ClassVar[type[Result]] = TopPatchesResult
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
+    summary_line: ClassVar[str] = (
+        "Top-k image patches per unit, with their DeconvNet/guided/saliency projections "
+        "(Zeiler & Fergus, ECCV 2014, Fig. 2)."
+    )
 
-    def run(self, source: ImageSource) -> TopPatchesResult:
-        """Scan ``source`` and keep the top k per unit.
-
-        Raises:
-            UserInputError: the source is empty.
-        """
-        n = len(source)
-        if n == 0:
-            raise UserInputError("the image source is empty: there is nothing to scan")
-        layer = self.layer
-        units, k = int(layer.channels or 0), self.k
-        values = np.full((units, k), -np.inf, np.float32)
-        images = np.full((units, k), -1, np.int64)
-        positions = np.full((units, k, 2), -1, np.int64)
-        for idx, outs in self.model.forward.iter_layers(
-            source,
-            [layer.name],
-            batch_size=self.batch_size,
-            progress=self.progress,
-            label=f"top patches {layer.alias}",
-        ):
-            a = np.asarray(outs[layer.name])
-            if layer.layout == "nhwc":
-                a = a.transpose(0, 3, 1, 2)
-            b, c, h, w = a.shape
-            flat = a.reshape(b, c, h * w).astype(np.float32, copy=False)
-            flat = np.where(np.isnan(flat), -np.inf, flat)  # NaN never wins
-            arg = flat.argmax(axis=2)  # the first maximum in raster order
-            best = np.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
-            new_pos = np.stack([arg // w, arg % w], axis=-1).astype(np.int64)
-            new_img = np.broadcast_to(np.asarray(idx, np.int64)[:, None], (b, c))
-            values, images, positions = merge_topk(
-                values,
-                images,
-                positions,
-                best.T,
-                np.ascontiguousarray(new_img.T),
-                new_pos.transpose(1, 0, 2),
-            )
-        try:
-            field, error = receptive_field(self.model, layer.name), None
-        except UserInputError as exc:
-            field, error = None, str(exc)
-        return TopPatchesResult(
-            layer=layer,
-            values=values,
-            images=images,
-            positions=positions,
-            field=field,
-            field_error=error,
-            spec=self.model.preprocessing,
-            n_images=n,
+    def check(self) -> None:
+        p = self.params
+        self.layer = self.model.spatial_layer(p.layer)
+        self.units = select_units(p.units, int(self.layer.channels or 0))
+        self.projector = (
+            None if p.projection == "none" else Projector(self.model, p.projection, p.device)
         )
+
+    def resolved(self) -> dict[str, Any]:
+        out = super().resolved()
+        out["layer"] = self.layer.name
+        out["units"] = self.units if self.projector is not None else None
+        return out
+
+    def prepare(self, inputs: ImageSource | None) -> ImageSource:
+        if inputs is None:
+            from pyanalyzer.data.defaults import PATCH_IMAGES, SyntheticImages
+
+            return SyntheticImages.for_model(self.model.preprocessing, PATCH_IMAGES)
+        if len(inputs) == 0:
+            raise UserInputError("the image source is empty: there is nothing to scan")
+        return inputs
+
+    def identify(self, inputs: ImageSource) -> Any:
+        from pyanalyzer.data.images import source_identity
+
+        return source_identity(inputs)
+
+    def compute(self, inputs: ImageSource, checkpoint: Checkpoint) -> TopPatchesResult:
+        result = scan(self.model, self.layer, inputs, self.params.k, self.params.batch_size,
+                      self.progress)  # fmt: skip
+        if self.projector is None:
+            return result
+        spec, projector = self.model.preprocessing, self.projector
+        projections: dict[int, np.ndarray] = {}
+        for u in self.units:
+            ids = [int(i) for i in result.images[u] if i >= 0]
+            views: list[np.ndarray] = []
+            for s in range(0, len(ids), 16):
+                x = spec.normalize(np.stack([inputs.pixels(i, spec) for i in ids[s : s + 16]]))
+                views.extend(projector.project(x, self.layer.name, u, mode="max").images())
+            h, w = spec.input_size
+            projections[u] = np.stack(views) if views else np.zeros((0, h, w, 3), np.uint8)
+        return TopPatchesResult(
+            layer=result.layer, values=result.values, images=result.images,
+            positions=result.positions, field=result.field, field_error=result.field_error,
+            spec=result.spec, n_images=result.n_images, projection=self.params.projection,
+            projections=projections,
+        )  # fmt: skip
+
+
+def scan(
+    model: Model,
+    layer: LayerInfo,
+    source: ImageSource,
+    k: int,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> TopPatchesResult:
+    """One forward pass over ``source``: each unit's ``k`` strongest activations, at most one
+    per image, and the layer's receptive field (no projection)."""
+    n = len(source)
+    units = int(layer.channels or 0)
+    values = np.full((units, k), -np.inf, np.float32)
+    images = np.full((units, k), -1, np.int64)
+    positions = np.full((units, k, 2), -1, np.int64)
+    for idx, outs in model.forward.iter_layers(
+        source, [layer.name], batch_size=batch_size, progress=progress,
+        label=f"top patches {layer.alias}",
+    ):  # fmt: skip
+        a = np.asarray(outs[layer.name])  # [B, C, h, w] (the engine hands out NCHW)
+        b, c, h, w = a.shape
+        flat = a.reshape(b, c, h * w).astype(np.float32, copy=False)
+        flat = np.where(np.isnan(flat), -np.inf, flat)  # NaN never wins
+        arg = flat.argmax(axis=2)  # the first maximum in raster order
+        best = np.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
+        new_pos = np.stack([arg // w, arg % w], axis=-1).astype(np.int64)
+        new_img = np.broadcast_to(np.asarray(idx, np.int64)[:, None], (b, c))
+        values, images, positions = merge_topk(
+            values, images, positions, best.T, np.ascontiguousarray(new_img.T),
+            new_pos.transpose(1, 0, 2),
+        )  # fmt: skip
+    try:
+        rf, error = receptive_field(model, layer.name), None
+    except UserInputError as exc:
+        rf, error = None, str(exc)
+    return TopPatchesResult(
+        layer=layer, values=values, images=images, positions=positions, field=rf,
+        field_error=error, spec=model.preprocessing, n_images=n,
+    )  # fmt: skip

@@ -5,13 +5,17 @@ requested layers, cached). Models exported with a batch dimension fixed to 1 are
 with that dimension rewritten to a symbolic one; the rewrite is kept only if a batch of two
 gives the same results as two single runs, else batches run one image at a time
 (``batch_mode`` says which; ``benchmarks/bench_batch1.py`` measures the difference).
+
+Spatial maps come back as ``[N, C, H, W]`` whatever layout the model computes in (converted by
+:meth:`~pyanalyzer.model.graph.LayerInfo.to_nchw`, the one place that does it); ``nchw=False``
+gives the tensors exactly as the graph produces them.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import onnx
@@ -19,8 +23,23 @@ import onnx
 from pyanalyzer.errors import ModelError, UserInputError
 
 if TYPE_CHECKING:
-    from pyanalyzer.data.images import ImageSource
-    from pyanalyzer.model.model import Model
+    from pyanalyzer.model.graph import InputInfo, LayerInfo
+    from pyanalyzer.model.preprocessing import PreprocessSpec
+
+
+class ImageSource(Protocol):
+    """Anything the forward engine can stream over: indexable images as 0–255 pixels.
+
+    :mod:`pyanalyzer.data` provides folders, file lists, in-memory arrays and concept datasets.
+    """
+
+    def __len__(self) -> int: ...
+
+    def pixels(self, index: int, spec: PreprocessSpec) -> np.ndarray:
+        """``uint8 [H, W, C]`` at ``spec.input_size`` with ``spec.channels`` channels (RGB)."""
+        ...
+
+    def name(self, index: int) -> str: ...
 
 
 def available_providers() -> list[str]:
@@ -35,27 +54,66 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail] or avail
 
 
+def random_input(
+    spec: PreprocessSpec, dtype: np.dtype | type = np.float32, n: int = 1, seed: int = 0
+) -> np.ndarray:
+    """``n`` preprocessed images of uniform random 0–255 pixels (seeded), in the model's layout
+    and input dtype: what shape probes, batch checks and parity checks feed the model."""
+    rng = np.random.default_rng(seed)
+    h, w = spec.input_size
+    pix = rng.integers(0, 256, size=(n, h, w, spec.channels), dtype=np.uint8)
+    return spec.normalize(pix).astype(dtype)
+
+
 class ForwardEngine:
     """Batched forward passes through onnxruntime with extra outputs.
 
     Args:
-        model: the loaded :class:`~pyanalyzer.model.model.Model`.
+        proto: the validated ONNX model.
+        image_input: its image input.
+        preprocessing: how 0–255 pixels become the model's input.
         providers: onnxruntime execution providers (default: CUDA when present, then CPU).
         threads: intra-op threads for onnxruntime (0 = its default).
+        resolve: maps a layer name or alias to its catalogue entry (the model's
+            :meth:`~pyanalyzer.model.model.Model.layer`); without it, names must be ONNX tensor
+            names and tensors come back as the graph makes them.
     """
 
-    def __init__(self, model: Model, providers: Sequence[str] | None = None, threads: int = 0):
-        self.model = model
+    def __init__(
+        self,
+        proto: onnx.ModelProto,
+        image_input: InputInfo,
+        preprocessing: PreprocessSpec,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int = 0,
+        resolve: Callable[[str], LayerInfo] | None = None,
+    ):
+        self.proto = proto
+        self.input = image_input
+        self.preprocessing = preprocessing
         self.providers = list(providers) if providers else default_providers()
         self.threads = threads
-        self._sessions: dict[tuple[str, ...], object] = {}
-        self._proto = self._batchable_proto()
+        self.resolve = resolve
+        self._sessions: dict[tuple[str, ...], Any] = {}
+        self._batchable: onnx.ModelProto | None = None
+        self._batch_mode = "native" if image_input.batch is None else "loop"
 
     # ---- graph preparation -----------------------------------------------------------------
+    @property
+    def batch_mode(self) -> str:
+        """``"native"`` (dynamic batch), ``"rewritten"`` (a fixed batch of 1 made symbolic and
+        checked) or ``"loop"`` (one image at a time)."""
+        self._batchable_proto()
+        return self._batch_mode
+
     def _batchable_proto(self) -> onnx.ModelProto:
-        m = self.model.proto
-        info = self.model.input
-        self.batch_mode = "native" if info.batch is None else "loop"
+        if self._batchable is None:
+            self._batchable = self._make_batchable()
+        return self._batchable
+
+    def _make_batchable(self) -> onnx.ModelProto:
+        m, info = self.proto, self.input
         if info.batch != 1:
             return m
         # Rewrite the fixed batch of 1 to a symbolic one and check it on a batch of two.
@@ -69,7 +127,7 @@ class ForwardEngine:
             vi.type.tensor_type.ClearField("shape")
         del cand.graph.value_info[:]
         try:
-            x = self._random_input(2)
+            x = random_input(self.preprocessing, info.numpy_dtype, 2)
             outs = [o.name for o in m.graph.output]
             both = self._make_session(cand, outs).run(outs, {info.name: x})
             single = self._make_session(m, outs)
@@ -82,17 +140,10 @@ class ForwardEngine:
                     return m
         except Exception:  # the rewrite broke something (a hard-coded reshape): stay batch-1
             return m
-        self.batch_mode = "rewritten"
+        self._batch_mode = "rewritten"
         return cand
 
-    def _random_input(self, n: int) -> np.ndarray:
-        spec = self.model.preprocessing
-        rng = np.random.default_rng(0)
-        h, w = spec.input_size
-        pix = rng.integers(0, 256, size=(n, h, w, spec.channels), dtype=np.uint8)
-        return spec.normalize(pix).astype(self.model.input.numpy_dtype)
-
-    def _make_session(self, proto: onnx.ModelProto, outputs: Sequence[str]):
+    def _make_session(self, proto: onnx.ModelProto, outputs: Sequence[str]) -> Any:
         import onnxruntime as ort
 
         m = proto
@@ -114,46 +165,62 @@ class ForwardEngine:
                 f"onnxruntime cannot run this model: {str(exc).splitlines()[0]}"
             ) from None
 
-    def session(self, outputs: Sequence[str]):
+    def session(self, outputs: Sequence[str]) -> Any:
+        """The cached onnxruntime session whose outputs are these ONNX tensors."""
         key = tuple(outputs)
         if key not in self._sessions:
-            self._sessions[key] = self._make_session(self._proto, outputs)
+            self._sessions[key] = self._make_session(self._batchable_proto(), outputs)
         return self._sessions[key]
 
     # ---- running ---------------------------------------------------------------------------
-    def run(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+    def _layers(self, layers: Sequence[str]) -> list[tuple[str, str]]:
+        """``(ONNX name, layout)`` of each requested layer."""
+        if self.resolve is None:
+            return [(str(n), "") for n in layers]
+        return [(info.name, info.layout) for info in (self.resolve(n) for n in layers)]
+
+    def run(
+        self, x: np.ndarray, layers: Sequence[str], *, nchw: bool = True
+    ) -> dict[str, np.ndarray]:
         """Run a preprocessed batch and return the chosen tensors.
 
         Args:
             x: the model input, ``[N, C, H, W]`` or ``[N, H, W, C]`` as the model takes it.
             layers: layer names or aliases (see :meth:`Model.layer`).
+            nchw: spatial maps as ``[N, C, H, W]`` (default), else as the graph makes them.
 
         Returns:
             ``{onnx tensor name: array [N, ...]}``.
         """
-        names = [self.model.layer(n).name for n in layers]
-        x = np.asarray(x, dtype=self.model.input.numpy_dtype)
-        expected_c = self.model.input.channels
-        c_axis = 1 if self.model.input.layout == "nchw" else 3
-        if x.ndim != 4 or x.shape[c_axis] != expected_c:
+        resolved = self._layers(layers)
+        names = [n for n, _ in resolved]
+        x = np.asarray(x, dtype=self.input.numpy_dtype)
+        c_axis = 1 if self.input.layout == "nchw" else 3
+        if x.ndim != 4 or x.shape[c_axis] != self.input.channels:
             raise UserInputError(
-                f"input batch has shape {list(x.shape)}; the model takes "
-                f"{self.model.input.describe()}"
+                f"input batch has shape {list(x.shape)}; the model takes {self.input.describe()}"
             )
         sess = self.session(names)
-        feed_name = self.model.input.name
+        feed_name = self.input.name
 
         def call(batch: np.ndarray) -> list[np.ndarray]:
             try:
-                return sess.run(names, {feed_name: batch})
+                return list(sess.run(names, {feed_name: batch}))
             except Exception as exc:  # onnxruntime's own exception types are not public
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise ModelError(f"onnxruntime failed to run the model: {msg}") from None
 
-        if self.batch_mode == "loop" and x.shape[0] != 1:
+        self._batchable_proto()
+        if self._batch_mode == "loop" and x.shape[0] != 1:
             parts = [call(x[i : i + 1]) for i in range(x.shape[0])]
-            return {n: np.concatenate([p[k] for p in parts], axis=0) for k, n in enumerate(names)}
-        return dict(zip(names, call(x), strict=True))
+            outs = [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(names))]
+        else:
+            outs = call(x)
+        if nchw and self.resolve is not None:
+            from pyanalyzer.model.graph import to_nchw
+
+            outs = [to_nchw(o, lay) for o, (_, lay) in zip(outs, resolved, strict=True)]
+        return dict(zip(names, outs, strict=True))
 
     def iter_layers(
         self,
@@ -164,22 +231,24 @@ class ForwardEngine:
         start: int = 0,
         progress: bool = True,
         label: str = "forward",
+        nchw: bool = True,
     ) -> Iterator[tuple[range, dict[str, np.ndarray]]]:
         """Stream a whole image source through the model.
 
         Yields:
-            ``(indices, {tensor name: [B, ...]})`` per batch, in source order.
+            ``(indices, {tensor name: [B, ...]})`` per batch, in source order (spatial maps
+            as ``[B, C, H, W]`` unless ``nchw=False``).
         """
         from pyanalyzer._progress import progress_bar
 
         if batch_size < 1:
             raise UserInputError(f"batch size must be at least 1, got {batch_size}")
-        spec = self.model.preprocessing
+        spec = self.preprocessing
         n = len(source)
         starts = range(start, n, batch_size)
         with progress_bar(len(starts), label=label, enabled=progress) as bar:
             for s in starts:
                 idx = range(s, min(n, s + batch_size))
                 pix = np.stack([source.pixels(i, spec) for i in idx])
-                yield idx, self.run(spec.normalize(pix), layers)
+                yield idx, self.run(spec.normalize(pix), layers, nchw=nchw)
                 bar.update(1)

@@ -9,14 +9,18 @@ forward hooks on that submodule. Hooks live in a context manager and are removed
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import operator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 import torch
+import torch.fx
 from torch import nn
 
-from pyanalyzer.errors import GradientUnavailableError
+from pyanalyzer.errors import GradientUnavailableError, UserInputError
+from pyanalyzer.model.graph import to_nchw
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,17 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
 class GradientEngine:
     """The model as a differentiable torch module.
 
+    Methods reach the network only through this object: tensors by ONNX name, the network cut
+    after the last layer a method needs (:meth:`truncated`, the one truncation mechanism), its
+    features as ``[N, C, H, W]`` maps (:meth:`features`), every intermediate value of a forward
+    pass (:meth:`record`, for graph-walking methods) and the producing node of a tensor
+    (:meth:`producer`).
+
     Args:
         proto: the validated ONNX model.
         input_name: the image input's ONNX name.
+        layouts: ``{tensor name: "nchw" | "nhwc"}`` of the spatial maps (the layer
+            catalogue's), so that :meth:`features` hands out ``[N, C, H, W]`` maps.
 
     Raises:
         GradientUnavailableError: the graph could not be converted (the message names the
@@ -67,7 +79,9 @@ class GradientEngine:
             so forward-only use still works.
     """
 
-    def __init__(self, proto: onnx.ModelProto, input_name: str):
+    def __init__(
+        self, proto: onnx.ModelProto, input_name: str, layouts: Mapping[str, str] | None = None
+    ):
         from pyanalyzer.model import converters
 
         converters.register()
@@ -79,6 +93,8 @@ class GradientEngine:
             for k, out in enumerate(node.output):
                 producer[out] = (node.name, k)
         self._producer = producer
+        self._layouts = dict(layouts or {})
+        self._truncated: dict[tuple[str, ...], torch.fx.GraphModule] = {}
         self.input_name = input_name
         self.onnx_nodes: dict[str, onnx.NodeProto] = {node.name: node for node in m.graph.node}
         """The ONNX node behind each submodule (``n<index>``), for graph-walking methods."""
@@ -109,27 +125,135 @@ class GradientEngine:
             p.requires_grad_(False)
         for b in module.buffers():
             b.requires_grad_(False)
-        self.module: nn.Module = module
+        self.module: torch.fx.GraphModule = module
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return self.module(x)
 
+    # ---- tensors by ONNX name --------------------------------------------------------------
     def has_tensor(self, name: str) -> bool:
+        """Whether a node of the graph produces the ONNX tensor ``name``."""
         return name in self._producer
 
-    def _submodule(self, name: str) -> tuple[nn.Module, int]:
+    def producer(self, name: str) -> tuple[str, int]:
+        """``(submodule name, output index)`` of the node that produces tensor ``name``; the
+        submodule is ``module.get_submodule(name)`` and its ONNX node ``onnx_nodes[name]``.
+
+        Raises:
+            UserInputError: no node produces it.
+        """
         if name not in self._producer:
-            raise KeyError(f"tensor {name!r} is not produced by any node")
-        mod_name, k = self._producer[name]
+            raise UserInputError(f"tensor {name!r} is not produced by any node of the model")
+        return self._producer[name]
+
+    def _submodule(self, name: str) -> tuple[nn.Module, int]:
+        mod_name, k = self.producer(name)
         return self.module.get_submodule(mod_name), k
 
+    def layout(self, name: str) -> str:
+        """``"nchw"``/``"nhwc"`` for a spatial map of the catalogue, ``""`` otherwise."""
+        return self._layouts.get(name, "")
+
+    # ---- truncation ------------------------------------------------------------------------
+    def truncated(self, names: Sequence[str]) -> torch.fx.GraphModule:
+        """The network cut after the given tensors: a ``GraphModule`` (sharing this module's
+        submodules) that takes the model input and returns the tensors as a tuple, in order,
+        exactly as the graph makes them; nodes that none of them needs are never computed.
+
+        Cached per tuple of names. Submodules may be swapped on the returned module (as the
+        redirected ReLUs of activation maximization are) without touching :attr:`module`.
+
+        Raises:
+            UserInputError: a tensor that no node produces, or an output of a node that the
+                model never uses.
+        """
+        key = tuple(names)
+        if key not in self._truncated:
+            self._truncated[key] = self._truncate(key)
+        return self._truncated[key]
+
+    def _truncate(self, names: tuple[str, ...]) -> torch.fx.GraphModule:
+        gm = self.module
+        by_target = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+        wanted = []
+        for name in names:
+            mod_name, k = self.producer(name)
+            node = by_target.get(mod_name)
+            if node is None:
+                raise UserInputError(f"no torch module computes ONNX node {mod_name}")
+            pick = next(
+                (
+                    u
+                    for u in node.users
+                    if u.op == "call_function" and u.target is operator.getitem and u.args[1] == k
+                ),
+                None,
+            )
+            if pick is None and k != 0:
+                raise UserInputError(f"output {k} of ONNX node {mod_name} is not used by the model")
+            wanted.append(pick if pick is not None else node)
+        graph = torch.fx.Graph()
+        env: dict[torch.fx.Node, torch.fx.Node] = {}
+        remaining = set(wanted)
+        for node in gm.graph.nodes:
+            if node.op == "output":
+                break
+            env[node] = graph.node_copy(node, lambda a: env[a])
+            remaining.discard(node)
+            if not remaining:
+                break
+        graph.output(tuple(env[w] for w in wanted))
+        cut = torch.fx.GraphModule(gm, graph)
+        cut.graph.eliminate_dead_code()
+        cut.recompile()
+        return cut
+
+    def features(
+        self, x: torch.Tensor, names: Sequence[str], *, nchw: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """The tensors ``names`` for the model input ``x``, from one pass of the network cut
+        after the last of them (:meth:`truncated`); autograd history is kept.
+
+        Returns:
+            ``{name: tensor}``, spatial maps as ``[N, C, H, W]`` unless ``nchw=False``.
+        """
+        outs = self.truncated(names)(x)
+        return {
+            n: to_nchw(t, self.layout(n)) if nchw else t for n, t in zip(names, outs, strict=True)
+        }
+
+    def record(self, x: torch.Tensor, names: Sequence[str]) -> Recording:
+        """One forward pass of the network cut after ``names`` with every node's value kept
+        (an ``fx.Interpreter``): what graph-walking methods (DeconvNet) read.
+
+        Returns:
+            a :class:`Recording`: the cut module, ``{fx node name: value}`` and, per tensor
+            name, the fx node that computes it (a submodule call; pick output
+            ``producer(name)[1]`` of a multi-output node).
+        """
+        module = self.truncated(names)
+        values: dict[str, Any] = {}
+
+        class Recorder(torch.fx.Interpreter):
+            def run_node(self, n: torch.fx.Node) -> Any:
+                out = super().run_node(n)
+                values[n.name] = out
+                return out
+
+        Recorder(module).run(x)
+        by_target = {n.target: n for n in module.graph.nodes if n.op == "call_module"}
+        nodes = {name: by_target[self.producer(name)[0]] for name in names}
+        return Recording(module, values, nodes)
+
+    # ---- taps ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def taps(self, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-        """Record the given ONNX tensors during forward passes inside the block.
+        """Record the given ONNX tensors during forward passes of the whole network inside the
+        block (as the graph makes them; hooks are removed in ``finally``).
 
         Yields:
             a dict filled with ``{tensor name: tensor}`` by each forward pass; tensors keep
-            their autograd history, so objectives can be built on them.
+            their autograd history.
         """
         found: dict[str, torch.Tensor] = {}
         handles = []
@@ -137,7 +261,7 @@ class GradientEngine:
             for name in names:
                 mod, k = self._submodule(name)
 
-                def hook(_m, _inp, out, name=name, k=k):
+                def hook(_m: nn.Module, _inp: Any, out: Any, name: str = name, k: int = k) -> None:
                     found[name] = out[k] if isinstance(out, tuple | list) else out
 
                 handles.append(mod.register_forward_hook(hook))
@@ -149,6 +273,21 @@ class GradientEngine:
     def hook_count(self) -> int:
         """Forward hooks currently installed on the module (0 outside :meth:`taps`)."""
         return sum(len(m._forward_hooks) for m in self.module.modules())
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What :meth:`GradientEngine.record` returns.
+
+    Attributes:
+        module: the network cut after the recorded tensors.
+        values: ``{fx node name: its output}`` for every node that ran.
+        nodes: ``{ONNX tensor name: the fx node (a submodule call) that computes it}``.
+    """
+
+    module: torch.fx.GraphModule
+    values: dict[str, Any]
+    nodes: dict[str, torch.fx.Node]
 
 
 def _failing_op(exc: Exception, m: onnx.ModelProto) -> str | None:

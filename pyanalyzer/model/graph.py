@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -85,7 +86,16 @@ class LayerInfo:
     def is_spatial(self) -> bool:
         return self.height is not None
 
-    def to_dict(self) -> dict:
+    def to_nchw(self, t: Any) -> Any:
+        """This layer's tensor (numpy array or torch tensor, batch first) as ``[N, C, H, W]``
+        when it is a spatial map; any other tensor unchanged (:func:`to_nchw`)."""
+        return to_nchw(t, self.layout)
+
+    def from_nchw(self, t: Any) -> Any:
+        """The inverse of :meth:`to_nchw`: an ``[N, C, H, W]`` map in this layer's layout."""
+        return from_nchw(t, self.layout)
+
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "alias": self.alias,
@@ -98,6 +108,47 @@ class LayerInfo:
             "layout": self.layout,
             "is_output": self.is_output,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], index: int = -1) -> LayerInfo:
+        """The inverse of :meth:`to_dict` (``index``: its position in the catalogue)."""
+        return cls(
+            name=data["name"],
+            alias=data["alias"],
+            op=data["op"],
+            node=data["node"],
+            shape=tuple(int(d) for d in data["shape"]),
+            layout=data["layout"],
+            channels=data["channels"],
+            height=data["height"],
+            width=data["width"],
+            is_output=bool(data["is_output"]),
+            index=int(data.get("index", index)),
+        )
+
+
+def _permute(t: Any, order: tuple[int, int, int, int]) -> Any:
+    return t.permute(*order) if hasattr(t, "permute") else np.transpose(t, order)
+
+
+def to_nchw(t: Any, layout: str) -> Any:
+    """A rank-4 tensor in ``layout`` (``"nchw"`` or ``"nhwc"``) as ``[N, C, H, W]``.
+
+    The one place where layouts are converted: both engines hand methods NCHW maps, whatever
+    layout the model computes in (tf2onnx exports compute in NHWC). Works on numpy arrays (a
+    view) and torch tensors (a permuted view, autograd kept); other ranks and layouts (``""``
+    for vectors) are returned unchanged.
+    """
+    if layout == "nhwc" and getattr(t, "ndim", 0) == 4:
+        return _permute(t, (0, 3, 1, 2))
+    return t
+
+
+def from_nchw(t: Any, layout: str) -> Any:
+    """The inverse of :func:`to_nchw`: an ``[N, C, H, W]`` map back in ``layout``."""
+    if layout == "nhwc" and getattr(t, "ndim", 0) == 4:
+        return _permute(t, (0, 2, 3, 1))
+    return t
 
 
 def _dims(vi: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
@@ -201,19 +252,18 @@ def _guess_layout(
     consumers = _consumers(model, name)
     for node in consumers:
         if node.op_type == "Transpose" and _perm(node) == [0, 3, 1, 2]:
-            return ("nhwc", int(c3)) if ok3 or c3 is None or isinstance(c3, str) else (None, 0)
+            # a channel count that is not 1 or 3 (or not fixed) is not an image's
+            return ("nhwc", int(c3)) if isinstance(c3, int) and ok3 else (None, 0)
         if node.op_type == "Conv" and len(node.input) > 1 and node.input[0] == name:
             w = _initializer(model, node.input[1])
             if w is not None and w.ndim == 4:
                 group = next((a.i for a in node.attribute if a.name == "group"), 1)
                 c = int(w.shape[1] * group)
                 return ("nchw", c) if c in (1, 3) else (None, 0)
-    if ok1 and not ok3:
-        return "nchw", int(c1)
-    if ok3 and not ok1:
-        return "nhwc", int(c3)
-    if ok1 and ok3:
-        return "nchw", int(c1)
+    if isinstance(c1, int) and ok1:
+        return "nchw", c1  # also when both could be channels: NCHW is ONNX's own layout
+    if isinstance(c3, int) and ok3:
+        return "nhwc", c3
     return None, 0
 
 
@@ -349,6 +399,7 @@ def build_catalogue(
             is_out = out in outputs
             if dims is None or any(not isinstance(d, int) for d in dims):
                 continue
+            dims = tuple(int(d) for d in dims if isinstance(d, int))  # all fixed sizes here
             if elem.get(out, TensorProto.FLOAT) not in _FLOAT_TYPES:
                 continue
             spatial = len(dims) == 4 and min(dims[1:]) > 0
@@ -362,6 +413,8 @@ def build_catalogue(
                     break
             taken.add(alias)
             lay = layouts.get(out, "nchw") if spatial else ""
+            h: int | None
+            w: int | None
             if spatial:
                 c, h, w = (
                     (dims[1], dims[2], dims[3]) if lay == "nchw" else (dims[3], dims[1], dims[2])

@@ -7,9 +7,8 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -21,9 +20,12 @@ from pyanalyzer.errors import (
     PreprocessingError,
 )
 from pyanalyzer.model import graph as _graph
-from pyanalyzer.model.forward import ForwardEngine
+from pyanalyzer.model.forward import ForwardEngine, random_input
 from pyanalyzer.model.onnx_io import read_model
 from pyanalyzer.model.preprocessing import METADATA_KEY, PreprocessSpec, build_spec
+
+if TYPE_CHECKING:
+    from pyanalyzer.model.gradient import GradientEngine
 
 PARITY_RTOL = 1e-3
 """Parity tolerance: max |ort - torch| relative to max |ort| on each layer."""
@@ -113,6 +115,9 @@ class Model:
         preprocessing: the resolved :class:`PreprocessSpec`.
         layers: the layer catalogue, in graph order.
         metadata: the model's ``metadata_props``.
+        forward: the onnxruntime engine (:class:`~pyanalyzer.model.forward.ForwardEngine`).
+        parity_report: how far the torch engine is from onnxruntime (:meth:`check_parity`),
+            None until checked.
     """
 
     def __init__(
@@ -129,15 +134,20 @@ class Model:
         self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.input = _graph.find_image_input(proto)
         self.preprocessing = self._resolve_preprocessing(preprocessing)
+        self.layers: list[_graph.LayerInfo] = []
+        self.forward = ForwardEngine(
+            proto, self.input, self.preprocessing, providers=providers, resolve=self.layer
+        )
         h, w = self.preprocessing.input_size
         shapes = _graph.infer_shapes(proto, self.input, h, w)
         missing = [o for n in proto.graph.node for o in n.output if o and o not in shapes]
-        self._providers = providers
         if missing:
             shapes.update(self._probe_shapes(missing))
         self.layers = _graph.build_catalogue(proto, self.input, shapes)
         if not self.layers:
             raise ModelError("the model has no spatial feature maps or outputs to analyse")
+        self.parity_report: ParityReport | None = None
+        self._gradient: GradientEngine | None = None
         self._gradient_error: str | None = None
 
     # ---- preprocessing ---------------------------------------------------------------------
@@ -199,49 +209,47 @@ class Model:
         )
 
     # ---- engines ---------------------------------------------------------------------------
-    @cached_property
-    def forward(self) -> ForwardEngine:
-        """The onnxruntime engine (built on first use)."""
-        return ForwardEngine(self, providers=self._providers)
-
     def _probe_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
         """Shapes shape inference could not give, read off one onnxruntime run."""
-        eng = ForwardEngine(self, providers=self._providers)
-        self.__dict__["forward"] = eng  # reuse it as the cached forward engine
-        x = eng._random_input(1)
+        x = random_input(self.preprocessing, self.input.numpy_dtype, 1)
         try:
-            outs = eng.session(names).run(names, {self.input.name: x})
+            outs = self.forward.session(names).run(names, {self.input.name: x})
         except Exception:
             return {}
         return {n: tuple(o.shape) for n, o in zip(names, outs, strict=True) if hasattr(o, "shape")}
 
-    @cached_property
-    def _gradient(self):
-        from pyanalyzer.model.gradient import GradientEngine
+    def _build_gradient(self) -> GradientEngine | None:
+        """The torch engine, built on first use (torch is imported only then)."""
+        if self._gradient is None and self._gradient_error is None:
+            from pyanalyzer.model.gradient import GradientEngine
 
-        try:
-            return GradientEngine(self.proto, self.input.name)
-        except GradientUnavailableError as exc:
-            self._gradient_error = str(exc)
-            return None
+            layouts = {layer.name: layer.layout for layer in self.layers if layer.is_spatial}
+            try:
+                self._gradient = GradientEngine(self.proto, self.input.name, layouts)
+            except GradientUnavailableError as exc:
+                self._gradient_error = str(exc)
+        return self._gradient
 
     @property
     def gradient_available(self) -> bool:
-        return self._gradient is not None
+        """Whether the graph converted to torch (gradient methods can run)."""
+        return self._build_gradient() is not None
 
     @property
     def gradient_error(self) -> str | None:
-        _ = self._gradient
+        """Why the conversion to torch failed, or None."""
+        self._build_gradient()
         return self._gradient_error
 
     @property
-    def gradient(self):
-        """The torch engine (:class:`~pyanalyzer.model.gradient.GradientEngine`).
+    def gradient(self) -> GradientEngine:
+        """The torch engine (:class:`~pyanalyzer.model.gradient.GradientEngine`), built on first
+        use.
 
         Raises:
             GradientUnavailableError: naming the ops that could not be converted.
         """
-        eng = self._gradient
+        eng = self._build_gradient()
         if eng is None:
             raise GradientUnavailableError(
                 f"gradient-based methods are unavailable for this model: {self._gradient_error}"
@@ -251,20 +259,16 @@ class Model:
     # ---- parity ----------------------------------------------------------------------------
     def parity(self, seed: int = 0) -> ParityReport:
         """Run both engines on one random image and compare every layer they share."""
-        if self._gradient is None:
+        eng = self._build_gradient()
+        if eng is None:
             return ParityReport((), error=self._gradient_error)
         import torch
 
-        eng = self._gradient
         shared = [layer for layer in self.layers if eng.has_tensor(layer.name)]
-        spec = self.preprocessing
-        rng = np.random.default_rng(seed)
-        h, w = spec.input_size
-        pix = rng.integers(0, 256, size=(1, h, w, spec.channels), dtype=np.uint8)
-        x = spec.normalize(pix)
+        x = random_input(self.preprocessing, np.float32, 1, seed)
         ref = self.forward.run(x, [layer.name for layer in shared])
-        with torch.no_grad(), eng.taps([layer.name for layer in shared]) as got:
-            eng(torch.from_numpy(x))
+        with torch.no_grad():
+            got = eng.features(torch.from_numpy(x), [layer.name for layer in shared])
         results = []
         for layer in shared:
             a = ref[layer.name].astype(np.float64)
@@ -278,10 +282,16 @@ class Model:
             results.append(LayerParity(layer.name, layer.alias, diff, diff / max(scale, 1e-12)))
         return ParityReport(tuple(results))
 
+    def check_parity(self, seed: int = 0) -> ParityReport:
+        """Compare the engines (:meth:`parity`) and keep the report as :attr:`parity_report`."""
+        self.parity_report = self.parity(seed)
+        return self.parity_report
+
     # ---- description -----------------------------------------------------------------------
-    def summary(self, parity: ParityReport | None = None) -> dict[str, Any]:
-        """Everything ``pyanalyzer info --json`` prints."""
+    def summary(self) -> dict[str, Any]:
+        """Everything ``pyanalyzer info --json`` prints (parity when it was checked)."""
         p = self.proto
+        parity = self.parity_report
         return {
             "path": str(self.path),
             "sha256": self.sha256,
@@ -332,14 +342,11 @@ def load_model(
     proto, resolved, sha = read_model(path)
     model = Model(proto, resolved, sha, preprocessing, providers=providers)
     if check_parity:
-        report = model.parity()
-        model.parity_report = report
+        report = model.check_parity()
         if report.error is None and not report.ok:
             warnings.warn(
                 f"{resolved.name}: onnxruntime and torch disagree: {report.describe()}",
                 ParityWarning,
                 stacklevel=2,
             )
-    else:
-        model.parity_report = None
     return model

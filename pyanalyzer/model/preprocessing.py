@@ -93,6 +93,21 @@ class PreprocessSpec:
         d["std"] = list(self.std)
         return d
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessSpec:
+        """The inverse of :meth:`to_dict` (a stored spec; not validated again)."""
+        d = dict(data)
+        return cls(
+            input_size=(int(d["input_size"][0]), int(d["input_size"][1])),
+            resize=str(d["resize"]),
+            scale=float(d["scale"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            channel_order=str(d["channel_order"]),
+            layout=str(d["layout"]),
+            channels=int(d["channels"]),
+        )
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
@@ -245,7 +260,9 @@ def _coerce(layer: Mapping[str, Any], origin: str) -> dict[str, Any]:
             continue
         try:
             if k == "input_size":
-                out[k] = parse_size(v) if isinstance(v, str | int) else tuple(int(x) for x in v)
+                out[k] = (
+                    parse_size(str(v)) if isinstance(v, str | int) else tuple(int(x) for x in v)
+                )
                 if len(out[k]) != 2:
                     raise ValueError
             elif k in ("mean", "std"):

@@ -61,7 +61,7 @@ import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -97,6 +97,30 @@ class ReceptiveField:
     jump: Pair
     start: Pair
     extent: tuple[Pair, Pair] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (:meth:`from_dict` inverts it)."""
+        return {
+            "size": list(self.size),
+            "jump": list(self.jump),
+            "start": list(self.start),
+            "extent": None if self.extent is None else [list(e) for e in self.extent],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReceptiveField:
+        """The inverse of :meth:`to_dict`."""
+
+        def pair(v: Any) -> Pair:
+            return (v[0], v[1])
+
+        ext = data.get("extent")
+        return cls(
+            size=pair(data["size"]),
+            jump=pair(data["jump"]),
+            start=pair(data["start"]),
+            extent=None if ext is None else (pair(ext[0]), pair(ext[1])),
+        )
 
     def span(self, y: int, x: int) -> tuple[float, float, float, float]:
         """Unclamped ``(top, left, bottom, right)`` of position ``(y, x)``, bottom/right
@@ -152,7 +176,7 @@ class _Field:
     def with_dim(self, d: int, size: float, jump: float, start: float) -> _Field:
         s, j, st = list(self.size), list(self.jump), list(self.start)
         s[d], j[d], st[d] = float(size), float(jump), float(start)
-        return replace(self, size=tuple(s), jump=tuple(j), start=tuple(st))
+        return replace(self, size=(s[0], s[1]), jump=(j[0], j[1]), start=(st[0], st[1]))
 
 
 class _Unsupported(Exception):
@@ -466,8 +490,8 @@ class _Walker:
             return f
         if any(a in axes for a in f.axes):
             raise _Unsupported(f"{node.op_type} removes a spatial axis")
-        moved = tuple(x - sum(1 for a in axes if a < x) for x in f.axes)
-        return replace(f, axes=moved, rank=f.rank - len(axes))
+        a0, a1 = (x - sum(1 for a in axes if a < x) for x in f.axes)
+        return replace(f, axes=(a0, a1), rank=f.rank - len(axes))
 
     def softmax(self, node: onnx.NodeProto, f: _Field) -> _Field:
         a = _attrs(node)
@@ -565,7 +589,7 @@ class _Walker:
                 if name and c is None:
                     raise _Unsupported("Slice whose bounds are not constant")
                 vals.append(None if c is None else c.reshape(-1).tolist())
-            starts = vals[0]
+            starts = vals[0] if vals[0] is not None else []  # the checker requires them
             axes = vals[1] if vals[1] is not None else list(range(len(starts)))
             steps = vals[2] if vals[2] is not None else [1] * len(starts)
         for st, axis, step in zip(starts, axes, steps, strict=True):

@@ -19,11 +19,8 @@ section below them.
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
-import math
 import os
 import re
 import shutil
@@ -36,7 +33,16 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from pyanalyzer.report.montage import _as_rgb, _atomic_write, grid, overlay_mask, save_png
+from pyanalyzer._io import replace_path, write_bytes
+from pyanalyzer.report.dissection_data import (
+    fmt_threshold,
+    header_text,
+    jsonable,
+    unit_order,
+    write_summary_json,
+    write_tally_csv,
+)
+from pyanalyzer.report.montage import _as_rgb, grid, overlay_mask, save_png
 
 if TYPE_CHECKING:
     from pyanalyzer.methods.dissection.result import LayerDissection
@@ -70,178 +76,6 @@ _RESERVED_STEMS = {"index", "summary"}
 def _e(text: Any) -> str:
     """HTML/XML-escape any value (concept and layer names come from users' files)."""
     return html.escape(str(text), quote=True)
-
-
-def _fmt_threshold(t: float) -> str:
-    """0.04 -> '0.04' (NetDissect's %.2f) unless that would round the value away."""
-    s = f"{t:.2f}"
-    return s if math.isclose(float(s), t, rel_tol=1e-6, abs_tol=0.0) else f"{t:g}"
-
-
-def header_text(result: LayerDissection) -> str:
-    """NetDissect's one-line layer summary: "X/Y units covering Z concepts with IoU ≥ t".
-
-    X = detectors, Y = units, Z = distinct concepts among the detectors' labels.
-    """
-    s = result.summary()
-    return (
-        f"{s['detectors']}/{s['units']} units covering {s['unique_concepts']} concepts "
-        f"with IoU \u2265 {_fmt_threshold(float(result.iou_threshold))}"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# tally.csv
-
-
-def _tally_fields(categories: Sequence[str]) -> list[str]:
-    fields = ["unit", "category", "label", "score"]
-    for cat in categories:
-        fields += [f"{cat}-label", f"{cat}-truth", f"{cat}-activation", f"{cat}-intersect"]
-        fields.append(f"{cat}-iou")
-    return fields
-
-
-def _unit_order(result: LayerDissection) -> np.ndarray:
-    """Channels by best IoU, highest first; ties by channel (a stable sort)."""
-    return np.argsort(-result.best_iou, kind="stable")
-
-
-def _tally_rows(result: LayerDissection) -> list[dict[str, Any]]:
-    best = result.best_concept
-    score = result.best_iou
-    per_cat = [result.best_in_category(g) for g in range(len(result.categories))]
-    rows = []
-    for u in _unit_order(result):
-        u = int(u)
-        b = int(best[u])
-        row: dict[str, Any] = {
-            "unit": u + 1,
-            "category": result.categories[int(result.concept_category[b])] if b else "",
-            "label": result.concept_names[b] if b else "",
-            "score": float(score[u]),
-        }
-        for g, cat in enumerate(result.categories):
-            c = int(per_cat[g][0][u])
-            row[f"{cat}-label"] = result.concept_names[c] if c else ""
-            row[f"{cat}-truth"] = int(result.concept_area[c]) if c else 0
-            row[f"{cat}-activation"] = int(result.unit_area_cat[u, g])
-            row[f"{cat}-intersect"] = int(result.intersection[u, c]) if c else 0
-            row[f"{cat}-iou"] = float(per_cat[g][1][u])
-        rows.append(row)
-    return rows
-
-
-def write_tally_csv(path: str | os.PathLike, result: LayerDissection) -> Path:
-    """Write NetDissect-Lite's ``tally.csv`` for one layer (atomically).
-
-    Columns, exactly as NetDissect-Lite's ``FeatureOperator.tally`` writes them:
-    ``unit,category,label,score`` then, for each category in ``result.categories`` order,
-    ``<cat>-label,<cat>-truth,<cat>-activation,<cat>-intersect,<cat>-iou``.
-
-    - ``unit``: 1-based (channel + 1), as NetDissect-Lite.
-    - ``category``, ``label``, ``score``: the unit's best concept over all categories, its
-      category and its IoU (``best_concept``, ``best_iou``).
-    - ``<cat>-label``: the best concept within that category; ``<cat>-truth``: its pixel count
-      (``concept_area``); ``<cat>-activation``: the unit's pixel count over images labelled in
-      that category (``unit_area_cat``); ``<cat>-intersect``: ``intersection`` of the unit and
-      that concept; ``<cat>-iou``: their IoU = intersect / (activation + truth - intersect).
-
-    Rows are sorted by ``score``, highest first (NetDissect-Lite's order), ties by unit.
-    Counts are written as integers and IoUs with full float precision. Where a unit matches
-    nothing (IoU 0), labels and categories are empty and truth and intersect are 0 (NetDissect
-    would print an arbitrary label with IoU 0).
-    """
-    fields = _tally_fields(result.categories)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(_tally_rows(result))
-    return _atomic_write(path, buf.getvalue().encode("utf-8"))
-
-
-# --------------------------------------------------------------------------------------------
-# summary.json
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values from numpy scalars/arrays, paths, sets, tuples; NaN/inf -> None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return [_jsonable(v) for v in sorted(value, key=str)]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    return str(value)
-
-
-def _unit_records(result: LayerDissection) -> list[dict[str, Any]]:
-    best = result.best_concept
-    score = result.best_iou
-    det = result.detectors
-    records = []
-    for u in range(result.units):
-        b = int(best[u])
-        records.append(
-            {
-                "unit": u + 1,
-                "channel": u,
-                "label": result.concept_names[b] if b else None,
-                "category": result.categories[int(result.concept_category[b])] if b else None,
-                "iou": float(score[u]),
-                "threshold": float(result.thresholds[u]),
-                "detector": bool(det[u]),
-            }
-        )
-    return records
-
-
-def _layer_summary(result: LayerDissection) -> dict[str, Any]:
-    return {
-        **result.summary(),
-        "header": header_text(result),
-        "categories": list(result.categories),
-        "unit_records": _unit_records(result),
-    }
-
-
-def write_summary_json(
-    path: str | os.PathLike, results: Sequence[LayerDissection], extra: dict | None = None
-) -> Path:
-    """Write the run's ``summary.json`` (atomically).
-
-    Layout: ``{"format": "pyanalyzer.dissection.summary", "version": 1, "extra": extra,
-    "layers": [...]}``, one entry per layer: ``LayerDissection.summary()`` plus ``header``
-    (the page's one-line summary), ``categories`` and ``unit_records``, one per channel in
-    channel order: ``unit`` (1-based), ``channel`` (0-based), ``label``, ``category`` (null when
-    the unit matches nothing), ``iou``, ``threshold``, ``detector``.
-
-    ``extra`` is free-form (model file, digest, preprocessing, dataset, parameters, timings,
-    Net2Vec results...): numpy values, paths and sets are converted; NaN and infinities become
-    null so that the file is strict JSON.
-    """
-    doc = {
-        "format": "pyanalyzer.dissection.summary",
-        "version": 1,
-        "extra": _jsonable(dict(extra or {})),
-        "layers": [_jsonable(_layer_summary(r)) for r in results],
-    }
-    text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    return _atomic_write(path, text.encode("utf-8"))
-
-
-# --------------------------------------------------------------------------------------------
-# SVG bar charts
 
 
 def _svg_bar_chart(
@@ -506,7 +340,7 @@ def write_layer_html(
     units_dir = path.parent / f"{path.stem}_units"
     per_cat = [result.best_in_category(g) for g in range(len(result.categories))]
     det = result.detectors
-    order = [int(u) for u in _unit_order(result)]
+    order = [int(u) for u in unit_order(result)]
     cards: dict[int, str] = {}
     for u in order:
         src, size = None, None
@@ -520,7 +354,7 @@ def write_layer_html(
         cards[u] = _unit_card(result, u, per_cat, src, size, lazy=not det[u])
     detectors = [cards[u] for u in order if det[u]]
     others = [cards[u] for u in order if not det[u]]
-    t = _fmt_threshold(float(result.iou_threshold))
+    t = fmt_threshold(float(result.iou_threshold))
     s = result.summary()
     body = [
         f"<header><h1>{_e(model_name)} \u2014 {_e(result.alias)}</h1>",
@@ -542,7 +376,7 @@ def write_layer_html(
             f'<div class="unitgrid">{"".join(others)}</div></details>',
         ]
     title = f"{model_name} \u2014 {result.alias}: network dissection"
-    return _atomic_write(path, _page(title, "\n".join(body)).encode("utf-8"))
+    return write_bytes(path, _page(title, "\n".join(body)).encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,7 +401,7 @@ def _index_html(
             f'<td><a href="{_e(tally)}">tally.csv</a></td></tr>'
         )
     items = []
-    for key, value in _jsonable(dict(extra)).items():
+    for key, value in jsonable(dict(extra)).items():
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         if len(text) > 400:
             text = text[:399] + "\u2026"
@@ -591,21 +425,6 @@ def _model_name(extra: dict) -> str:
     if extra.get("model_file"):
         return Path(os.fspath(extra["model_file"])).name
     return "model"
-
-
-def _move_into_place(src: Path, dst: Path) -> None:
-    """Replace ``dst`` by ``src`` (same file system): a file by ``os.replace``; a folder by
-    renaming the old one aside first, then removing it."""
-    if src.is_dir():
-        trash = None
-        if dst.exists():
-            trash = Path(tempfile.mkdtemp(prefix=".old-", dir=dst.parent))
-            os.replace(dst, trash / dst.name)
-        os.replace(src, dst)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def write_dissection_report(
@@ -660,23 +479,56 @@ def write_dissection_report(
             write_tally_csv(tmp / f"{stem}_tally.csv", r)
             write_layer_html(tmp / f"{stem}.html", r, images, name, top_k_shown=top_k_shown)
         write_summary_json(tmp / "summary.json", results, extra)
-        _atomic_write(tmp / "index.html", _index_html(name, results, stems, extra).encode())
+        write_bytes(tmp / "index.html", _index_html(name, results, stems, extra).encode())
 
         paths: dict[str, Path] = {}
         for r, stem in zip(results, stems, strict=True):
             units = tmp / f"{stem}_units"
             if units.is_dir():
-                _move_into_place(units, out / units.name)
+                replace_path(units, out / units.name)
                 paths[f"{r.alias}/units"] = out / units.name
             elif (out / units.name).is_dir():  # a stale folder from an earlier report
                 shutil.rmtree(out / units.name, ignore_errors=True)
         for r, stem in zip(results, stems, strict=True):
             for key, fname in (("tally", f"{stem}_tally.csv"), ("html", f"{stem}.html")):
-                _move_into_place(tmp / fname, out / fname)
+                replace_path(tmp / fname, out / fname)
                 paths[f"{r.alias}/{key}"] = out / fname
         for key, fname in (("summary", "summary.json"), ("index", "index.html")):
-            _move_into_place(tmp / fname, out / fname)
+            replace_path(tmp / fname, out / fname)
             paths[key] = out / fname
         return paths
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_dissection(
+    result: Sequence[LayerDissection],
+    out_dir: str | os.PathLike,
+    *,
+    model: Any = None,
+    dataset: Any = None,
+    extra: dict | None = None,
+    top_k_shown: int = 5,
+) -> dict[str, Path]:
+    """Write the report of a dissection (:func:`write_dissection_report`), with each unit's top
+    images and masks when the model and the concept dataset are given (they are read again to
+    draw them; the numbers all come from ``result``).
+
+    Args:
+        result: the dissection (a :class:`~pyanalyzer.methods.dissection.DissectionResult` or
+            any sequence of layers).
+        out_dir: the report folder.
+        model, dataset: the model and the concept dataset it was dissected against.
+        extra: run information for ``summary.json`` and the index page.
+        top_k_shown: images per unit.
+    """
+    providers: dict[str, UnitImages] = {}
+    if model is not None and dataset is not None:
+        from pyanalyzer.methods.dissection.visual import unit_image_provider
+
+        providers = {
+            r.alias: unit_image_provider(model, dataset, r, shown=top_k_shown) for r in result
+        }
+    return write_dissection_report(
+        out_dir, list(result), providers.get, extra, top_k_shown=top_k_shown
+    )

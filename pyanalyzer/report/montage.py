@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from pyanalyzer._io import write_bytes
 
 __all__ = ["grid", "overlay_mask", "save_png", "upscale"]
 
@@ -119,7 +120,7 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
 
     def w(s: str) -> int:
         box = draw.textbbox((0, 0), s, font=font)
-        return box[2] - box[0]
+        return int(box[2] - box[0])
 
     if w(text) <= width:
         return text
@@ -174,7 +175,7 @@ def grid(
     if labels is not None:
         probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
         box = probe.textbbox((0, 0), "Ag0…", font=font)
-        text_h = box[3] + 2
+        text_h = int(box[3]) + 2
     rows = math.ceil(len(tiles) / cols)
     step_y = cell_h + text_h + pad
     step_x = cell_w + pad
@@ -194,25 +195,6 @@ def grid(
     return out
 
 
-def _atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Save uint8 [H, W], [H, W, 3] or [H, W, 4] as a PNG, atomically (a temporary file in the
     same folder, then ``os.replace``): readers never see a half-written image.
@@ -227,4 +209,4 @@ def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
         raise ValueError(f"array must be [H, W], [H, W, 3] or [H, W, 4], got {array.shape}")
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
-    return _atomic_write(path, buf.getvalue())
+    return write_bytes(path, buf.getvalue())

@@ -650,7 +650,7 @@ def test_colour_naming_of_gray_and_bad_input() -> None:
 
 
 def test_cli_synth_build_info(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyanalyzer.cli_concepts import concepts
+    from pyanalyzer.cli.concepts import concepts
 
     monkeypatch.setenv("PYANALYZER_STORE", str(tmp_path / "store.h5"))
     runner = CliRunner()

@@ -17,6 +17,7 @@ import pyanalyzer as pa
 from pyanalyzer.data.images import ArraySource
 from pyanalyzer.errors import GradientUnavailableError, UserInputError
 from pyanalyzer.methods.actmax import (
+    ActivationMaximization,
     Activations,
     ActmaxResult,
     CenterCrop,
@@ -43,16 +44,21 @@ from pyanalyzer.methods.actmax import (
     neuron,
     redirected_relu,
     render,
-    run_actmax,
     standard_transforms,
 )
-from pyanalyzer.methods.actmax.objectives import Objective, TensorRef
+from pyanalyzer.methods.actmax.objectives import Objective
 from pyanalyzer.methods.actmax.regularizers import blur, gaussian_kernel
 from pyanalyzer.methods.actmax.transforms import draw_index
 from pyanalyzer.model.preprocessing import PreprocessSpec
+from pyanalyzer.report.actmax import write_actmax
 from pyanalyzer.store import Key, Store
 
 FAST = {"progress": False}
+
+
+def run_actmax(model, layer, units, *, reference=None, **kw):
+    """One analysis run: the call form every test below uses."""
+    return ActivationMaximization(model, layer=layer, units=units, **kw).run(reference)
 
 
 @pytest.fixture(scope="module")
@@ -184,12 +190,8 @@ def _acts(n=3):
     g = gen(0)
     t6 = torch.rand(n, 8, 4, 4, generator=g)
     t5 = torch.rand(n, 4, 5, 5, generator=g)
-    refs = {
-        "relu6": TensorRef("r6", "relu6", "nchw", 8, 4, 4),
-        "relu5": TensorRef("r5", "relu5", "nhwc", 4, 5, 5),
-    }
-    # relu5 is given in NHWC: objectives must read it as NCHW
-    return Activations({"relu6": t6, "relu5": t5.permute(0, 2, 3, 1)}, refs), t6, t5
+    # the engines hand out NCHW maps whatever the model's layout (tests/model check that)
+    return Activations({"relu6": t6, "relu5": t5}), t6, t5
 
 
 def test_objectives_compose_linearly():
@@ -235,8 +237,7 @@ def test_direction_and_diversity():
         per_image, torch.stack([direction("relu6", rows[i])(acts)[i] for i in range(3)])
     )
     assert repr(direction("relu6", rows)) == "direction(relu6, <3x8>)"
-    ref6 = {"relu6": TensorRef("r6", "relu6", "nchw", 8, 4, 4)}
-    same = Activations({"relu6": t6[:1].repeat(3, 1, 1, 1)}, ref6)
+    same = Activations({"relu6": t6[:1].repeat(3, 1, 1, 1)})
     assert torch.allclose(diversity("relu6")(same), torch.full((3,), -1.0))
     assert (diversity("relu6")(acts) > -1).all()
 
@@ -461,7 +462,7 @@ def test_result_save_store_and_reference(model, tmp_path):
     acts = model.forward.run(model.preprocessing.normalize(ref.images), ["relu6"])["relu4_1"]
     assert np.allclose(r.reference_max, acts[:, :3].mean(axis=(2, 3)).max(axis=0), rtol=1e-5)
 
-    paths = r.save(tmp_path / "out")
+    paths = write_actmax(r, tmp_path / "out")
     assert [p.name for p in paths] == [
         "relu6_channel_unit0000.png", "relu6_channel_unit0001.png",
         "relu6_channel_unit0002.png", "relu6_channel.png",
@@ -470,8 +471,9 @@ def test_result_save_store_and_reference(model, tmp_path):
 
     store = Store(tmp_path / "s.h5")
     key = Key.make(model.sha256, "actmax", r.params)
-    store.put(key, r.to_arrays(), params=r.params)
-    back = ActmaxResult.from_arrays(store.get(key).arrays)
+    store.put(key, r.to_arrays(), params=r.params, extra_attrs={"result": r.to_meta()})
+    entry = store.get(key)
+    back = ActmaxResult.from_stored(entry.arrays, entry.extra["result"])
     assert np.array_equal(back.images, r.images) and back.labels == r.labels
     assert np.array_equal(back.reference_max, r.reference_max) and back.params == r.params
 
@@ -504,10 +506,10 @@ def test_reached_is_what_onnxruntime_measures_on_the_images(tmp_path):
     assert info.layout == "nhwc"
     x = m.preprocessing.normalize
     r = run_actmax(m, "transpose2", [0, 3], steps=8, start="mean", **FAST)
-    acts = m.forward.run(x(r.images), ["transpose2"])[info.name]  # [N, h, w, C]
+    acts = m.forward.run(x(r.images), ["transpose2"], nchw=False)[info.name]  # [N, h, w, C]
     assert np.allclose(r.reached, acts[[0, 1], :, :, [0, 3]].mean(axis=(1, 2)), atol=1e-4)
     r = run_actmax(m, "transpose2", [5, 1], objective="neuron", steps=4, **FAST)
-    acts = m.forward.run(x(r.images), ["transpose2"])[info.name]
+    acts = m.forward.run(x(r.images), ["transpose2"], nchw=False)[info.name]
     assert np.allclose(r.reached, acts[[0, 1], 4, 4, [5, 1]], atol=1e-4)  # the centre of 8x8
 
 

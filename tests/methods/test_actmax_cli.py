@@ -117,16 +117,17 @@ def test_actmax_cli_color_from_a_folder_and_start(capsys, default_model, tmp_pat
     assert run_cli(capsys, *base)[0] == 0
     code, out, err = run_cli(capsys, *base, "--color-from", str(folder), "--start", "mean")
     assert code == 0 and "(from the store)" not in out, err
-    infos = Store(store).entries()
-    assert len(infos) == 2
+    m = pa.load_model(default_model, check_parity=False)
+    infos = pa.ActivationMaximization.stored(Store(store), m.sha256)  # parameters as resolved
+    assert len(infos) == 2 and len(Store(store).entries()) == 2
     custom = next(e for e in infos if e.params["color"] != "imagenet")
     assert custom.params["start"] == "mean" and np.asarray(custom.params["color"]).shape == (3, 3)
     assert np.allclose(custom.params["color"], color_correlation_from_images(
         ImageFolder(folder), pa.load_model(default_model, check_parity=False).preprocessing),
         atol=1e-6)  # fmt: skip
     # the mean start has no noise: "start" is the unit's activation on the plain mean image
-    got = ActmaxResult.from_arrays(Store(store).get(custom.key))
-    m = pa.load_model(default_model, check_parity=False)
+    entry = Store(store).get(custom.info.key)
+    got = ActmaxResult.from_stored(entry.arrays, entry.extra["result"])
     grey = np.full((1, 64, 64, 3), 255 * np.asarray(mean_color(m.preprocessing)))
     (acts,) = m.forward.run(m.preprocessing.normalize(grey), [m.layer("relu6").name]).values()
     assert np.isclose(got.start[0], acts[0, 0].mean(), rtol=1e-3, atol=1e-5)
@@ -158,7 +159,7 @@ def test_actmax_cli_interrupted_run_resumes_from_its_last_batch(
     import numpy as np
     from PIL import Image
 
-    render_mod = importlib.import_module("pyanalyzer.methods.actmax.render")  # not the function
+    render_mod = importlib.import_module("pyanalyzer.methods.actmax.method")  # the caller
 
     store = tmp_path / "s.h5"
     args = ["actmax", str(default_model), "--layer", "relu6", "--units", "0-5", "--steps", "6",

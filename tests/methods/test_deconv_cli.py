@@ -8,8 +8,8 @@ from cli_helpers import run_cli
 from PIL import Image
 
 from pyanalyzer.data import synthetic
-from pyanalyzer.methods.deconvnet import parse_units
 from pyanalyzer.store import Store
+from pyanalyzer.units import parse_units
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,9 @@ def folder(tmp_path_factory):
     return d
 
 
-def test_patches_and_projections_from_a_folder(capsys, default_model, folder, tmp_path):
+def test_patches_and_projections_from_a_folder(
+    capsys, default_model, folder, tmp_path, monkeypatch
+):
     store = tmp_path / "s.h5"
     args = ["deconv", str(default_model), "--layer", "relu6", "--unit", "0-2", "--images",
             str(folder), "--top-k", "4", "--out", str(tmp_path / "out"), "--store", str(store),
@@ -30,20 +32,29 @@ def test_patches_and_projections_from_a_folder(capsys, default_model, folder, tm
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["relu6.png", "relu6_unit0000.png", "relu6_unit0001.png", "relu6_unit0002.png"]
     (entry,) = Store(store).entries()
-    assert entry.key.method == "deconv/patches"
-    # The rerun answers from the store: the projections are not computed again.
-    import pyanalyzer.methods.deconvnet as dn
+    assert entry.key.method == "patches"
+    first = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    # The rerun answers from the store: no image is scanned (no forward pass at all) and
+    # nothing is projected again; the files are the same.
+    from pyanalyzer.methods.deconvnet import Projector
+    from pyanalyzer.model.forward import ForwardEngine
+
+    passes = []
+    real_run = ForwardEngine.run
+
+    def counting_run(self, *a, **k):
+        passes.append(1)
+        return real_run(self, *a, **k)
 
     def refuse(*a, **k):
         raise AssertionError("projected again")
 
-    original = dn.top_patch_projections
-    dn.top_patch_projections = refuse
-    try:
-        code, _, err = run_cli(capsys, *args)
-    finally:
-        dn.top_patch_projections = original
-    assert code == 0, err
+    monkeypatch.setattr(ForwardEngine, "run", counting_run)
+    monkeypatch.setattr(Projector, "project", refuse)
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0 and "(from the store)" in out, err
+    assert passes == []
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == first
 
 
 def test_single_image_each_method(capsys, default_model, tmp_path):
@@ -67,7 +78,7 @@ def test_single_image_each_method(capsys, default_model, tmp_path):
         (["--layer", "relu66"], "did you mean"),
         (["--image", "BAD"], "cannot read image"),
         (["--image", "MISSING"], "does not exist"),
-        (["--top-k", "0"], "--top-k must be"),
+        (["--top-k", "0"], "k must be >= 1"),
     ],
 )
 def test_bad_input_exit_2_nothing_written(capsys, default_model, tmp_path, extra, msg):

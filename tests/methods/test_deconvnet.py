@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import pyanalyzer as pa
 from pyanalyzer.errors import UserInputError
-from pyanalyzer.methods.deconvnet import Deconvolution
+from pyanalyzer.methods.deconvnet import Projector
 
 
 class _RuleReLU(torch.autograd.Function):
@@ -88,7 +88,7 @@ def _inputs(model, n=3, seed=0):
 def test_matches_autograd_with_the_relu_rule(default, method, rule, layer, unit):
     # The default model's pools do not overlap (2x2/2).
     x = _inputs(default)
-    got = Deconvolution(default, method, device="cpu").run(x, layer, unit).pixels
+    got = Projector(default, method, device="cpu").project(x, layer, unit).pixels
     ref = reference(default, x, layer, unit, rule)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
@@ -99,7 +99,7 @@ def test_overlapping_pools_and_nhwc_same_padding(tmp_path):
     m = pa.load_model(fac.tf2onnx_style(tmp_path), check_parity=False)
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     for method, rule in (("deconv", "deconv"), ("saliency", None)):
-        got = Deconvolution(m, method, device="cpu").run(x, "avgpool1", 4).pixels
+        got = Projector(m, method, device="cpu").project(x, "avgpool1", 4).pixels
         ref = reference(m, x, "avgpool1", 4, rule)
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
@@ -131,7 +131,7 @@ def test_overlapping_pools_sum_shared_switches_like_autograd(tmp_path):
     m = pa.load_model(_alexnet_pools(tmp_path), check_parity=False)
     x = np.random.default_rng(1).normal(size=(2, 3, 27, 27)).astype(np.float32)
     for mode in ("map", "max"):
-        got = Deconvolution(m, "deconv", device="cpu").run(x, "relu2", 1, mode=mode).pixels
+        got = Projector(m, "deconv", device="cpu").project(x, "relu2", 1, mode=mode).pixels
         if mode == "max":
             ref = reference(m, x, "relu2", 1, "deconv")
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
@@ -156,35 +156,35 @@ def test_hand_computed_tiny_case(tmp_path):
     m = pa.load_model(path, check_parity=False)
     x = np.array([[1, 2, 0, 0], [3, 4, 0, 0], [0, 0, -5, 1], [0, 0, 0, 0]], np.float32)[None, None]
     # relu(2x) = [[2,4,0,0],[6,8,0,0],[0,0,0,2],[0,0,0,0]]; pooled [[8,0],[0,2]].
-    p = Deconvolution(m, "deconv", device="cpu").run(x, "maxpool1", 0, mode="max")
+    p = Projector(m, "deconv", device="cpu").project(x, "maxpool1", 0, mode="max")
     expected = np.zeros((1, 1, 4, 4), np.float32)
     expected[0, 0, 1, 1] = 2 * 8  # unpooled to the switch, rectified, times the filter
     np.testing.assert_array_equal(p.pixels, expected)
     assert p.activation[0] == 8 and tuple(p.positions[0]) == (0, 0)
-    p = Deconvolution(m, "deconv", device="cpu").run(x, "maxpool1", 0, mode="map")
+    p = Projector(m, "deconv", device="cpu").project(x, "maxpool1", 0, mode="map")
     expected[0, 0, 2, 3] = 2 * 2
     np.testing.assert_array_equal(p.pixels, expected)
 
 
 def test_topk_mode_keeps_k_activations(default):
     x = _inputs(default, n=1)
-    one = Deconvolution(default, "deconv", device="cpu").run(x, "relu6", 7, mode="topk", k=1)
-    mx = Deconvolution(default, "deconv", device="cpu").run(x, "relu6", 7, mode="max")
+    one = Projector(default, "deconv", device="cpu").project(x, "relu6", 7, mode="topk", k=1)
+    mx = Projector(default, "deconv", device="cpu").project(x, "relu6", 7, mode="max")
     np.testing.assert_allclose(one.pixels, mx.pixels)
-    many = Deconvolution(default, "deconv", device="cpu").run(x, "relu6", 7, mode="topk", k=5)
+    many = Projector(default, "deconv", device="cpu").project(x, "relu6", 7, mode="topk", k=5)
     assert many.activation[0] >= mx.activation[0]
 
 
 def test_errors(default, tmp_path):
     x = _inputs(default, n=1)
     with pytest.raises(UserInputError, match="out of range"):
-        Deconvolution(default, "deconv").run(x, "relu6", 128)
+        Projector(default, "deconv").project(x, "relu6", 128)
     with pytest.raises(UserInputError, match="not a spatial"):
-        Deconvolution(default, "deconv").run(x, "fc1", 0)
+        Projector(default, "deconv").project(x, "fc1", 0)
     with pytest.raises(UserInputError, match="unknown method"):
-        Deconvolution(default, "lrp")
+        Projector(default, "lrp")
     with pytest.raises(UserInputError, match="unknown mode"):
-        Deconvolution(default, "deconv").run(x, "relu6", 0, mode="all")
+        Projector(default, "deconv").project(x, "relu6", 0, mode="all")
     # A non-linear op the deconvnet cannot invert is named; saliency goes through it.
     rng = np.random.default_rng(0)
     g = helper.make_graph(
@@ -206,6 +206,6 @@ def test_errors(default, tmp_path):
     m = pa.load_model(path, check_parity=False)
     xs = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
     with pytest.raises(UserInputError, match="cannot invert op Sigmoid"):
-        Deconvolution(m, "deconv").run(xs, "conv2", 0)
-    sal = Deconvolution(m, "saliency").run(xs, "conv2", 0).pixels
+        Projector(m, "deconv").project(xs, "conv2", 0)
+    sal = Projector(m, "saliency").project(xs, "conv2", 0).pixels
     np.testing.assert_allclose(sal, reference(m, xs, "conv2", 0, None), rtol=1e-4, atol=1e-6)

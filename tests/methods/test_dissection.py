@@ -77,8 +77,10 @@ def probe(tmp_path_factory):
 def test_unit_firing_exactly_on_a_concept_has_iou_1(probe, tmp_path):
     model, ds = probe
     # 25% of pixels are red: the top half's threshold is 0, so unit 0 fires on the squares.
-    d = Dissection(model, ds, quantile=0.5, store=Store(tmp_path / "s.h5"), progress=False)
-    (r,) = d.run(["relu"])
+    d = Dissection(
+        model, layers=["relu"], quantile=0.5, store=Store(tmp_path / "s.h5"), progress=False
+    )
+    (r,) = d.run(ds)
     square = ds.names.index("square")
     assert r.thresholds[0] == 0.0
     assert r.iou[0, square] == 1.0 and r.best_concept[0] == square and r.detectors[0]
@@ -88,8 +90,8 @@ def test_unit_firing_exactly_on_a_concept_has_iou_1(probe, tmp_path):
 
 def test_counts_equal_a_plain_numpy_dissection(probe):
     model, ds = probe
-    d = Dissection(model, ds, quantile=0.2, batch_size=5, progress=False)
-    (r,) = d.run(["relu"])
+    d = Dissection(model, layers=["relu"], quantile=0.2, batch_size=5, progress=False)
+    (r,) = d.run(ds)
     n = len(ds)
     x = model.preprocessing.normalize(
         np.stack([ds.pixels(i, model.preprocessing) for i in range(n)])
@@ -119,7 +121,7 @@ def synth(tmp_path_factory):
 def test_store_answers_rerun_and_resume_is_identical(default_model, synth, tmp_path, monkeypatch):
     model = pa.load_model(default_model, check_parity=False)
     layers = ["relu5", "relu6"]
-    ref = Dissection(model, synth, batch_size=16, progress=False).run(layers)
+    ref = Dissection(model, layers=layers, batch_size=16, progress=False).run(synth)
 
     store = Store(tmp_path / "store.h5")
     from pyanalyzer.methods.dissection import pipeline
@@ -136,12 +138,14 @@ def test_store_answers_rerun_and_resume_is_identical(default_model, synth, tmp_p
     monkeypatch.setattr(pipeline._backend, "tally", dying_tally)
     with pytest.raises(KeyboardInterrupt):
         Dissection(
-            model, synth, batch_size=16, store=store, checkpoint_every=0, progress=False
-        ).run(layers)
+            model, layers=layers, batch_size=16, store=store, checkpoint_every=0, progress=False
+        ).run(synth)
     assert any(e.key.is_partial for e in store.entries())
     monkeypatch.setattr(pipeline._backend, "tally", real_tally)
-    again = Dissection(model, synth, batch_size=16, store=store, checkpoint_every=0, progress=False)
-    got = again.run(layers)
+    again = Dissection(
+        model, layers=layers, batch_size=16, store=store, checkpoint_every=0, progress=False
+    )
+    got = again.run(synth)
     assert again.resumed_from[0] == 2 and again.resumed_from[1] > 0
     for a, b in zip(ref, got, strict=True):
         for name in (
@@ -154,16 +158,16 @@ def test_store_answers_rerun_and_resume_is_identical(default_model, synth, tmp_p
         ):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     assert not any(e.key.is_partial for e in store.entries())
-    assert not list((tmp_path / "spill").glob("*"))  # spill files are cleaned up
-    third = Dissection(model, synth, batch_size=16, store=store, progress=False)
-    res = third.run(layers)
+    assert not list(store.path.glob("scratch/*/*"))  # spill files are cleaned up
+    third = Dissection(model, layers=layers, batch_size=16, store=store, progress=False)
+    res = third.run(synth)
     assert third.from_store
     np.testing.assert_array_equal(res[1].intersection, ref[1].intersection)
 
 
 def test_resume_after_death_in_forward_pass(default_model, synth, tmp_path, monkeypatch):
     model = pa.load_model(default_model, check_parity=False)
-    ref = Dissection(model, synth, batch_size=16, progress=False).run(["relu4"])
+    ref = Dissection(model, layers=["relu4"], batch_size=16, progress=False).run(synth)
     store = Store(tmp_path / "store.h5")
     from pyanalyzer.methods.dissection import pipeline
 
@@ -179,11 +183,14 @@ def test_resume_after_death_in_forward_pass(default_model, synth, tmp_path, monk
     monkeypatch.setattr(pipeline._backend, "topk_merge", dying)
     with pytest.raises(KeyboardInterrupt):
         Dissection(
-            model, synth, batch_size=16, store=store, checkpoint_every=0, progress=False
-        ).run(["relu4"])
+            model, layers=["relu4"], batch_size=16, store=store, checkpoint_every=0,
+            progress=False,
+        ).run(synth)  # fmt: skip
     monkeypatch.setattr(pipeline._backend, "topk_merge", real)
-    again = Dissection(model, synth, batch_size=16, store=store, checkpoint_every=0, progress=False)
-    (got,) = again.run(["relu4"])
+    again = Dissection(
+        model, layers=["relu4"], batch_size=16, store=store, checkpoint_every=0, progress=False
+    )
+    (got,) = again.run(synth)
     assert again.resumed_from == (1, 48)
     np.testing.assert_array_equal(got.intersection, ref[0].intersection)
     np.testing.assert_array_equal(got.thresholds, ref[0].thresholds)
@@ -191,8 +198,8 @@ def test_resume_after_death_in_forward_pass(default_model, synth, tmp_path, monk
 
 def test_net2vec_beats_or_matches_the_best_unit(default_model, synth):
     model = pa.load_model(default_model, check_parity=False)
-    d = Dissection(model, synth, batch_size=32, net2vec=["circle"], progress=False)
-    (r,) = d.run(["relu6"])
+    d = Dissection(model, layers=["relu6"], batch_size=32, net2vec=["circle"], progress=False)
+    (r,) = d.run(synth)
     (item,) = r.extra["net2vec"]
     assert item["name"] == "circle" and item["test_images"] > 0
     assert item["set_iou"] >= item["best_unit_iou"] > 0
@@ -264,9 +271,8 @@ def test_default_model_learned_detectors_vs_random_weights(default_model, tmp_pa
     layers = ["relu2", "relu3", "relu4", "relu5", "relu6"]
     counts = {}
     for name, path in (("trained", default_model), ("random", random_model)):
-        results = Dissection(pa.load_model(path, check_parity=False), ds, progress=False).run(
-            layers
-        )
+        model = pa.load_model(path, check_parity=False)
+        results = Dissection(model, layers=layers, progress=False).run(ds)
         counts[name] = sum(int(r.detectors.sum()) for r in results)
     assert counts["trained"] >= 3 * max(counts["random"], 1), counts
 
@@ -287,4 +293,4 @@ def test_unreadable_image_mid_run_leaves_nothing_half_written(
                            "--batch-size", "16", "--checkpoint-every", "0", "--no-progress")  # fmt: skip
     assert code == 2 and victim.name in err and err.count("\n") == 1, err
     assert Store(store).entries() == []
-    assert not list((tmp_path / "spill").glob("*")) and not (tmp_path / "o").exists()
+    assert not list(store.glob("scratch/*/*")) and not (tmp_path / "o").exists()

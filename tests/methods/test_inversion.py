@@ -15,20 +15,35 @@ from pyanalyzer.data import synthetic
 from pyanalyzer.errors import GradientUnavailableError, ImageError, UserInputError
 from pyanalyzer.methods.inversion import (
     DecoderMismatchError,
+    OptimInversion,
+    UpconvInversion,
+    UpconvTraining,
     architecture,
     feature_error,
     find_decoder,
-    invert_optim,
-    invert_upconv,
-    layer_sweep,
     load_images,
     pixel_error,
-    train_upconv,
 )
+from pyanalyzer.methods.inversion import decoder as decoder_mod
 from pyanalyzer.methods.inversion import objective as obj
 from pyanalyzer.methods.inversion import upconv as upconv_mod
 from pyanalyzer.methods.inversion._common import pixel_centre
+from pyanalyzer.report.inversion import strip, write_inversion
 from pyanalyzer.report.montage import upscale
+
+
+def invert_optim(model, images, layers, **kw):
+    return OptimInversion(model, layers=layers, **kw).run(images)
+
+
+def train_upconv(model, layer, source=None, *, store=None, progress=False, **kw):
+    return UpconvTraining(model, layer=layer, store=store, progress=progress, **kw).run(source)
+
+
+def invert_upconv(model, decoder, images, *, layer=None):
+    """Invert with one given decoder (checked against ``layer``, default its own)."""
+    layers = [layer or decoder.layer]
+    return UpconvInversion(model, layers=layers, decoders=[decoder], progress=False).run(images)
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +286,7 @@ def test_upconv_fixed_seed_gives_identical_decoders(model, images):
     kw = dict(n_images=96, epochs=1, batch_size=32, progress=False)
     a = train_upconv(model, "relu4", seed=4, **kw)
     b = train_upconv(model, "relu4", seed=4, **kw)
-    sa, sb = a.arrays(), b.arrays()
+    sa, sb = a.to_arrays(), b.to_arrays()
     assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
     assert np.array_equal(invert_upconv(model, a, images).images,
                           invert_upconv(model, b, images).images)  # fmt: skip
@@ -302,9 +317,10 @@ def test_decoder_read_with_other_preprocessing_or_format_is_refused(
         invert_upconv(other, decoder, images)
     with pytest.raises(DecoderMismatchError, match=msg):
         find_decoder(store, other, "relu2")
-    monkeypatch.setattr(upconv_mod, "FORMAT_VERSION", 2)
+    now = decoder_mod.FORMAT_VERSION
+    monkeypatch.setattr(decoder_mod, "FORMAT_VERSION", now + 1)
     with pytest.raises(
-        DecoderMismatchError, match="stored in format 1, this version reads format 2"
+        DecoderMismatchError, match=f"stored in format {now}, this version reads format {now + 1}"
     ):
         find_decoder(store, pa.load_model(default_model, check_parity=False), "relu2")
 
@@ -330,22 +346,29 @@ def test_decoder_trained_at_another_input_size_is_refused(tmp_path):
 # ---- the layer sweep -------------------------------------------------------------------------
 
 
-def test_layer_sweep_strip(model, decoder, store, images):
-    sw = layer_sweep(
-        model, images[0], ["relu2", "relu4"], methods=("optim", "upconv"), steps=10,
-        decoders={"relu2": decoder}, store=store,
-        upconv_options=dict(n_images=64, epochs=1), min_side=128, progress=False,
-    )  # fmt: skip
-    assert set(sw.results) == {"optim", "upconv"}
-    for r in sw.results.values():
+def test_layer_sweep_strip(model, decoder, store, images, tmp_path):
+    optim = invert_optim(model, images[0], ["relu2", "relu4"], steps=10, progress=False)
+    relu4 = train_upconv(model, "relu4", store=store, n_images=64, epochs=1)
+    upconv = UpconvInversion(
+        model, layers=["relu2", "relu4"], decoders={"relu2": decoder, "relu4": relu4},
+        progress=False,
+    ).run(images[0])  # fmt: skip
+    results = {"optim": optim, "upconv": upconv}
+    for r in results.values():
         assert r.aliases == ("relu2", "relu4") and r.images.shape == (1, 2, 64, 64, 3)
-    s = sw.strip
+    s = strip(images[0], list(results.items()), min_side=128)
     assert s.dtype == np.uint8 and s.ndim == 3 and s.shape[2] == 3
     assert s.shape[1] == 3 * (128 + 2) + 2  # original + 2 layers, 2 px gaps
     assert np.array_equal(s[2 : 2 + 128, 2 : 2 + 128], upscale(images[0], 128))
-    assert sw.summary()["upconv"]["relu2"]["pixel_error"] == pytest.approx(
+    assert upconv.errors()["relu2"]["pixel_error"] == pytest.approx(
         float(invert_upconv(model, decoder, images[:1]).pixel_error[0, 0])
     )
+    files = write_inversion(results, tmp_path / "out")
+    assert [p.name for p in files] == [
+        "inversion.png", "relu2_optim.png", "relu4_optim.png", "relu2_upconv.png",
+        "relu4_upconv.png", "metrics.json",
+    ]  # fmt: skip
+    assert np.array_equal(np.asarray(Image.open(files[0])), s)
 
 
 # ---- bad input -------------------------------------------------------------------------------
@@ -401,11 +424,11 @@ def test_bad_parameters(model, images, kwargs, match):
     _one_line(exc)
 
 
-def test_sweep_takes_one_image_and_known_methods(model, images):
-    with pytest.raises(UserInputError, match="one image, got 2"):
-        layer_sweep(model, images[:2], ["relu2"], steps=1, progress=False)
-    with pytest.raises(UserInputError, match="unknown method 'deconv'"):
-        layer_sweep(model, images[0], ["relu2"], methods=("deconv",), progress=False)
+def test_inversion_files_of_several_images(model, images, tmp_path):
+    r = invert_optim(model, images[:2], ["relu2"], steps=2, progress=False)
+    names = [p.name for p in write_inversion(r, tmp_path)]
+    assert names == ["inversion_0.png", "relu2_optim_0.png", "inversion_1.png",
+                     "relu2_optim_1.png", "metrics.json"]  # fmt: skip
 
 
 def _cast_model(tmp_path):

@@ -10,6 +10,7 @@ import pyanalyzer as pa
 from pyanalyzer.errors import UserInputError
 from pyanalyzer.methods.patches import TopPatches, TopPatchesResult, merge_topk
 from pyanalyzer.model.receptive import crop_box
+from pyanalyzer.report.patches import layer_montage, montage, write_patches
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def images():
 def _brute_force(model, images, layer, k):
     """Run every image at once; per unit and image the first raster maximum; sort, take k."""
     name = model.layer(layer).name
-    acts = model.forward.run(model.preprocessing.normalize(images), [layer])[name]
+    x = model.preprocessing.normalize(images)
+    acts = model.forward.run(x, [layer], nchw=False)[name]  # as the graph makes it
     if model.layer(layer).layout == "nhwc":
         acts = acts.transpose(0, 3, 1, 2)
     n, u, h, w = acts.shape
@@ -48,7 +50,7 @@ def _brute_force(model, images, layer, k):
     "layer, k, batch", [("relu2", 9, 7), ("conv1", 4, 20), ("maxpool2", 25, 3)]
 )
 def test_topk_matches_brute_force(model, images, layer, k, batch):
-    res = TopPatches(model, layer, k=k, batch_size=batch, progress=False).run(
+    res = TopPatches(model, layer=layer, k=k, batch_size=batch, progress=False).run(
         pa.ArraySource(images)
     )
     vals, imgs, pos = _brute_force(model, images, layer, k)
@@ -72,7 +74,9 @@ def test_topk_matches_brute_force(model, images, layer, k, batch):
 
 def test_ties_go_to_the_lower_image_index(model):
     same = np.repeat(np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), np.uint8), 12, 0)
-    res = TopPatches(model, "relu2", k=5, batch_size=5, progress=False).run(pa.ArraySource(same))
+    res = TopPatches(model, layer="relu2", k=5, batch_size=5, progress=False).run(
+        pa.ArraySource(same)
+    )
     assert (res.images == np.arange(5)).all()
     assert (res.values == res.values[:, :1]).all()
 
@@ -92,7 +96,7 @@ def test_merge_is_deterministic_on_ties():
 
 def test_patch_is_the_receptive_field_cut_by_hand(model, images):
     src = pa.ArraySource(images)
-    res = TopPatches(model, "relu2", k=9, progress=False).run(src)
+    res = TopPatches(model, layer="relu2", k=9, progress=False).run(src)
     # relu2: conv 3x3 pad 1, max pool 2/2, conv 3x3 pad 1: rows 2y - 3 .. 2y + 4.
     assert (res.field.size, res.field.jump, res.field.start) == ((8, 8), (2, 2), (-3, -3))
     seen_border = False
@@ -111,33 +115,33 @@ def test_patch_is_the_receptive_field_cut_by_hand(model, images):
 
 def test_montage_shapes(model, images):
     src = pa.ArraySource(images)
-    res = TopPatches(model, "relu2", k=9, progress=False).run(src)
+    res = TopPatches(model, layer="relu2", k=9, progress=False).run(src)
     u = 3
     sizes = [res.patch(u, j, src).shape[:2] for j in range(9)]
     ch, cw = max(s[0] for s in sizes), max(s[1] for s in sizes)
-    plain = res.montage(u, src, min_side=1)
+    plain = montage(res, u, src, min_side=1)
     assert plain.shape == (3 * (ch + 2) + 2, 3 * (cw + 2) + 2, 3) and plain.dtype == np.uint8
     # enlarged by a whole factor: the largest patch (8 px) becomes 64
-    big = res.montage(u, src)
+    big = montage(res, u, src)
     assert big.shape == (3 * (8 * ch + 2) + 2, 3 * (8 * cw + 2) + 2, 3)
     # beside full-size projections (cut at the same box) and patch-size ones
     full = [np.full((32, 32, 3), 200, np.uint8) for _ in range(9)]
-    side = res.montage(u, src, projections=full, min_side=1)
+    side = montage(res, u, src, projections=full, min_side=1)
     assert side.shape == (3 * (ch + 2) + 2, 3 * (2 * cw + 2 + 2) + 2, 3)
     cut = [np.zeros(s + (3,), np.uint8) for s in sizes]
-    assert res.montage(u, src, projections=cut, min_side=1).shape == side.shape
+    assert montage(res, u, src, projections=cut, min_side=1).shape == side.shape
     with pytest.raises(UserInputError, match="projections"):
-        res.montage(u, src, projections=full[:3])
+        montage(res, u, src, projections=full[:3])
     with pytest.raises(UserInputError, match="input size"):
-        res.montage(u, src, projections=[np.zeros((5, 5, 3), np.uint8)] * 9)
-    layer = res.layer_montage([0, 1, 2], src, min_side=1)
+        montage(res, u, src, projections=[np.zeros((5, 5, 3), np.uint8)] * 9)
+    layer = layer_montage(res, [0, 1, 2], src, min_side=1)
     assert layer.dtype == np.uint8 and layer.shape[1] == 2 * (plain.shape[1] + 6) + 6
 
 
 def test_save_writes_unit_and_layer_pngs(model, images, tmp_path):
     src = pa.ArraySource(images)
-    res = TopPatches(model, "conv2", k=4, progress=False).run(src)
-    paths = res.save(tmp_path, src, units=[0, 5], min_side=16)
+    res = TopPatches(model, layer="conv2", k=4, progress=False).run(src)
+    paths = write_patches(res, tmp_path, src, units=[0, 5], min_side=16)
     assert [p.name for p in paths] == ["conv2_unit0000.png", "conv2_unit0005.png", "conv2.png"]
     assert all(p.stat().st_size > 0 for p in paths)
 
@@ -147,8 +151,8 @@ def test_nhwc_layer_equals_nchw_layer(tmp_path):
     imgs = np.random.default_rng(2).integers(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
     src = pa.ArraySource(imgs)
     assert model.layer("transpose2").layout == "nhwc"
-    a = TopPatches(model, "transpose2", k=3, batch_size=4, progress=False).run(src)
-    b = TopPatches(model, "avgpool1", k=3, batch_size=4, progress=False).run(src)
+    a = TopPatches(model, layer="transpose2", k=3, batch_size=4, progress=False).run(src)
+    b = TopPatches(model, layer="avgpool1", k=3, batch_size=4, progress=False).run(src)
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.positions, b.positions)
     np.testing.assert_array_equal(a.values, b.values)
@@ -159,19 +163,19 @@ def test_nhwc_layer_equals_nchw_layer(tmp_path):
 
 def test_validation(model, images):
     with pytest.raises(pa.LayerNotFoundError):
-        TopPatches(model, "conv9")
+        TopPatches(model, layer="conv9")
     with pytest.raises(UserInputError, match="not a spatial"):
-        TopPatches(model, "logits")
+        TopPatches(model, layer="logits")
     for k in (0, -1, 2.5):
         with pytest.raises(UserInputError, match="k must"):
-            TopPatches(model, "relu2", k=k)
+            TopPatches(model, layer="relu2", k=k)
     with pytest.raises(UserInputError, match="batch_size"):
-        TopPatches(model, "relu2", batch_size=0)
+        TopPatches(model, layer="relu2", batch_size=0)
     empty = pa.ArraySource(np.zeros((0, 32, 32, 3), np.uint8))
     with pytest.raises(UserInputError, match="empty"):
-        TopPatches(model, "relu2", progress=False).run(empty)
+        TopPatches(model, layer="relu2", progress=False).run(empty)
     src = pa.ArraySource(images[:2])
-    res = TopPatches(model, "relu2", k=3, progress=False).run(src)
+    res = TopPatches(model, layer="relu2", k=3, progress=False).run(src)
     with pytest.raises(UserInputError, match="rank 2"):
         res.patch(0, 2, src)
     with pytest.raises(UserInputError, match="out of range"):
@@ -203,7 +207,7 @@ def test_layer_without_receptive_field(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
     model = pa.load_model(path, check_parity=False)
     src = pa.ArraySource(rng.integers(0, 256, (3, 16, 16, 3), np.uint8))
-    res = TopPatches(model, "out", k=2, progress=False).run(src)
+    res = TopPatches(model, layer="out", k=2, progress=False).run(src)
     assert isinstance(res, TopPatchesResult) and res.field is None
     assert res.images.shape == (4, 2)
     with pytest.raises(UserInputError, match="Tile"):
@@ -212,7 +216,7 @@ def test_layer_without_receptive_field(tmp_path):
 
 def test_crop_box_is_what_patch_uses(model, images):
     src = pa.ArraySource(images)
-    res = TopPatches(model, "maxpool2", k=2, progress=False).run(src)
+    res = TopPatches(model, layer="maxpool2", k=2, progress=False).run(src)
     y, x = res.positions[1, 0]
     top, left, bottom, right = crop_box(res.field, y, x, 32, 32)
     assert res.box(1, 0) == (top, left, bottom, right)

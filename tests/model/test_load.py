@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pyanalyzer as pa
-from pyanalyzer.errors import GradientUnavailableError, ParityWarning
+from pyanalyzer.errors import GradientUnavailableError, ParityWarning, UserInputError
 
 
 def _plain_ort(path, x):
@@ -144,6 +144,36 @@ def test_taps_match_onnxruntime_and_hooks_are_removed(tmp_path):
         eng(xt)
         got[names[0]][:, 3].mean().backward()
     assert xt.grad is not None and float(xt.grad.abs().sum()) > 0
+
+
+def test_both_engines_hand_out_nchw_maps_and_cut_after_the_layer(tmp_path):
+    m = pa.load_model(fac.tf2onnx_style(tmp_path), check_parity=False)
+    nhwc = [layer for layer in m.layers if layer.layout == "nhwc"]
+    assert nhwc  # the tf2onnx graph computes in NHWC between its transposes
+    h, w = m.preprocessing.input_size
+    pix = np.random.default_rng(4).integers(0, 256, size=(2, h, w, 3), dtype=np.uint8)
+    x = m.preprocessing.normalize(pix)
+    names = [layer.name for layer in nhwc]
+    raw = m.forward.run(x, names, nchw=False)
+    got = m.forward.run(x, names)
+    eng = m.gradient
+    with torch.no_grad():
+        feats = eng.features(torch.from_numpy(x), names)
+    for layer in nhwc:
+        assert raw[layer.name].shape[-1] == layer.channels  # as the graph makes it
+        np.testing.assert_array_equal(got[layer.name], raw[layer.name].transpose(0, 3, 1, 2))
+        assert got[layer.name].shape[1:] == (layer.channels, layer.height, layer.width)
+        np.testing.assert_allclose(feats[layer.name].numpy(), got[layer.name], rtol=1e-4, atol=1e-5)
+    # The cut network computes nothing after the last requested tensor.
+    first = nhwc[0].name
+    cut = eng.truncated([first])
+    last = eng.producer(first)[0]
+    order = [n.target for n in eng.module.graph.nodes if n.op == "call_module"]
+    kept = [n.target for n in cut.graph.nodes if n.op == "call_module"]
+    assert kept and set(kept) <= set(order[: order.index(last) + 1])
+    assert eng.truncated([first]) is cut  # one cut per set of tensors, cached
+    with pytest.raises(UserInputError, match="not produced"):
+        eng.producer("no-such-tensor")
 
 
 def test_layer_lookup_by_alias_and_name(tmp_path):

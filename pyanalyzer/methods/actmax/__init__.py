@@ -16,21 +16,31 @@ Split as lucid/lucent split it, four small modules joined by callables:
 * :mod:`.transforms` — random pad / jitter / scale / rotate, seeded by explicit generators;
 * :mod:`.regularizers` — Yosinski's decay, blur and clipping, total variation, α-norm, and the
   named sets ``lucid`` (default), ``yosinski1``..``yosinski4``, ``none``;
-* :mod:`.render` — the optimisation loop (:func:`render`), redirected ReLU gradients for dead
-  units, and the method: :class:`ActivationMaximization` / :func:`run_actmax` render one
-  image per unit of a layer, all in one batch, into an :class:`ActmaxResult`.
+* :mod:`.render` — the optimisation loop alone (:func:`render`, lucent's ``render_vis``);
+  :mod:`.redirect` — redirected ReLU gradients for dead units; :mod:`.directions` — direction
+  matrices for the direction objective;
+* :mod:`.method` — the analysis: :class:`ActivationMaximization` renders one image per unit of
+  a layer, in batches, into an :class:`ActmaxResult` (cached and checkpointed in the store).
 
 Example::
 
     import pyanalyzer as pa
-    from pyanalyzer.methods.actmax import run_actmax
 
     model = pa.load_model("models/default.onnx")
-    result = run_actmax(model, "relu4", "all", steps=256, seed=0)
-    result.save("out/actmax")          # one PNG per unit + a montage
+    result = pa.ActivationMaximization(model, layer="relu4", units="all", steps=256).run()
+    pa.report.write_result(result, "out/actmax")   # one PNG per unit + a montage
     print(result.reached / result.start)
 """
 
+from pyanalyzer.methods.actmax.directions import as_directions, load_directions
+from pyanalyzer.methods.actmax.method import (
+    KINDS,
+    ActivationMaximization,
+    ActmaxParams,
+    ActmaxResult,
+    method_objective,
+    reference_maxima,
+)
 from pyanalyzer.methods.actmax.objectives import (
     OBJECTIVES,
     Activations,
@@ -52,6 +62,7 @@ from pyanalyzer.methods.actmax.param import (
     color_correlation_from_images,
     mean_color,
 )
+from pyanalyzer.methods.actmax.redirect import RedirectedReLU, RedirectedReLU6, redirected_relu
 from pyanalyzer.methods.actmax.regularizers import (
     SETS,
     AlphaNorm,
@@ -65,21 +76,7 @@ from pyanalyzer.methods.actmax.regularizers import (
     custom_set,
     regularizer_set,
 )
-from pyanalyzer.methods.actmax.render import (
-    KINDS,
-    ActivationMaximization,
-    ActmaxResult,
-    RedirectedReLU,
-    RedirectedReLU6,
-    Rendering,
-    as_directions,
-    load_directions,
-    method_objective,
-    redirected_relu,
-    reference_maxima,
-    render,
-    run_actmax,
-)
+from pyanalyzer.methods.actmax.render import Net, Rendering, render, unit_seed
 from pyanalyzer.methods.actmax.transforms import (
     AffineTransform,
     CenterCrop,
@@ -100,6 +97,7 @@ __all__ = [
     "SETS",
     "ActivationMaximization",
     "Activations",
+    "ActmaxParams",
     "ActmaxResult",
     "AffineTransform",
     "AlphaNorm",
@@ -111,6 +109,7 @@ __all__ = [
     "ImageParam",
     "Jitter",
     "L2Decay",
+    "Net",
     "NormClip",
     "Objective",
     "Pad",
@@ -140,7 +139,7 @@ __all__ = [
     "reference_maxima",
     "regularizer_set",
     "render",
-    "run_actmax",
     "standard_transforms",
     "unit_objective",
+    "unit_seed",
 ]

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pyanalyzer._checks import is_int
 from pyanalyzer.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ class TensorRef:
     Attributes:
         name: the ONNX tensor name.
         alias: a short name for file names and messages.
-        layout: ``"nchw"``, ``"nhwc"`` or ``""`` (rank 2).
+        layout: the layout the model computes it in, ``"nchw"``, ``"nhwc"`` or ``""`` (rank
+            2); objectives always read ``[N, C, H, W]`` (the engines convert).
         channels: channels (or classes).
         height, width: spatial size (1 for rank 2).
     """
@@ -132,8 +134,9 @@ def resolve(model: Model, ref: str) -> TensorRef:
     info = model.layer(ref)
     if info.is_spatial:
         return TensorRef(
-            info.name, info.alias, info.layout, int(info.channels or 0), info.height, info.width
-        )
+            info.name, info.alias, info.layout, int(info.channels or 0), int(info.height or 1),
+            int(info.width or 1),
+        )  # fmt: skip
     if len(info.shape) != 2:
         raise UserInputError(
             f"layer {info.alias} has shape {list(info.shape)}: objectives read [N, C, H, W] "
@@ -147,20 +150,17 @@ class Activations:
     ``[N, C, H, W]`` (rank-2 tensors as ``[N, K, 1, 1]``), with autograd history.
 
     Args:
-        values: ``{layer reference: tensor as the model produced it}``.
-        refs: ``{layer reference: TensorRef}`` for the layouts.
+        values: ``{layer reference: tensor}``, spatial maps ``[N, C, H, W]`` as the engines
+            hand them out (whatever layout the model computes in), vectors ``[N, K]``.
     """
 
-    def __init__(self, values: Mapping[str, torch.Tensor], refs: Mapping[str, TensorRef]):
+    def __init__(self, values: Mapping[str, torch.Tensor]):
         self._values = values
-        self._refs = refs
 
     def __call__(self, ref: str) -> torch.Tensor:
         t = self._values[ref]
         if t.ndim == 2:
             return t[:, :, None, None]
-        if self._refs[ref].layout == "nhwc":
-            return t.permute(0, 3, 1, 2)
         return t
 
     @property
@@ -281,17 +281,17 @@ class _Linear(Objective):
 
 
 def _units_text(unit: Units) -> str:
-    if isinstance(unit, numbers.Integral):
+    if is_int(unit):
         return str(int(unit))
     u = list(unit)
     return f"[{u[0]}..{u[-1]}]" if len(u) > 3 else str(u)
 
 
 def _as_units(unit: Units) -> int | tuple[int, ...]:
-    if isinstance(unit, numbers.Integral) and not isinstance(unit, bool):
+    if is_int(unit):
         return int(unit)
     try:
-        out = tuple(int(u) for u in unit)  # type: ignore[union-attr]
+        out = tuple(int(u) for u in unit)
     except TypeError:
         raise UserInputError(f"a unit is an integer or a list of integers, got {unit!r}") from None
     if not out:

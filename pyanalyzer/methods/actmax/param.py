@@ -33,7 +33,7 @@ import torch
 from pyanalyzer.errors import UserInputError
 
 if TYPE_CHECKING:
-    from pyanalyzer.data.images import ImageSource
+    from pyanalyzer.model.forward import ImageSource
     from pyanalyzer.model.preprocessing import PreprocessSpec
 
 __all__ = [

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from pyanalyzer.errors import UserInputError
 from pyanalyzer.methods.actmax.transforms import Compose, Transform, standard_transforms
+from pyanalyzer.methods.priors import alpha_norm, total_variation
 
 __all__ = [
     "SETS",
@@ -208,11 +209,8 @@ class TotalVariation(Regularizer):
         self.beta = float(beta)
 
     def penalty(self, image, centre):
-        dx = image[..., :-1, 1:] - image[..., :-1, :-1]
-        dy = image[..., 1:, :-1] - image[..., :-1, :-1]
-        sq = dx * dx + dy * dy
-        tv = sq if self.beta == 2.0 else (sq + 1e-8) ** (self.beta / 2.0)
-        return self.weight * tv.sum(dim=1).flatten(1).mean(dim=1)
+        # Positions with both neighbours only, averaged (weight independent of image size).
+        return self.weight * total_variation(image, self.beta, boundary="crop")
 
 
 class AlphaNorm(Regularizer):
@@ -227,7 +225,7 @@ class AlphaNorm(Regularizer):
         self.alpha = float(alpha)
 
     def penalty(self, image, centre):
-        return self.weight * (image - centre).abs().pow(self.alpha).flatten(1).mean(dim=1)
+        return self.weight * alpha_norm(image - centre, self.alpha, per="element")
 
 
 @dataclass(frozen=True)

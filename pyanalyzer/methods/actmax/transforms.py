@@ -129,7 +129,7 @@ class AffineTransform(Transform):
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
-        m, out = self.matrix(x.shape[0], tuple(x.shape[-2:]), generator)
+        m, out = self.matrix(x.shape[0], (int(x.shape[-2]), int(x.shape[-1])), generator)
         return warp(x, m, out, fill=self.fill or 0.0)
 
 
@@ -275,7 +275,7 @@ class CenterCrop(AffineTransform):
         return m, (h, w)
 
     def __call__(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
-        top, left, h, w = self._box(tuple(x.shape[-2:]))
+        top, left, h, w = self._box((int(x.shape[-2]), int(x.shape[-1])))
         return x[..., top : top + h, left : left + w]
 
 

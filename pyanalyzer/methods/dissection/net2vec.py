@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,16 @@ class Net2VecResult:
             "test_images": self.test_images,
             "top_weights": {str(int(u)): float(self.weights[u]) for u in top},
         }
+
+
+def net2vec_split(dataset: Any) -> np.ndarray:
+    """bool ``[N]``: the training images of a concept dataset: its ``train`` split when it has
+    one beside others, else a fixed 70/30 split by index."""
+    n = len(dataset)
+    splits = [dataset.image_split(i) for i in range(n)]
+    if "train" in splits and any(s != "train" for s in splits):
+        return np.array([s == "train" for s in splits])
+    return (np.arange(n) % 10) < 7
 
 
 def _upsample(acts, size: tuple[int, int]):

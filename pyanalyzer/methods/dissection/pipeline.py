@@ -13,9 +13,9 @@ little more than the forward pass itself:
    size and counted against the concept labels (the C++/CUDA tally).
 
 Peak memory is one batch plus the top-k state, whatever the dataset size. Progress is
-checkpointed in the store (a ``dissect/partial`` entry plus the spill files), so a killed run
-started again resumes from the last checkpoint and ends with identical results; the finished
-result replaces the checkpoint in one store transaction.
+checkpointed through the store's one cache path (a checkpoint entry plus the spill files in the
+run's scratch folder), so a killed run started again resumes from the last checkpoint and ends
+with identical results; the finished result replaces the checkpoint.
 """
 
 from __future__ import annotations
@@ -24,22 +24,33 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from pyanalyzer import _backend
 from pyanalyzer._progress import progress_bar
+from pyanalyzer.analysis import Analysis, Choice, Float, Int, Layers, Params, Result
 from pyanalyzer.errors import UserInputError
-from pyanalyzer.methods.dissection.result import LayerDissection
+from pyanalyzer.methods.dissection.net2vec import net2vec, net2vec_split
+from pyanalyzer.methods.dissection.result import DissectionResult, LayerDissection
 
 if TYPE_CHECKING:
     from pyanalyzer.data.broden import BrodenDataset
-    from pyanalyzer.model.model import Model
-    from pyanalyzer.store import Store
+    from pyanalyzer.model.graph import LayerInfo
+    from pyanalyzer.store import Checkpoint
 
-METHOD = "dissect"
+__all__ = [
+    "Dissection",
+    "DissectionParams",
+    "Net2Vec",
+    "Net2VecParams",
+    "Net2VecResults",
+    "concept_number",
+    "thresholds_from_topk",
+    "topk_size",
+]
 
 
 def topk_size(n_values: int, quantile: float) -> int:
@@ -77,252 +88,259 @@ def thresholds_from_topk(state: np.ndarray, n_values: int, quantile: float) -> n
 
 @dataclass
 class _LayerState:
+    """One layer's running state: the spilled activations, the exact top-k (pass 1) and the
+    counts and top images (pass 2)."""
+
     name: str
     alias: str
     shape: tuple[int, int, int]  # U, h, w
+    topk: np.ndarray
+    intersection: np.ndarray
+    unit_area_cat: np.ndarray
+    unit_area: np.ndarray
+    top_values: np.ndarray
+    top_images: np.ndarray
     spill: np.memmap | None = None
-    topk: np.ndarray | None = None
-    intersection: np.ndarray | None = None
-    unit_area_cat: np.ndarray | None = None
-    unit_area: np.ndarray | None = None
-    top_values: np.ndarray | None = None
-    top_images: np.ndarray | None = None
+
+    @classmethod
+    def fresh(
+        cls, info: LayerInfo, n: int, quantile: float, concepts: int, categories: int, top_k: int
+    ) -> _LayerState:
+        u, h, w = int(info.channels or 0), int(info.height or 0), int(info.width or 0)
+        return cls(
+            name=info.name,
+            alias=info.alias,
+            shape=(u, h, w),
+            topk=_backend.topk_empty(u, topk_size(n * h * w, quantile)),
+            intersection=np.zeros((u, concepts), np.int64),
+            unit_area_cat=np.zeros((u, categories), np.int64),
+            unit_area=np.zeros(u, np.int64),
+            top_values=np.full((u, top_k), -np.inf, np.float32),
+            top_images=np.full((u, top_k), -1, np.int64),
+        )
+
+    @property
+    def acts(self) -> np.memmap:
+        """The spill (opened by the analysis before either pass runs)."""
+        if self.spill is None:  # pragma: no cover - an internal ordering error
+            raise RuntimeError(f"the spill of {self.alias} is not open")
+        return self.spill
 
 
-class Dissection:
-    """Dissect layers of a model against a Broden-format concept dataset.
+_TALLY = ("intersection", "unit_area_cat", "unit_area", "top_values", "top_images")
+"""The per-layer arrays of pass 2 (checkpointed with it)."""
 
-    Args:
-        model: a loaded :class:`~pyanalyzer.model.model.Model`.
-        dataset: a :class:`~pyanalyzer.data.broden.BrodenDataset`.
-        quantile: the top fraction of each unit's activations that counts as firing
-            (NetDissect: 0.005).
-        iou_threshold: a unit is a detector when its best IoU exceeds this (0.04).
-        batch_size: images per forward pass.
-        top_k: strongest images kept per unit for the report.
-        device: where the tally runs: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        store: the result store (answers reruns, holds checkpoints).
-        checkpoint_every: seconds between checkpoints (0: after every batch).
-        net2vec: concepts (label numbers or names) for which to learn a Net2Vec filter
-            combination on every dissected layer (Fong & Vedaldi 2018).
-        progress: show progress bars.
+
+def concept_number(dataset: BrodenDataset, concept: int | str) -> int:
+    """A concept of ``dataset`` by label number or name, as its number.
+
+    Raises:
+        UserInputError: no such label (with the closest names as suggestions).
+    """
+    names = list(dataset.names)
+    if isinstance(concept, int | np.integer) or str(concept).isdigit():
+        c = int(concept)
+        if 0 < c < len(names) and names[c]:
+            return c
+        raise UserInputError(f"concept number {c} is not a label of the dataset")
+    if concept in names and concept not in ("", "-"):
+        return names.index(concept)
+    import difflib
+
+    close = difflib.get_close_matches(str(concept), [n for n in names if n], n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise UserInputError(f"no concept named {concept!r} in the dataset{hint}")
+
+
+def _check_concepts(value: Any) -> list[int | str]:
+    if isinstance(value, str | int):
+        value = [value]
+    out: list[int | str] = []
+    for c in value:
+        if isinstance(c, bool) or not isinstance(c, str | int | np.integer):
+            raise UserInputError(f"concepts are names or label numbers, got {c!r}")
+        out.append(int(c) if isinstance(c, int | np.integer) else c)
+    return out
+
+
+Concepts = Annotated[
+    list[int | str],
+    BeforeValidator(_check_concepts),
+    WithJsonSchema(
+        {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}
+    ),
+]
+
+
+class DissectionParams(Params):
+    """Parameters of :class:`Dissection`."""
+
+    title: ClassVar[str] = "dissect"
+
+    layers: Layers = Field(description="Layers to dissect (aliases or ONNX names).")
+    quantile: Annotated[
+        float, Float("quantile", low=0.0, high=1.0, low_open=True, high_open=True)
+    ] = Field(0.005, description="Top fraction of each unit's activations that counts as firing.")
+    iou_threshold: Annotated[float, Float("IoU threshold", low=0.0, high=1.0, high_open=True)] = (
+        Field(0.04, description="A unit is a detector when its best IoU exceeds this.")
+    )
+    top_k: Annotated[int, Int("top-k", 1)] = Field(
+        10, description="Strongest images kept per unit."
+    )
+    net2vec: Concepts = Field(
+        default_factory=list,
+        description="Concepts (names or label numbers) for which to learn a Net2Vec filter "
+        "combination on every dissected layer (Fong & Vedaldi 2018).",
+    )
+    batch_size: Annotated[int, Int("batch size", 1)] = Field(
+        64, description="Images per forward pass."
+    )
+    device: Annotated[str, Choice("device", ("auto", "cpu", "cuda"))] = Field(
+        "auto", description="Where the IoU tally runs."
+    )
+
+
+class Dissection(Analysis[DissectionParams, DissectionResult]):
+    """Dissect layers of a model against a Broden-format concept dataset (Bau et al. 2017).
+
+    Parameters (:class:`DissectionParams`): ``layers``; ``quantile`` (the top fraction of
+    each unit's activations that counts as firing, NetDissect's 0.005); ``iou_threshold``
+    (0.04); ``top_k`` (strongest images kept per unit for the report); ``net2vec``
+    (concepts for Net2Vec on every layer); ``batch_size`` and ``device`` (where the tally runs:
+    auto, cpu or cuda), which do not change the result.
+
+    :meth:`run` takes the :class:`~pyanalyzer.data.broden.BrodenDataset` and returns a
+    :class:`DissectionResult` (one :class:`LayerDissection` per layer, in the order given).
     """
 
-    def __init__(
-        self,
-        model: Model,
-        dataset: BrodenDataset,
-        *,
-        quantile: float = 0.005,
-        iou_threshold: float = 0.04,
-        batch_size: int = 64,
-        top_k: int = 10,
-        device: str = "auto",
-        store: Store | None = None,
-        checkpoint_every: float = 2.0,
-        net2vec: Sequence[int | str] = (),
-        progress: bool = True,
-    ):
-        if not (0.0 < quantile < 1.0) or not math.isfinite(quantile):
-            raise UserInputError(f"quantile must be in (0, 1), got {quantile}")
-        if not (0.0 <= iou_threshold < 1.0):
-            raise UserInputError(f"IoU threshold must be in [0, 1), got {iou_threshold}")
-        if batch_size < 1:
-            raise UserInputError(f"batch size must be at least 1, got {batch_size}")
-        if top_k < 1:
-            raise UserInputError(f"top-k must be at least 1, got {top_k}")
-        if len(dataset) == 0:
-            raise UserInputError("the concept dataset has no images")
-        _backend.kernels(device)  # fail now if CUDA was asked for and is missing
-        self.model = model
-        self.dataset = dataset
-        self.quantile = float(quantile)
-        self.iou_threshold = float(iou_threshold)
-        self.batch_size = int(batch_size)
-        self.top_k = int(min(top_k, len(dataset)))
-        self.device = device
-        self.store = store
-        self.checkpoint_every = float(checkpoint_every)
-        self.progress = progress
-        self.net2vec = [self._concept_number(c) for c in net2vec]
-        self.from_store = False
+    method: ClassVar[str] = "dissect"
+    inputs: ClassVar[str] = "concepts"
+    params_type: ClassVar[type[Params]] = DissectionParams
+    result_type: ClassVar[type[Result]] = DissectionResult
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
+    summary_line: ClassVar[str] = (
+        "Network dissection: align every unit with the concepts of a Broden-format dataset by "
+        "IoU (Bau et al., CVPR 2017), with Net2Vec filter combinations (Fong & Vedaldi 2018)."
+    )
+
+    def check(self) -> None:
+        self.infos = [self.model.spatial_layer(n) for n in self.params.layers]
+        if len({i.name for i in self.infos}) != len(self.infos):
+            raise UserInputError("a layer was given twice")
+        _backend.kernels(self.params.device)  # fail now if CUDA was asked for and is missing
         self.timings: dict[str, float] = {}
+        self.resumed_from: tuple[int, int] | None = None
 
-    def _concept_number(self, concept: int | str) -> int:
-        names = list(self.dataset.names)
-        if isinstance(concept, int | np.integer) or str(concept).isdigit():
-            c = int(concept)
-            if 0 < c < len(names) and names[c]:
-                return c
-            raise UserInputError(f"concept number {c} is not a label of the dataset")
-        if concept in names and concept not in ("", "-"):
-            return names.index(concept)
-        import difflib
+    def resolved(self) -> dict[str, Any]:
+        out = super().resolved()
+        out["layers"] = [i.name for i in self.infos]
+        return out
 
-        close = difflib.get_close_matches(str(concept), [n for n in names if n], n=3)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise UserInputError(f"no concept named {concept!r} in the dataset{hint}")
+    def prepare(self, inputs: BrodenDataset | None) -> BrodenDataset:
+        if inputs is None:
+            raise UserInputError("give the concept dataset to dissect against")
+        if len(inputs) == 0:
+            raise UserInputError("the concept dataset has no images")
+        self.concepts = [concept_number(inputs, c) for c in self.params.net2vec]
+        return inputs
 
-    # ---- keys --------------------------------------------------------------------------------
-    def params(self, layers: Sequence[str]) -> dict[str, Any]:
-        """Everything the result depends on (hashed into the store key)."""
-        return {
-            "layers": [self.model.spatial_layer(n).name for n in layers],
-            "quantile": self.quantile,
-            "iou_threshold": self.iou_threshold,
-            "top_k": self.top_k,
-            "dataset": self.dataset.digest,
-            "preprocessing": self.model.preprocessing.to_dict(),
-            "net2vec": self.net2vec,
-        }
-
-    def _key(self, layers: Sequence[str]):
-        from pyanalyzer.store import Key
-
-        return Key.make(self.model.sha256, METHOD, self.params(layers))
-
-    def _spill_path(self, key, alias: str) -> Path:
-        assert self.store is not None
-        folder = Path(self.store.path).parent / "spill"
-        return folder / f"{key.model_sha256[:16]}-{key.params_sha256[:16]}-{alias}.f32"
+    def identify(self, inputs: BrodenDataset) -> Any:
+        return {"dataset": inputs.digest, "net2vec": self.concepts}
 
     # ---- running -----------------------------------------------------------------------------
-    def run(self, layers: Sequence[str]) -> list[LayerDissection]:
-        """Dissect ``layers`` (aliases or ONNX names); answers from the store when it can.
-
-        Returns:
-            one :class:`LayerDissection` per layer, in the order given.
-        """
-        if not layers:
-            raise UserInputError("give at least one layer to dissect")
-        infos = [self.model.spatial_layer(n) for n in layers]
-        if len({i.name for i in infos}) != len(infos):
-            raise UserInputError("a layer was given twice")
-        params = self.params(layers)
-        key = self._key(layers) if self.store is not None else None
-        if key is not None:
-            entry = self.store.get(key)
-            if entry is not None:
-                self.from_store = True
-                return [self._from_entry(entry, i.alias) for i in infos]
-
+    def compute(self, inputs: BrodenDataset, checkpoint: Checkpoint) -> DissectionResult:
+        ds = inputs
         # Decode (or find cached) every label map first: a defective PNG is reported before
         # anything is written.
-        self.dataset.prepare_cache(progress=self.progress)
-        states = [_LayerState(i.name, i.alias, (i.channels, i.height, i.width)) for i in infos]
-        try:
-            results = self._compute(key, params, states)
-        except UserInputError:
-            # Bad input (an unreadable image, NaN activations): leave nothing half-written.
-            for st in states:
-                self._drop_spill(key, st)
-            if key is not None and key.partial() in self.store:
-                self.store.remove(key.partial())
-            raise
-        for st in states:
-            self._drop_spill(key, st)
-        return results
-
-    def _compute(self, key, params, states: list[_LayerState]) -> list[LayerDissection]:
+        ds.prepare_cache(progress=self.progress)
+        self.top_k = int(min(self.params.top_k, len(ds)))
+        n, q = len(ds), self.params.quantile
+        states = [
+            _LayerState.fresh(i, n, q, len(ds.names), len(ds.categories), self.top_k)
+            for i in self.infos
+        ]
         t0 = time.perf_counter()
-        n = len(self.dataset)
         phase, start = 1, 0
-        resumed = self._resume(key, states) if key is not None else None
+        resumed = self._resume(ds, checkpoint, states)
         if resumed is not None:
             phase, start = resumed
         for st in states:
-            u, h, w = st.shape
-            if st.spill is None:
-                st.spill = self._open_spill(key, st, n, fresh=resumed is None)
-            if st.topk is None:
-                k = topk_size(n * h * w, self.quantile)
-                st.topk = _backend.topk_empty(u, k)
-
-        self._checkpoint_t = time.perf_counter()
+            st.spill = self._open_spill(checkpoint, st, n, fresh=resumed is None)
         if phase == 1:
-            self._phase1(key, params, states, start)
+            self._phase1(ds, checkpoint, states, start)
             phase, start = 2, 0
-            self._checkpoint(key, params, states, phase, start, force=True)
+            self._checkpoint(checkpoint, states, phase, start, force=True)
         self.timings["forward"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        results = self._phase2(key, params, states, start)
+        layers = self._phase2(ds, checkpoint, states, start)
         self.timings["tally"] = time.perf_counter() - t1
-        if self.net2vec:
+        if self.concepts:
             t2 = time.perf_counter()
-            for st, r in zip(states, results, strict=True):
-                r.extra["net2vec"] = [x.to_dict() for x in self._net2vec(st, r)]
+            for st, r in zip(states, layers, strict=True):
+                spill = st.acts
+
+                def acts_of(idx: np.ndarray, spill: np.memmap = spill) -> np.ndarray:
+                    return np.asarray(spill[idx], dtype=np.float32)
+
+                found = net2vec_on(ds, acts_of, r.thresholds, self.concepts, self.params.batch_size)
+                r.extra["net2vec"] = [x.to_dict() for x in found]
             self.timings["net2vec"] = time.perf_counter() - t2
-        if key is not None:
-            self._save(key, params, results)
-        return results
+        for st in states:
+            st.spill = None  # the scratch folder goes with the stored result
+        return DissectionResult(layers=layers, timings=dict(self.timings))
 
-    def _open_spill(self, key, st: _LayerState, n: int, fresh: bool) -> np.memmap:
+    def _open_spill(
+        self, checkpoint: Checkpoint, st: _LayerState, n: int, fresh: bool
+    ) -> np.memmap:
         u, h, w = st.shape
-        if key is None:  # no store: an anonymous temporary file
-            import tempfile
-
-            tmp = tempfile.NamedTemporaryFile(prefix="pyanalyzer-spill-", suffix=".f32")
-            st._tmp = tmp  # type: ignore[attr-defined]
-            return np.memmap(tmp.name, dtype=np.float32, mode="w+", shape=(n, u, h, w))
-        path = self._spill_path(key, st.alias)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = checkpoint.scratch() / f"{st.alias}.f32"
         expected = n * u * h * w * 4
-        mode = "r+" if (not fresh and path.is_file() and path.stat().st_size == expected) else "w+"
-        return np.memmap(path, dtype=np.float32, mode=mode, shape=(n, u, h, w))
+        reuse = not fresh and path.is_file() and path.stat().st_size == expected
+        mode: Literal["r+", "w+"] = "r+" if reuse else "w+"
+        return np.memmap(str(path), dtype="float32", mode=mode, shape=(n, u, h, w))
 
-    def _drop_spill(self, key, st: _LayerState) -> None:
-        st.spill = None
-        if key is not None:
-            self._spill_path(key, st.alias).unlink(missing_ok=True)
-
-    def _phase1(self, key, params, states: list[_LayerState], start: int) -> None:
-        n = len(self.dataset)
+    def _phase1(
+        self, ds: BrodenDataset, checkpoint: Checkpoint, states: list[_LayerState], start: int
+    ) -> None:
+        n = len(ds)
         names = [st.name for st in states]
         for idx, outs in self.model.forward.iter_layers(
-            self.dataset, names, batch_size=self.batch_size, start=start,
+            ds, names, batch_size=self.params.batch_size, start=start,
             progress=self.progress, label="dissect: forward",
         ):  # fmt: skip
             for st in states:
-                acts = outs[st.name]
-                if self.model.layer(st.name).layout == "nhwc":
-                    acts = acts.transpose(0, 3, 1, 2)
-                acts = np.ascontiguousarray(acts, dtype=np.float32)
+                acts = np.ascontiguousarray(outs[st.name], dtype=np.float32)  # NCHW
                 if not np.isfinite(acts).all():
                     raise UserInputError(
                         f"layer {st.alias} produced NaN or infinite activations on images "
                         f"{idx.start}..{idx.stop - 1}"
                     )
-                st.spill[idx.start : idx.stop] = acts
+                st.acts[idx.start : idx.stop] = acts
                 st.topk = _backend.topk_merge(st.topk, acts)
-            self._checkpoint(key, params, states, 1, idx.stop if idx.stop < n else n)
+            self._checkpoint(checkpoint, states, 1, idx.stop if idx.stop < n else n)
 
-    def _phase2(self, key, params, states: list[_LayerState], start: int) -> list[LayerDissection]:
-        ds = self.dataset
+    def _phase2(
+        self, ds: BrodenDataset, checkpoint: Checkpoint, states: list[_LayerState], start: int
+    ) -> list[LayerDissection]:
+        p = self.params
         n = len(ds)
         c = len(ds.names)
-        g = len(ds.categories)
         thresholds = {}
         for st in states:
             u, h, w = st.shape
-            thresholds[st.name] = thresholds_from_topk(st.topk, n * h * w, self.quantile)
-            if st.intersection is None:
-                st.intersection = np.zeros((u, c), np.int64)
-                st.unit_area_cat = np.zeros((u, g), np.int64)
-                st.unit_area = np.zeros(u, np.int64)
-                st.top_values = np.full((u, self.top_k), -np.inf, np.float32)
-                st.top_images = np.full((u, self.top_k), -1, np.int64)
-        concept_area = getattr(self, "_resumed_concept_area", None)
+            thresholds[st.name] = thresholds_from_topk(st.topk, n * h * w, p.quantile)
+        concept_area = self._resumed_concept_area
         if concept_area is None or start == 0:
             concept_area = np.zeros(c, np.int64)
-        batches = range(start, n, self.batch_size)
+        batches = range(start, n, p.batch_size)
         # Unused label numbers (category -1) never occur in the labels: any category will do.
         concept_cat = np.ascontiguousarray(np.maximum(ds.concept_category, 0), dtype=np.int32)
         with progress_bar(len(batches), label="dissect: tally", enabled=self.progress) as bar:
             for s in batches:
-                idx = np.arange(s, min(n, s + self.batch_size))
+                idx = np.arange(s, min(n, s + p.batch_size))
                 seg, image_labels, image_cats = ds.segmentation_batch(idx)
                 for i, st in enumerate(states):
-                    acts = np.ascontiguousarray(st.spill[idx[0] : idx[-1] + 1])
+                    acts = np.ascontiguousarray(st.acts[idx[0] : idx[-1] + 1])
                     # Concept areas do not depend on the layer: the first layer counts them.
                     area = concept_area if i == 0 else np.zeros(c, np.int64)
                     counts = _backend.TallyCounts(
@@ -330,13 +348,11 @@ class Dissection:
                     )
                     _backend.tally(
                         acts, thresholds[st.name], seg, image_labels, concept_cat, image_cats,
-                        counts, device=self.device,
+                        counts, device=p.device,
                     )  # fmt: skip
                     self._merge_top(st, acts, idx)
                 bar.update(1)
-                self._checkpoint(
-                    key, params, states, 2, int(idx[-1]) + 1, concept_area=concept_area
-                )
+                self._checkpoint(checkpoint, states, 2, int(idx[-1]) + 1, concept_area=concept_area)
         return [
             LayerDissection(
                 layer=st.name,
@@ -351,33 +367,12 @@ class Dissection:
                 categories=list(ds.categories),
                 top_images=st.top_images,
                 top_values=st.top_values,
-                quantile=self.quantile,
-                iou_threshold=self.iou_threshold,
+                quantile=p.quantile,
+                iou_threshold=p.iou_threshold,
                 n_images=n,
             )  # fmt: skip
             for st in states
         ]
-
-    def _net2vec(self, st: _LayerState, r: LayerDissection):
-        from pyanalyzer.methods.dissection.net2vec import net2vec
-
-        ds = self.dataset
-        n = len(ds)
-        splits = [ds.image_split(i) for i in range(n)]
-        if "train" in splits and any(s != "train" for s in splits):
-            is_train = np.array([s == "train" for s in splits])
-        else:  # no split in the dataset: a fixed 70/30 split by index
-            is_train = (np.arange(n) % 10) < 7
-        spill = st.spill
-
-        def acts_of(idx: np.ndarray) -> np.ndarray:
-            return np.asarray(spill[idx], dtype=np.float32)
-
-        return net2vec(
-            acts_of, ds.segmentation_batch, n_images=n, concepts=self.net2vec,
-            concept_names=list(ds.names), concept_category=np.asarray(ds.concept_category),
-            thresholds=r.thresholds, is_train=is_train, batch_size=self.batch_size,
-        )  # fmt: skip
 
     def _merge_top(self, st: _LayerState, acts: np.ndarray, idx: np.ndarray) -> None:
         """Keep each unit's ``top_k`` images by maximum activation (ties: lower index first)."""
@@ -390,89 +385,166 @@ class Dissection:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _checkpoint(
-        self, key, params, states, phase: int, next_batch: int, *, force=False, concept_area=None
+        self,
+        checkpoint: Checkpoint,
+        states: list[_LayerState],
+        phase: int,
+        next_batch: int,
+        *,
+        force: bool = False,
+        concept_area: np.ndarray | None = None,
     ) -> None:
-        if key is None:
-            return
-        now = time.perf_counter()
-        if not force and now - self._checkpoint_t < self.checkpoint_every:
-            return
-        arrays: dict[str, np.ndarray] = {"phase": np.array(phase), "next": np.array(next_batch)}
+        arrays: dict[str, np.ndarray] = {}
         if concept_area is not None:
             arrays["concept_area"] = concept_area
         for st in states:
-            st.spill.flush()
             arrays[f"{st.alias}/topk"] = st.topk
-            if phase == 2 and st.intersection is not None:
-                arrays[f"{st.alias}/intersection"] = st.intersection
-                arrays[f"{st.alias}/unit_area_cat"] = st.unit_area_cat
-                arrays[f"{st.alias}/unit_area"] = st.unit_area
-                arrays[f"{st.alias}/top_values"] = st.top_values
-                arrays[f"{st.alias}/top_images"] = st.top_images
-        self.store.put(
-            key.partial(), arrays, params=params, model_file=self.model.path.name,
-            preprocessing=self.model.preprocessing.to_dict(),
-        )  # fmt: skip
-        self._checkpoint_t = now
+            if phase == 2:
+                for name in _TALLY:
+                    arrays[f"{st.alias}/{name}"] = getattr(st, name)
+        meta = {"phase": phase, "next": next_batch}
+        if checkpoint.due(force):
+            for st in states:  # the spill is on disk before the checkpoint that relies on it
+                if st.spill is not None:
+                    st.spill.flush()
+            checkpoint.save(arrays, meta, force=True)
 
-    def _resume(self, key, states: list[_LayerState]) -> tuple[int, int] | None:
-        entry = self.store.get(key.partial())
-        if entry is None:
+    def _resume(
+        self, ds: BrodenDataset, checkpoint: Checkpoint, states: list[_LayerState]
+    ) -> tuple[int, int] | None:
+        self._resumed_concept_area: np.ndarray | None = None
+        state = checkpoint.state
+        if state is None:
             return None
-        n = len(self.dataset)
+        n = len(ds)
         for st in states:
-            path = self._spill_path(key, st.alias)
+            path = checkpoint.scratch() / f"{st.alias}.f32"
             u, h, w = st.shape
             if not path.is_file() or path.stat().st_size != n * u * h * w * 4:
                 return None  # the spill is gone: start over
-        phase, nxt = int(entry["phase"]), int(entry["next"])
-        if "concept_area" in entry:
-            self._resumed_concept_area = np.array(entry["concept_area"])
+        phase, nxt = int(checkpoint.meta["phase"]), int(checkpoint.meta["next"])
+        if "concept_area" in state:
+            self._resumed_concept_area = np.array(state["concept_area"])
         for st in states:
-            st.topk = np.array(entry[f"{st.alias}/topk"])
-            if phase == 2 and f"{st.alias}/intersection" in entry:
-                st.intersection = np.array(entry[f"{st.alias}/intersection"])
-                st.unit_area_cat = np.array(entry[f"{st.alias}/unit_area_cat"])
-                st.unit_area = np.array(entry[f"{st.alias}/unit_area"])
-                st.top_values = np.array(entry[f"{st.alias}/top_values"])
-                st.top_images = np.array(entry[f"{st.alias}/top_images"])
-            elif phase == 2:
-                nxt = 0
+            st.topk = np.array(state[f"{st.alias}/topk"])
+            if phase == 2:
+                for name in _TALLY:
+                    setattr(st, name, np.array(state[f"{st.alias}/{name}"]))
         self.resumed_from = (phase, nxt)
         return phase, nxt
 
-    def _save(self, key, params, results: list[LayerDissection]) -> None:
-        arrays: dict[str, np.ndarray] = {}
-        for r in results:
-            for name in (
-                "thresholds", "intersection", "unit_area_cat", "unit_area", "concept_area",
-                "concept_category", "top_images", "top_values",
-            ):  # fmt: skip
-                arrays[f"{r.alias}/{name}"] = getattr(r, name)
-        arrays["concept_names"] = np.array(results[0].concept_names, dtype=str)
-        arrays["categories"] = np.array(results[0].categories, dtype=str)
-        extra = {"n_images": results[0].n_images, "timings": self.timings,
-                 "aliases": {r.alias: r.layer for r in results},
-                 "net2vec": {r.alias: r.extra.get("net2vec", []) for r in results}}  # fmt: skip
-        with self.store.transaction() as tx:
-            tx.put(
-                key, arrays, params=params, model_file=self.model.path.name,
-                preprocessing=self.model.preprocessing.to_dict(), extra_attrs=extra,
-            )  # fmt: skip
-            tx.remove(key.partial())
 
-    def _from_entry(self, entry, alias: str) -> LayerDissection:
-        names = [str(x) for x in entry["concept_names"]]
-        extra = entry.extra or {}
-        return LayerDissection(
-            layer=extra["aliases"][alias], alias=alias,
-            thresholds=entry[f"{alias}/thresholds"], intersection=entry[f"{alias}/intersection"],
-            unit_area_cat=entry[f"{alias}/unit_area_cat"], unit_area=entry[f"{alias}/unit_area"],
-            concept_area=entry[f"{alias}/concept_area"], concept_names=names,
-            concept_category=entry[f"{alias}/concept_category"],
-            categories=[str(x) for x in entry["categories"]],
-            top_images=entry[f"{alias}/top_images"], top_values=entry[f"{alias}/top_values"],
-            quantile=self.quantile, iou_threshold=self.iou_threshold,
-            n_images=int(extra["n_images"]),
-            extra={"net2vec": extra.get("net2vec", {}).get(alias, [])},
+def net2vec_on(
+    ds: BrodenDataset,
+    acts_of: Any,
+    thresholds: np.ndarray,
+    concepts: Sequence[int],
+    batch_size: int,
+) -> list[Any]:
+    """Net2Vec for ``concepts`` on one layer of ``ds`` (``acts_of(indices)`` gives the layer's
+    NCHW activations), with the dataset's train/held-out split (:func:`net2vec_split`)."""
+    return net2vec(
+        acts_of, ds.segmentation_batch, n_images=len(ds), concepts=concepts,
+        concept_names=list(ds.names), concept_category=np.asarray(ds.concept_category),
+        thresholds=thresholds, is_train=net2vec_split(ds), batch_size=batch_size,
+    )  # fmt: skip
+
+
+# ---- Net2Vec on its own ----------------------------------------------------------------------
+
+
+class Net2VecParams(Params):
+    """Parameters of :class:`Net2Vec`."""
+
+    title: ClassVar[str] = "net2vec"
+
+    layer: str = Field(description="Layer (alias or ONNX name) whose filters are combined.")
+    concepts: Concepts = Field(description="Concepts (names or label numbers).")
+    quantile: Annotated[
+        float, Float("quantile", low=0.0, high=1.0, low_open=True, high_open=True)
+    ] = Field(0.005, description="The single units' firing quantile (their dissection thresholds).")
+    batch_size: Annotated[int, Int("batch size", 1)] = Field(
+        64, description="Images per forward pass."
+    )
+
+
+@dataclass(frozen=True)
+class Net2VecResults(Result):
+    """Net2Vec on one layer: per concept the learned combination and its held-out set IoU
+    beside the best single unit's.
+
+    Attributes:
+        layer, alias: the layer.
+        weights: float32 ``[K, U]``: each concept's filter weights (on raw activations).
+        concepts: per concept, :meth:`~.net2vec.Net2VecResult.to_dict` (name, set IoU, best
+            unit and its IoU, image counts, the largest weights).
+    """
+
+    layer: str
+    alias: str
+    weights: np.ndarray
+    concepts: list[dict[str, Any]]
+
+    def summary(self) -> dict[str, Any]:
+        return {"layer": self.layer, "alias": self.alias, "concepts": self.concepts}
+
+
+class Net2Vec(Analysis[Net2VecParams, Net2VecResults]):
+    """Net2Vec (Fong & Vedaldi, CVPR 2018): concepts as learned combinations of a layer's
+    filters, compared with the best single unit on held-out images.
+
+    The single units are thresholded at their dissection thresholds, taken from a
+    :class:`Dissection` of the layer (from the store when one was run with the same quantile).
+    ``dissect --net2vec`` computes the same while it dissects.
+
+    :meth:`run` takes the :class:`~pyanalyzer.data.broden.BrodenDataset`.
+    """
+
+    method: ClassVar[str] = "net2vec"
+    inputs: ClassVar[str] = "concepts"
+    params_type: ClassVar[type[Params]] = Net2VecParams
+    result_type: ClassVar[type[Result]] = Net2VecResults
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    summary_line: ClassVar[str] = (
+        "Net2Vec: concepts as learned combinations of filters (Fong & Vedaldi, CVPR 2018)."
+    )
+
+    def check(self) -> None:
+        self.info = self.model.spatial_layer(self.params.layer)
+        if not self.params.concepts:
+            raise UserInputError("give at least one concept")
+
+    def resolved(self) -> dict[str, Any]:
+        out = super().resolved()
+        out["layer"] = self.info.name
+        return out
+
+    def prepare(self, inputs: BrodenDataset | None) -> BrodenDataset:
+        if inputs is None or len(inputs) == 0:
+            raise UserInputError("give a concept dataset with images")
+        self.numbers = [concept_number(inputs, c) for c in self.params.concepts]
+        return inputs
+
+    def identify(self, inputs: BrodenDataset) -> Any:
+        return {"dataset": inputs.digest, "concepts": self.numbers}
+
+    def compute(self, inputs: BrodenDataset, checkpoint: Checkpoint) -> Net2VecResults:
+        p, ds, model = self.params, inputs, self.model
+        dissection = Dissection(
+            model, layers=[self.info.name], quantile=p.quantile, batch_size=p.batch_size,
+            store=self.store, progress=self.progress,
         )  # fmt: skip
+        thresholds = dissection.run(ds)[0].thresholds
+        spec = model.preprocessing
+
+        def acts_of(idx: np.ndarray) -> np.ndarray:
+            x = spec.normalize(np.stack([ds.pixels(int(i), spec) for i in idx]))
+            return np.asarray(model.forward.run(x, [self.info.name])[self.info.name], np.float32)
+
+        found = net2vec_on(ds, acts_of, thresholds, self.numbers, p.batch_size)
+        return Net2VecResults(
+            layer=self.info.name,
+            alias=self.info.alias,
+            weights=np.stack([r.weights for r in found]).astype(np.float32),
+            concepts=[r.to_dict() for r in found],
+        )

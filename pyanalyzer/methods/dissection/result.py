@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, overload
 
 import numpy as np
+
+from pyanalyzer.analysis import Result
+
+_ARRAYS = (
+    "thresholds", "intersection", "unit_area_cat", "unit_area", "concept_area",
+    "concept_category", "top_images", "top_values",
+)  # fmt: skip
 
 
 @dataclass
@@ -113,3 +122,90 @@ class LayerDissection:
             "detectors_per_category": per_cat,
             "unique_concepts_per_category": {c: len(v) for c, v in unique.items()},
         }
+
+
+@dataclass
+class DissectionResult(Result, Sequence[LayerDissection]):
+    """A dissection of several layers: a sequence of :class:`LayerDissection` (in the order
+    the layers were given), with the run's timings.
+
+    Attributes:
+        layers: one :class:`LayerDissection` per layer.
+        timings: seconds per stage (forward, tally, net2vec) of the run that computed it.
+    """
+
+    layers: list[LayerDissection]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @overload
+    def __getitem__(self, index: int) -> LayerDissection: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[LayerDissection]: ...
+
+    def __getitem__(self, index: int | slice) -> LayerDissection | list[LayerDissection]:
+        return self.layers[index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[LayerDissection]:
+        return iter(self.layers)
+
+    def layer(self, alias: str) -> LayerDissection:
+        """The dissection of one layer, by alias or ONNX name."""
+        for r in self.layers:
+            if alias in (r.alias, r.layer):
+                return r
+        raise KeyError(alias)
+
+    def summary(self) -> dict[str, Any]:
+        """Per layer: detectors and concepts (:meth:`LayerDissection.summary`), and the
+        Net2Vec results."""
+        return {
+            "layers": [{**r.summary(), "net2vec": r.extra.get("net2vec", [])} for r in self.layers],
+            "timings": self.timings,
+        }
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
+        for r in self.layers:
+            for name in _ARRAYS:
+                arrays[f"{r.alias}/{name}"] = np.asarray(getattr(r, name))
+        first = self.layers[0]
+        arrays["concept_names"] = np.array(first.concept_names, dtype=str)
+        arrays["categories"] = np.array(first.categories, dtype=str)
+        return arrays
+
+    def to_meta(self) -> dict[str, Any]:
+        first = self.layers[0]
+        return {
+            "aliases": [[r.alias, r.layer] for r in self.layers],
+            "n_images": first.n_images,
+            "quantile": first.quantile,
+            "iou_threshold": first.iou_threshold,
+            "timings": self.timings,
+            "net2vec": {r.alias: r.extra.get("net2vec", []) for r in self.layers},
+        }
+
+    @classmethod
+    def from_stored(
+        cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+    ) -> DissectionResult:
+        names = [str(x) for x in arrays["concept_names"]]
+        categories = [str(x) for x in arrays["categories"]]
+        layers = [
+            LayerDissection(
+                layer=layer,
+                alias=alias,
+                **{name: np.asarray(arrays[f"{alias}/{name}"]) for name in _ARRAYS},
+                concept_names=names,
+                categories=categories,
+                quantile=float(meta["quantile"]),
+                iou_threshold=float(meta["iou_threshold"]),
+                n_images=int(meta["n_images"]),
+                extra={"net2vec": meta.get("net2vec", {}).get(alias, [])},
+            )
+            for alias, layer in meta["aliases"]
+        ]
+        return cls(layers=layers, timings=dict(meta.get("timings", {})))

@@ -27,13 +27,10 @@ def unit_image_provider(
     wanted = sorted({int(i) for i in top.ravel() if i >= 0})
     pixels = {i: dataset.pixels(i, spec) for i in wanted}
     maps: dict[int, np.ndarray] = {}
-    layout = model.layer(result.layer).layout
     for s in range(0, len(wanted), batch_size):
         ids = wanted[s : s + batch_size]
         x = spec.normalize(np.stack([pixels[i] for i in ids]))
-        acts = model.forward.run(x, [result.layer])[result.layer]
-        if layout == "nhwc":
-            acts = acts.transpose(0, 3, 1, 2)
+        acts = model.forward.run(x, [result.layer])[result.layer]  # [B, U, h, w]
         for i, a in zip(ids, acts, strict=True):
             maps[i] = a
     h, w = spec.input_size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,23 +13,6 @@ from pyanalyzer.errors import GradientUnavailableError, ImageError, UserInputErr
 if TYPE_CHECKING:
     from pyanalyzer.model.graph import LayerInfo
     from pyanalyzer.model.model import Model
-
-
-def check_images(model: Model, images: np.ndarray) -> np.ndarray:
-    """``images`` as uint8 ``[N, H, W, C]`` at the model's input size, or ImageError."""
-    arr = np.asarray(images)
-    spec = model.preprocessing
-    h, w = spec.input_size
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.dtype != np.uint8:
-        raise ImageError(f"images must be uint8 pixels 0..255, got {arr.dtype}")
-    if arr.ndim != 4 or arr.shape[1:] != (h, w, spec.channels) or len(arr) == 0:
-        raise ImageError(
-            f"images must be [N, {h}, {w}, {spec.channels}] (the model's input size, RGB), "
-            f"got shape {list(arr.shape)}"
-        )
-    return np.array(arr, dtype=np.uint8, order="C")  # our own writable copy
 
 
 def load_images(model: Model, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
@@ -85,10 +68,9 @@ def pixel_centre(model: Model) -> np.ndarray:
     return np.full(c, 127.5, np.float32)
 
 
-def to_nchw_features(t, layer: LayerInfo):
-    """A layer tensor as ``[N, C, h, w]`` (NHWC permuted, vectors as ``[N, K, 1, 1]``)."""
-    if t.ndim == 4 and layer.layout == "nhwc":
-        return t.permute(0, 3, 1, 2) if hasattr(t, "permute") else t.transpose(0, 3, 1, 2)
+def as_maps(t: Any, layer: LayerInfo) -> Any:
+    """Features as the engines hand them out (spatial maps ``[N, C, h, w]``, vectors
+    ``[N, K]``) as maps: vectors become ``[N, K, 1, 1]``."""
     if t.ndim == 2:
         return t[:, :, None, None]
     if t.ndim != 4:
@@ -118,25 +100,24 @@ def check_reachable(model: Model, layers: Sequence[LayerInfo]) -> None:
     spec = model.preprocessing
     h, w = spec.input_size
     x = spec.normalize_torch(torch.full((1, spec.channels, h, w), 0.5, requires_grad=True))
-    with torch.enable_grad(), eng.taps([layer.name for layer in layers]) as got:
-        needs: dict[str, bool] = {}
+    names = [layer.name for layer in layers]
+    try:
+        with torch.enable_grad():
+            rec = eng.record(x, names)
+    except Exception:  # a model that cannot run a batch of one here is reported elsewhere
+        return
 
-        class Recorder(torch.fx.Interpreter):
-            def run_node(self, n):
-                out = super().run_node(n)
-                vals = out if isinstance(out, tuple | list) else (out,)
-                needs[n.name] = any(isinstance(v, torch.Tensor) and v.requires_grad for v in vals)
-                return out
+    def needs_grad(value: Any) -> bool:
+        vals = value if isinstance(value, tuple | list) else (value,)
+        return any(isinstance(v, torch.Tensor) and v.requires_grad for v in vals)
 
-        try:
-            Recorder(eng.module).run(x)
-        except Exception:  # a model that cannot run a batch of one here is reported elsewhere
-            return
-    cut = [layer for layer in layers if not getattr(got.get(layer.name), "requires_grad", False)]
+    needs = {name: needs_grad(v) for name, v in rec.values.items()}
+    got = {name: rec.values[node.name] for name, node in rec.nodes.items()}
+    cut = [layer for layer in layers if not needs_grad(got[layer.name])]
     if not cut:
         return
     blockers: dict[str, None] = {}
-    for n in eng.module.graph.nodes:
+    for n in rec.module.graph.nodes:
         if n.op != "call_module" or needs.get(n.name, False):
             continue
         if any(needs.get(a.name, False) for a in n.all_input_nodes):

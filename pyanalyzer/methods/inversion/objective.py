@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pyanalyzer.methods.priors import alpha_norm_grad, total_variation_grad
+
 ALPHA = 6.0
 """Exponent of the bounded-range regulariser R_α (paper and code: α = 6)."""
 
@@ -152,26 +154,21 @@ class Schedule:
 
 
 def r_alpha(x, alpha: float = ALPHA, b: float = B):
-    """R_α per sample, ``Σ |x|^α / (H W B^α)``, and its gradient.
+    """R_α per sample, ``Σ |x|^α / (H W B^α)``, and its gradient (closed form, no autograd).
 
     Args:
         x: torch ``[P, C, H, W]``, centred 0–255 pixel units.
 
     Returns:
-        ``(value [P], gradient [P, C, H, W])``, computed in closed form (no autograd).
+        ``(value [P], gradient [P, C, H, W])``.
     """
-    h, w = x.shape[-2:]
     # The floor keeps |x/B|^α and its gradient out of float32's subnormal range, where CPUs
     # slow down a hundredfold; below it both are 0 to float precision anyway.
-    a = (x.abs() / b).clamp_min(1e-5)
-    p = a.pow(alpha - 1)
-    value = (p * a).flatten(1).sum(1) / (h * w)
-    grad = p.mul_(x.sign()).mul_(alpha / (b * h * w))
-    return value, grad
+    return alpha_norm_grad(x, alpha, b=b, per="pixel", floor=1e-5)
 
 
 def r_tv(x, beta: float = TV_BETA, v: float = V):
-    """R_TV^β per sample, ``Σ (Δh² + Δw²)^(β/2) / (H W V^β)``, and its gradient.
+    """R_TV^β per sample, ``Σ (Δh² + Δw²)^(β/2) / (H W V^β)``, and its gradient (closed form).
 
     Differences past the last row / column are zero (the authors' ``tv`` in ``invert_nn.m``).
 
@@ -179,30 +176,9 @@ def r_tv(x, beta: float = TV_BETA, v: float = V):
         x: torch ``[P, C, H, W]``, centred 0–255 pixel units.
 
     Returns:
-        ``(value [P], gradient [P, C, H, W])``, computed in closed form (no autograd).
+        ``(value [P], gradient [P, C, H, W])``.
     """
-    import torch
-
-    h, w = x.shape[-2:]
-    xn = x / v
-    dh = torch.zeros_like(xn)
-    dw = torch.zeros_like(xn)
-    dh[:, :, :-1, :] = xn[:, :, 1:, :] - xn[:, :, :-1, :]
-    dw[:, :, :, :-1] = xn[:, :, :, 1:] - xn[:, :, :, :-1]
-    sq = dh * dh + dw * dw
-    if beta == 2.0:
-        value = sq.flatten(1).sum(1)
-        gh, gw = 2.0 * dh, 2.0 * dw
-    else:  # the epsilon keeps the gradient finite where the image is flat
-        sq = sq + 1e-8
-        value = sq.pow(beta / 2).flatten(1).sum(1)
-        g = beta * sq.pow(beta / 2 - 1)
-        gh, gw = g * dh, g * dw
-    # d/dx[i] of Σ f(x[i+1] - x[i]) is f'(d[i-1]) - f'(d[i]).
-    grad = -gh - gw
-    grad[:, :, 1:, :] += gh[:, :, :-1, :]
-    grad[:, :, :, 1:] += gw[:, :, :, :-1]
-    return value / (h * w), grad / (v * h * w)
+    return total_variation_grad(x, beta, v=v, boundary="zero")
 
 
 def image_norm(h: int, w: int, c: int, b: float = B) -> float:

@@ -12,22 +12,26 @@ row, and so are the jitter offsets (one per step). A row therefore starts and mo
 would alone with the same seed, up to the float rounding of batched kernels (which momentum
 SGD under jitter amplifies over hundreds of steps: pixels can then drift apart by a few
 percent, as they do for a relative change of 1e-6 in the learning rate of a single run).
+
+The optimiser's state is checkpointed in the store as it runs (the image, the optimiser's
+buffers, the step and the curve so far), so an interrupted inversion resumes at the step it
+reached and ends with the same result.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+import numbers
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
-from pyanalyzer._checks import check_int
+from pyanalyzer.analysis import Checked, Choice, ImageAnalysis, Int, Layers, Params, Result
 from pyanalyzer.errors import UserInputError
 from pyanalyzer.methods.inversion import objective as obj
 from pyanalyzer.methods.inversion._common import (
-    check_images,
     check_reachable,
     pixel_centre,
     resolve_layers,
@@ -35,153 +39,153 @@ from pyanalyzer.methods.inversion._common import (
 from pyanalyzer.methods.inversion.result import InversionResult, feature_error, pixel_error
 
 if TYPE_CHECKING:
+    import torch
+
     from pyanalyzer.model.graph import LayerInfo
     from pyanalyzer.model.model import Model
+    from pyanalyzer.store import Checkpoint
+
+__all__ = ["OPTIMIZERS", "OptimInversion", "OptimParams"]
 
 OPTIMIZERS = ("sgd", "adam")
 _CHANNELS_LAST_ROWS = 4
 
 
-class _Stop(Exception):
-    """Raised by a hook once the deepest tapped layer is computed: the rest is not needed."""
+def _number(name: str, *, positive: bool, optional: bool) -> Checked:
+    """A float field: ``> 0`` (``positive``) or ``>= 0``, finite, None allowed if optional
+    (the messages name the parameter as the Python API spells it)."""
+    need = "a positive number" if positive else "a number >= 0"
+
+    def check(value: Any) -> float | None:
+        if value is None and optional:
+            return None
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (value > 0 if positive else value >= 0)
+        if not ok:
+            raise UserInputError(f"{name} must be {need}, got {value}")
+        return float(value)
+
+    schema: dict[str, Any] = {"type": "number", "exclusiveMinimum" if positive else "minimum": 0}
+    return Checked(check, {"anyOf": [schema, {"type": "null"}]} if optional else schema)
 
 
-@contextlib.contextmanager
-def _stop_after(engine, names: Sequence[str]) -> Iterator[None]:
-    """Abort forward passes (with :class:`_Stop`) right after the last of ``names`` is made."""
-    order = {str(n.target): i for i, n in enumerate(engine.module.graph.nodes)}
-    mods = [engine._producer[name][0] for name in names]
-    last = max(mods, key=lambda m: order.get(m, -1))
+class OptimParams(Params):
+    """Parameters of :class:`OptimInversion` (the authors' constants by default)."""
 
-    def hook(_m, _i, _o):
-        raise _Stop
+    title: ClassVar[str] = "invert"
 
-    handle = engine.module.get_submodule(last).register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    layers: Layers = Field(description="Layers to invert from (aliases or ONNX names).")
+    steps: Annotated[int, Int("steps", 1)] = Field(
+        obj.DEFAULT_STEPS, description="Optimisation steps (the authors' schedule: 400)."
+    )
+    optimizer: Annotated[str, Choice("optimizer", OPTIMIZERS)] = Field(
+        "sgd", description="Momentum SGD with the authors' schedule, or Adam."
+    )
+    lr: Annotated[float | None, _number("lr", positive=True, optional=True)] = Field(
+        None, description="Base learning rate (default 0.004 for sgd, 0.02 for adam)."
+    )
+    lambda_alpha: Annotated[float, _number("lambda_alpha", positive=False, optional=False)] = Field(
+        obj.LAMBDA_ALPHA, description="Weight of the alpha-norm prior."
+    )
+    lambda_tv: Annotated[float | None, _number("lambda_tv", positive=False, optional=True)] = Field(
+        None, description="Weight of the TV prior (default: by the layer's depth)."
+    )
+    alpha: Annotated[float, _number("alpha", positive=True, optional=False)] = Field(
+        obj.ALPHA, description="Exponent of the alpha-norm prior."
+    )
+    beta: Annotated[float, _number("beta", positive=True, optional=False)] = Field(
+        obj.TV_BETA, description="Exponent of the TV prior."
+    )
+    jitter: Annotated[int, Int("jitter", 0)] = Field(
+        0, description="Random shifts of up to this many pixels per step (0 in the paper)."
+    )
+    clamp: bool = Field(True, description="Keep the image in the 0..255 box after every step.")
+    seed: Annotated[int, Int("seed", 0)] = Field(
+        0, description="Draws the starting noise and the jitter."
+    )
 
 
-class OptimInversion:
-    """Invert layers of a model by optimisation (one verb: :meth:`run`).
+class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
+    """Invert layers of a model by optimisation (Mahendran & Vedaldi, CVPR 2015).
 
-    Args:
-        model: a loaded model whose graph converted to torch.
-        steps: optimisation steps (default 400, the authors' schedule).
-        optimizer: ``"sgd"`` (momentum 0.9, the authors' method) or ``"adam"``.
-        lr: base learning rate (default 0.004 for sgd, 0.02 for adam), on the image divided
-            by ``x0_sigma`` (:mod:`.objective`); decayed ×0.1 after 25 % and ×0.01 after 75 %
-            of the steps.
-        lambda_alpha: weight of R_α (default :data:`~.objective.LAMBDA_ALPHA`).
-        lambda_tv: weight of R_TV; None picks it by each layer's depth
-            (:func:`~.objective.lambda_tv_for_depth`).
-        alpha, beta: exponents of R_α and R_TV (6 and 2).
-        jitter: shift the image by up to this many pixels (random, per step) before the
-            model sees it; 0 (default) as in the paper.
-        clamp: project the image back into the 0..255 pixel box after every step (default),
-            so that the image optimised is the image returned; the paper relies on R_α alone
-            to keep the range, which ``clamp=False`` reproduces (the result is then clipped).
-        seed: draws the starting noise and the jitter.
-        progress: show a progress bar.
+    Every image is reconstructed from every layer, all ``N x L`` rows in one batch.
+
+    Parameters (:class:`OptimParams`): ``layers``; ``steps`` (default 400, the authors'
+    schedule); ``optimizer`` (``"sgd"``: momentum 0.9, the authors' method, or ``"adam"``);
+    ``lr`` (default 0.004 for sgd, 0.02 for adam), on the image divided by ``x0_sigma``
+    (:mod:`.objective`), decayed x0.1 after 25 % and x0.01 after 75 % of the steps;
+    ``lambda_alpha``, ``lambda_tv`` (None: by each layer's depth,
+    :func:`~.objective.lambda_tv_for_depth`), ``alpha`` and ``beta`` (6 and 2); ``jitter``
+    (random shifts per step, 0 as in the paper); ``clamp`` (project the image back into the
+    0..255 box after every step, so that the image optimised is the image returned; the paper
+    relies on R_alpha alone, which ``clamp=False`` reproduces); ``seed`` (the starting noise
+    and the jitter).
+
+    :meth:`run` takes uint8 ``[N, H, W, C]`` RGB images at the model's input size (or one
+    ``[H, W, C]`` image, or an image source) and returns an :class:`InversionResult` with
+    ``images [N, L, H, W, C]`` and ``history``.
 
     Raises:
-        GradientUnavailableError: the model could not be converted (names the ops).
+        GradientUnavailableError: the model could not be converted, or a layer cannot be
+            reached by gradients (the ops are named).
         UserInputError: a parameter is out of range.
+        ImageError: the images are not uint8 ``[N, H, W, C]`` at the input size.
     """
 
-    def __init__(
-        self,
-        model: Model,
-        *,
-        steps: int = obj.DEFAULT_STEPS,
-        optimizer: str = "sgd",
-        lr: float | None = None,
-        lambda_alpha: float = obj.LAMBDA_ALPHA,
-        lambda_tv: float | None = None,
-        alpha: float = obj.ALPHA,
-        beta: float = obj.TV_BETA,
-        jitter: int = 0,
-        clamp: bool = True,
-        seed: int = 0,
-        progress: bool = True,
-    ):
-        if optimizer not in OPTIMIZERS:
-            raise UserInputError(
-                f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
-            )
-        self.model = model
-        self.engine = model.gradient
-        self.steps = check_int("steps", steps, 1)
-        self.optimizer = optimizer
-        self.lr = float(lr) if lr is not None else (obj.LR if optimizer == "sgd" else obj.ADAM_LR)
-        for name, value in (("lr", self.lr), ("alpha", alpha), ("beta", beta)):
-            if not (math.isfinite(value) and value > 0):
-                raise UserInputError(f"{name} must be a positive number, got {value}")
-        for name, value in (("lambda_alpha", lambda_alpha), ("lambda_tv", lambda_tv)):
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise UserInputError(f"{name} must be a number >= 0, got {value}")
-        self.lambda_alpha = float(lambda_alpha)
-        self.lambda_tv = None if lambda_tv is None else float(lambda_tv)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.jitter = check_int("jitter", jitter, 0)
-        self.clamp = bool(clamp)
-        self.seed = check_int("seed", seed, 0)
-        self.progress = progress
+    method: ClassVar[str] = "invert-optim"
+    missing_inputs: ClassVar[str] = "give the images to invert"
+    params_type: ClassVar[type[Params]] = OptimParams
+    result_type: ClassVar[type[Result]] = InversionResult
+    summary_line: ClassVar[str] = (
+        "Network inversion by regularised optimisation: an image whose features at a layer "
+        "match the original's (Mahendran & Vedaldi, CVPR 2015)."
+    )
+
+    def check(self) -> None:
+        self.engine = self.model.gradient
+        self.infos = resolve_layers(self.model, self.params.layers)
+        p = self.params
+        self.lr = p.lr if p.lr is not None else (obj.LR if p.optimizer == "sgd" else obj.ADAM_LR)
 
     def lambda_tv_for(self, layer: LayerInfo) -> float:
         """λ_TV used for ``layer``: the given one, else by depth (the authors' tiers)."""
-        if self.lambda_tv is not None:
-            return self.lambda_tv
+        if self.params.lambda_tv is not None:
+            return self.params.lambda_tv
         return obj.lambda_tv_for_depth(obj.depth_fraction(self.model.proto, layer.name))
 
-    def params(self) -> dict[str, Any]:
-        """The settings, as recorded in the result."""
+    def resolved(self) -> dict[str, Any]:
+        """The settings, as recorded in the result (and hashed into the store key)."""
+        p = self.params
         return {
-            "steps": self.steps,
-            "optimizer": self.optimizer,
+            "layers": [i.name for i in self.infos],
+            "steps": p.steps,
+            "optimizer": p.optimizer,
             "lr": self.lr,
-            "lr_phases": [list(p) for p in obj.LR_PHASES],
-            "momentum": obj.MOMENTUM if self.optimizer == "sgd" else None,
-            "lambda_alpha": self.lambda_alpha,
-            "lambda_tv": self.lambda_tv,
-            "alpha": self.alpha,
-            "beta": self.beta,
+            "lr_phases": [list(ph) for ph in obj.LR_PHASES],
+            "momentum": obj.MOMENTUM if p.optimizer == "sgd" else None,
+            "lambda_alpha": p.lambda_alpha,
+            "lambda_tv": p.lambda_tv,
+            "lambda_tv_per_layer": [self.lambda_tv_for(i) for i in self.infos],
+            "alpha": p.alpha,
+            "beta": p.beta,
             "B": obj.B,
             "V": obj.V,
-            "jitter": self.jitter,
-            "clamp": self.clamp,
-            "seed": self.seed,
+            "jitter": p.jitter,
+            "clamp": p.clamp,
+            "seed": p.seed,
         }
 
-    # ---- public --------------------------------------------------------------------------
-    def run(self, images: np.ndarray, layers: Sequence[str] | str) -> InversionResult:
-        """Reconstruct every image from every layer.
-
-        Args:
-            images: uint8 ``[N, H, W, C]`` RGB at the model's input size (or one ``[H, W, C]``).
-            layers: aliases or ONNX names (any tensor of the catalogue).
-
-        Returns:
-            an :class:`InversionResult` with ``images [N, L, H, W, C]`` and ``history``.
-
-        Raises:
-            ImageError: the images are not uint8 ``[N, H, W, C]`` at the input size.
-            GradientUnavailableError: a layer cannot be reached by gradients (names the ops).
-        """
+    # ---- the verb ------------------------------------------------------------------------
+    def compute(self, inputs: np.ndarray, checkpoint: Checkpoint) -> InversionResult:
         import torch
 
-        originals = check_images(self.model, images)
-        infos = resolve_layers(self.model, layers)
+        originals, infos = inputs, self.infos
         check_reachable(self.model, infos)
         with torch.no_grad():
-            x_hist, hist = self._optimise(originals, infos)
+            x_hist, hist = self._optimise(originals, infos, checkpoint)
         n, nl = len(originals), len(infos)
         recon = x_hist.reshape(n, nl, *x_hist.shape[1:])
         fe, pe = _errors(self.model, originals, recon, infos)
-        params = self.params()
-        params["lambda_tv_per_layer"] = [self.lambda_tv_for(i) for i in infos]
         return InversionResult(
             method="optim",
             layers=tuple(i.name for i in infos),
@@ -190,18 +194,20 @@ class OptimInversion:
             images=recon,
             feature_error=fe,
             pixel_error=pe,
-            history=hist.reshape(self.steps, n, nl).astype(np.float32),
-            params=params,
+            history=hist.reshape(self.params.steps, n, nl).astype(np.float32),
+            params=self.resolved(),
         )
 
     # ---- the loop ------------------------------------------------------------------------
-    def _optimise(self, originals: np.ndarray, infos: list[LayerInfo]):
+    def _optimise(
+        self, originals: np.ndarray, infos: list[LayerInfo], checkpoint: Checkpoint
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Returns ``(images float32 [N·L, H, W, C] in 0..1, history [steps, N·L])``."""
         import torch
 
         from pyanalyzer._progress import progress_bar
 
-        model, spec = self.model, self.model.preprocessing
+        p, model, spec = self.params, self.model, self.model.preprocessing
         n, nl = len(originals), len(infos)
         rows = n * nl
         c, (h, w) = spec.channels, spec.input_size
@@ -218,7 +224,7 @@ class OptimInversion:
         fast = rows >= _CHANNELS_LAST_ROWS and spec.layout == "nchw"
         fmt = torch.channels_last if fast else torch.contiguous_format
         rgb = torch.from_numpy(originals).permute(0, 3, 1, 2).float() / 255.0
-        phi0 = self._features(spec.normalize_torch(rgb), names)
+        phi0 = self.engine.features(spec.normalize_torch(rgb), names)
         targets = [
             t.detach().contiguous(memory_format=fmt) if t.ndim == 4 else t.detach()
             for t in (phi0[name] for name in names)
@@ -227,39 +233,45 @@ class OptimInversion:
         norms = norms.flatten()
         lam_tv = torch.tensor([self.lambda_tv_for(i) for i in infos]).repeat(n).view(-1, 1, 1, 1)
 
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(p.seed)
         noise = rng.standard_normal((c, h, w)).astype(np.float32)
         noise /= np.linalg.norm(noise)  # the code's x = randn / norm(randn) * x0_sigma
         u = torch.from_numpy(noise)[None].repeat(rows, 1, 1, 1)
-        if self.clamp:  # the box holds from the start; without it, the paper's raw noise
+        if p.clamp:  # the box holds from the start; without it, the paper's raw noise
             u = u.clamp(lo, hi)
         u.requires_grad_(True)
-        shifts = rng.integers(-self.jitter, self.jitter + 1, size=(self.steps, 2))
-        rates = obj.Schedule(self.lr, self.steps).rates()
-        if self.optimizer == "sgd":
+        shifts = rng.integers(-p.jitter, p.jitter + 1, size=(p.steps, 2))
+        rates = obj.Schedule(self.lr, p.steps).rates()
+        opt: torch.optim.Optimizer
+        if p.optimizer == "sgd":
             opt = torch.optim.SGD([u], lr=self.lr, momentum=obj.MOMENTUM)
         else:
             opt = torch.optim.Adam([u], lr=self.lr)
 
-        hist = np.empty((self.steps, rows), np.float64)
-        prev = None
+        hist = np.empty((p.steps, rows), np.float64)
+        prev: float | None = None
+        first = _resume(checkpoint, u, opt, hist)
+        if first:
+            prev = checkpoint.meta.get("rate")
+            for g in opt.param_groups:
+                g["lr"] = float(rates[first - 1])
         with (
-            progress_bar(self.steps, label="invert", enabled=self.progress) as bar,
+            progress_bar(p.steps, label="invert", enabled=self.progress) as bar,
             torch.enable_grad(),
         ):
-            for t in range(self.steps):
+            bar.update(first)
+            for t in range(first, p.steps):
                 if rates[t] != prev:
                     for g in opt.param_groups:
                         g["lr"] = float(rates[t])
-                    if self.optimizer == "sgd":  # the code resets the momentum at a switch
+                    if p.optimizer == "sgd":  # the code resets the momentum at a switch
                         opt.state.clear()
-                    prev = rates[t]
+                    prev = float(rates[t])
                 img = u * (x0 / 255.0) + centre / 255.0  # RGB 0..1 (x = u * x0 + centre)
-                if self.jitter:
+                if p.jitter:
                     img = torch.roll(img, (int(shifts[t, 0]), int(shifts[t, 1])), dims=(2, 3))
-                feats = self._features(
-                    spec.normalize_torch(img).contiguous(memory_format=fmt), names
-                )
+                x = spec.normalize_torch(img).contiguous(memory_format=fmt)
+                feats = self.engine.features(x, names)
                 diffs = [feats[name][j::nl] - targets[j] for j, name in enumerate(names)]
                 data = torch.stack([(d * d).flatten(1).sum(1) for d in diffs], 1).flatten() / norms
                 hist[t] = data.detach().sqrt().numpy()
@@ -268,31 +280,55 @@ class OptimInversion:
                 # The priors' gradients in closed form (as in the authors' code): cheaper than
                 # autograd through them, and the same numbers.
                 with torch.no_grad():
-                    x = u.detach() * x0  # centred 0-255 pixels
-                    g = obj.r_alpha(x, self.alpha)[1].mul_(self.lambda_alpha)
-                    g.addcmul_(obj.r_tv(x, self.beta)[1], lam_tv)
-                    u.grad.add_(g, alpha=x0)
+                    xc = u.detach() * x0  # centred 0-255 pixels
+                    gr = obj.r_alpha(xc, p.alpha)[1].mul_(p.lambda_alpha)
+                    gr.addcmul_(obj.r_tv(xc, p.beta)[1], lam_tv)
+                    typing.cast(torch.Tensor, u.grad).add_(gr, alpha=x0)
                 opt.step()
-                if self.clamp:
+                if p.clamp:
                     with torch.no_grad():
                         u.clamp_(lo, hi)
                 bar.update(1)
+                if t + 1 < p.steps:
+                    checkpoint.save(_state(u, opt, hist, t + 1), {"step": t + 1, "rate": prev})
         with torch.no_grad():
-            img = ((u * x0 + centre) / 255.0).clamp(0.0, 1.0)
-        return img.permute(0, 2, 3, 1).contiguous().numpy(), hist
-
-    def _features(self, x, names: list[str]) -> dict[str, Any]:
-        """``{name: [P, C, h, w] or [P, K]}`` from one forward pass cut after the last layer."""
-        eng = self.engine
-        with eng.taps(names) as got, _stop_after(eng, names):
-            try:
-                eng(x)
-            except _Stop:
-                pass
-        return dict(got)
+            out = ((u * x0 + centre) / 255.0).clamp(0.0, 1.0)
+        return out.permute(0, 2, 3, 1).contiguous().numpy(), hist
 
 
-def _errors(model: Model, originals: np.ndarray, recon: np.ndarray, infos: list[LayerInfo]):
+def _state(
+    u: torch.Tensor, opt: torch.optim.Optimizer, hist: np.ndarray, step: int
+) -> dict[str, np.ndarray]:
+    """Checkpoint arrays: the image variable, the optimiser's buffers and the curve so far."""
+    arrays = {"u": u.detach().numpy(), "history": hist[:step]}
+    for name, value in opt.state.get(u, {}).items():
+        if value is not None:  # tensors (buffers, Adam's step); SGD's cleared buffer is None
+            arrays[f"opt/{name}"] = np.asarray(value.detach().numpy())
+    return arrays
+
+
+def _resume(
+    checkpoint: Checkpoint, u: torch.Tensor, opt: torch.optim.Optimizer, hist: np.ndarray
+) -> int:
+    """Restore a checkpoint of the same run into ``u``, ``opt`` and ``hist``; the step to go on
+    from (0 when there is none, or it does not fit)."""
+    import torch
+
+    state, step = checkpoint.state, int(checkpoint.meta.get("step", 0))
+    if state is None or not 0 < step <= len(hist) or tuple(state["u"].shape) != tuple(u.shape):
+        return 0
+    with torch.no_grad():
+        u.copy_(torch.from_numpy(np.asarray(state["u"])))
+    hist[:step] = np.asarray(state["history"])
+    buffers = {k[len("opt/") :]: v for k, v in state.items() if k.startswith("opt/")}
+    if buffers:
+        opt.state[u] = {k: torch.from_numpy(np.array(v)) for k, v in buffers.items()}
+    return step
+
+
+def _errors(
+    model: Model, originals: np.ndarray, recon: np.ndarray, infos: list[LayerInfo]
+) -> tuple[np.ndarray, np.ndarray]:
     """Feature error (onnxruntime) and pixel error of ``recon [N, L, H, W, C]``, each [N, L]."""
     spec = model.preprocessing
     n, nl = recon.shape[:2]
@@ -306,37 +342,3 @@ def _errors(model: Model, originals: np.ndarray, recon: np.ndarray, infos: list[
         fe[:, j] = feature_error(rows, ref[name])
     pe = pixel_error(flat.reshape(n * nl, *recon.shape[2:]) / 255.0, np.repeat(originals, nl, 0))
     return fe, pe.reshape(n, nl)
-
-
-def invert_optim(
-    model: Model,
-    images: np.ndarray,
-    layers: Sequence[str] | str,
-    *,
-    steps: int = obj.DEFAULT_STEPS,
-    optimizer: str = "sgd",
-    lr: float | None = None,
-    lambda_alpha: float = obj.LAMBDA_ALPHA,
-    lambda_tv: float | None = None,
-    jitter: int = 0,
-    seed: int = 0,
-    progress: bool = True,
-) -> InversionResult:
-    """Reconstruct images from their features by optimisation (Mahendran & Vedaldi, CVPR 2015).
-
-    Args:
-        model: a loaded :class:`~pyanalyzer.model.model.Model`.
-        images: uint8 ``[N, H, W, C]`` RGB pixels at the model's input size.
-        layers: layer aliases or ONNX names; all images are inverted from all layers in one
-            batch of ``N × L`` rows.
-        steps, optimizer, lr, lambda_alpha, lambda_tv, jitter, seed, progress: see
-            :class:`OptimInversion`.
-
-    Returns:
-        :class:`~.result.InversionResult` (``images [N, L, H, W, C]`` in 0..1, feature and
-        pixel errors ``[N, L]``, ``history [steps, N, L]``).
-    """
-    return OptimInversion(
-        model, steps=steps, optimizer=optimizer, lr=lr, lambda_alpha=lambda_alpha,
-        lambda_tv=lambda_tv, jitter=jitter, seed=seed, progress=progress,
-    ).run(images, layers)  # fmt: skip

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from pyanalyzer.analysis import Result
+
 
 def feature_error(phi: np.ndarray, phi0: np.ndarray) -> np.ndarray:
     """The paper's normalised reconstruction error ``‖Φ(x̂) − Φ0‖ / ‖Φ0‖`` per sample.
@@ -43,7 +45,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class InversionResult:
+class InversionResult(Result):
     """Reconstructions of ``N`` images from ``L`` layers, with their errors.
 
     Attributes:
@@ -75,7 +77,7 @@ class InversionResult:
         """uint8 ``[N, L, H, W, C]`` reconstructions."""
         return to_uint8(self.images)
 
-    def summary(self) -> dict[str, dict[str, float]]:
+    def errors(self) -> dict[str, dict[str, float]]:
         """Per layer alias: mean feature and pixel error over the images."""
         return {
             alias: {
@@ -84,3 +86,7 @@ class InversionResult:
             }
             for i, alias in enumerate(self.aliases)
         }
+
+    def summary(self) -> dict[str, Any]:
+        """The method, the number of images and the mean errors per layer alias."""
+        return {"method": self.method, "images": len(self.originals), "layers": self.errors()}

@@ -1,8 +1,7 @@
 """``pyanalyzer concepts``: make and inspect Broden-format concept datasets.
 
-Attached to the main CLI with ``cli.add_command(concepts)``. Errors are raised as
-:class:`~pyanalyzer.errors.UserInputError`; ``pyanalyzer.cli.main`` prints them on one line and
-exits with code 2.
+Errors are raised as :class:`~pyanalyzer.errors.UserInputError`; ``pyanalyzer.cli.main`` prints
+them on one line and exits with code 2.
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from pyanalyzer.cli.options import json_option
 
 __all__ = ["concepts"]
 
@@ -26,12 +27,17 @@ def concepts() -> None:
     """
 
 
-def _summary_line(root: Path) -> str:
+def _finish(root: Path, as_json: bool) -> None:
+    """The dataset written: its path and a summary line, or with --json its summary."""
     from pyanalyzer.data.broden import BrodenDataset
 
     s = BrodenDataset(root).summary()
+    if as_json:
+        click.echo(json.dumps({"path": str(root), "summary": s}, indent=2))
+        return
     cats = ", ".join(f"{c['name']} {c['labels']}" for c in s["categories"])
-    return (
+    click.echo(str(root))
+    click.echo(
         f"{s['images']} images, {s['labels']} labels ({cats}), "
         f"segmentation {s['seg_size'][0]}x{s['seg_size'][1]}"
     )
@@ -47,7 +53,8 @@ def _summary_line(root: Path) -> str:
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Scene seed.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
-def synth(out: str, n_images: int, size: int, seed: int, overwrite: bool) -> None:
+@json_option
+def synth(out: str, n_images: int, size: int, seed: int, overwrite: bool, as_json: bool) -> None:
     """Write synthetic scenes with exact colour, shape, texture and scene labels.
 
     Pixel-level categories color, shape and texture; image-level scene and texture (the main
@@ -56,8 +63,7 @@ def synth(out: str, n_images: int, size: int, seed: int, overwrite: bool) -> Non
     from pyanalyzer.data.broden import synth_dataset
 
     path = synth_dataset(out, n_images=n_images, size=size, seed=seed, overwrite=overwrite)
-    click.echo(str(path))
-    click.echo(_summary_line(path))
+    _finish(path, as_json)
 
 
 @concepts.command()
@@ -81,6 +87,7 @@ def synth(out: str, n_images: int, size: int, seed: int, overwrite: bool) -> Non
 @click.option("--no-colors", is_flag=True, help="Do not add Broden's eleven colour concepts.")
 @click.option("--size", type=int, default=None, help="Resize images and masks to SIZE x SIZE.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@json_option
 def build(
     images: str,
     masks: str,
@@ -90,6 +97,7 @@ def build(
     no_colors: bool,
     size: int | None,
     overwrite: bool,
+    as_json: bool,
 ) -> None:
     """Build a dataset from your own images and segmentation masks.
 
@@ -102,15 +110,14 @@ def build(
         images, masks, labels, out,
         add_colors=not no_colors, category=category, size=size, overwrite=overwrite,
     )  # fmt: skip
-    click.echo(str(path))
-    click.echo(_summary_line(path))
+    _finish(path, as_json)
 
 
 @concepts.command()
 @click.argument("directory", type=click.Path())
 @click.option("--split", default=None, help="Only this split (train, val...).")
 @click.option("--check", is_flag=True, help="Decode every image and PNG (slow), not only the CSVs.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option
 def info(directory: str, split: str | None, check: bool, as_json: bool) -> None:
     """Summarise the dataset in DIRECTORY and validate it.
 

@@ -1,0 +1,138 @@
+"""``pyanalyzer deconv``: DeconvNet, guided backprop and saliency projections on an image, or
+each unit's top-k patches beside their projections (:class:`~pyanalyzer.DeconvNet`,
+:class:`~pyanalyzer.TopPatches`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from pyanalyzer.cli.options import (
+    json_option,
+    layers_option,
+    model_options,
+    open_model,
+    open_store,
+    out_option,
+    progress_option,
+    report,
+    store_option,
+    units_option,
+)
+
+__all__ = ["deconv"]
+
+
+@click.command()
+@model_options
+@layers_option(multiple=False, help="Layer (alias or ONNX name).")
+@units_option(default=None, required=True, alias="--unit", help="Unit(s): 5, 0-7, 1,4,9 or all.")
+@click.option("--image", type=click.Path(), help="Project the unit(s) on this image.")
+@click.option(
+    "--images", type=click.Path(), help="Scan this folder for each unit's top-k images and patches."
+)
+@click.option(
+    "--method",
+    type=click.Choice(["deconv", "guided", "saliency"]),
+    default="deconv",
+    show_default=True,
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["max", "map", "topk"]),
+    default="max",
+    show_default=True,
+    help="With --image: project the strongest activation, the whole map, or the top-k.",
+)
+@click.option(
+    "--top-k",
+    type=int,
+    default=9,
+    show_default=True,
+    help="Top activations per unit (one per image).",
+)
+@click.option(
+    "--n-images",
+    type=int,
+    default=200,
+    show_default=True,
+    help="Synthetic scenes scanned when neither --image nor --images is given.",
+)
+@out_option("Folder for the PNGs.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the unpooling kernel runs.",
+)
+@progress_option
+@json_option
+@store_option
+def deconv(
+    model: str,
+    layer: str,
+    units: str,
+    image: str | None,
+    images: str | None,
+    method: str,
+    mode: str,
+    top_k: int,
+    n_images: int,
+    out_dir: str,
+    device: str,
+    no_progress: bool,
+    as_json: bool,
+    store_path: str | None,
+    **kw: Any,
+) -> None:
+    """Project units back to pixels: DeconvNet, guided backprop or saliency.
+
+    Zeiler & Fergus 2014 (deconv), Springenberg et al. 2015 (guided), Simonyan et al. 2013
+    (saliency). With --image, writes the image beside each unit's projection. Otherwise scans
+    --images (or synthetic scenes) for each unit's --top-k strongest activations, one per
+    image, and writes a montage per unit of the receptive-field patches beside their
+    projections, plus one per layer. Results are cached in the store (a repeated run scans
+    nothing).
+    """  # fmt: skip
+    from pyanalyzer.data.defaults import SyntheticImages
+    from pyanalyzer.data.images import ImageFiles, ImageFolder
+    from pyanalyzer.errors import UserInputError
+    from pyanalyzer.methods.deconvnet import PROJECTIONS
+    from pyanalyzer.methods.patches import TopPatches
+    from pyanalyzer.report import write_result
+
+    if image and images:
+        raise UserInputError("give --image or --images, not both")
+    m = open_model(model, kw)
+    store = open_store(store_path)
+    progress = not no_progress
+    if image:
+        analysis: Any = PROJECTIONS[method](
+            m, layer=layer, units=units, mode=mode, k=top_k, device=device, store=store,
+            progress=progress,
+        )  # fmt: skip
+        source: Any = ImageFiles([image])
+        result = analysis.run(source)  # an unreadable image: one line, nothing written
+        written = write_result(result, out_dir)
+        chosen = [int(u) for u in result.units]
+    else:
+        analysis = TopPatches(
+            m, layer=layer, units=units, k=top_k, projection=method, device=device,
+            store=store, progress=progress,
+        )  # fmt: skip
+        if images:
+            source = ImageFolder(images)
+        else:
+            if n_images < 1:
+                raise UserInputError(f"--n-images must be at least 1, got {n_images}")
+            source = SyntheticImages.for_model(m.preprocessing, n_images)
+        result = analysis.run(source)
+        chosen = analysis.units
+        written = write_result(result, out_dir, source=source)
+    alias = m.spatial_layer(layer).alias
+    lines = [f"{alias}: {len(chosen)} unit(s), {method}; wrote {len(written)} PNG(s) to {out_dir}"]
+    if analysis.from_store:
+        lines[0] += " (from the store)"
+    report(analysis, result, as_json=as_json, lines=lines, out_dir=out_dir, files=written)

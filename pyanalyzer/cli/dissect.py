@@ -1,0 +1,157 @@
+"""``pyanalyzer dissect``: network dissection and Net2Vec (:class:`~pyanalyzer.Dissection`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from pyanalyzer.cli.options import (
+    concepts_dir,
+    json_option,
+    layers_option,
+    model_options,
+    open_model,
+    open_store,
+    out_option,
+    progress_option,
+    report,
+    store_option,
+)
+
+__all__ = ["dissect"]
+
+
+@click.command()
+@model_options
+@click.option(
+    "--dataset",
+    type=click.Path(),
+    help="A Broden-format dataset folder (default: synthetic concepts made on the fly).",
+)
+@layers_option(help="Layer to dissect (alias or ONNX name); repeatable.")
+@out_option("Folder for the CSV, JSON and HTML reports.")
+@click.option(
+    "--quantile",
+    type=float,
+    default=0.005,
+    show_default=True,
+    help="Top fraction of each unit's activations that counts as firing.",
+)
+@click.option(
+    "--iou-threshold",
+    type=float,
+    default=0.04,
+    show_default=True,
+    help="A unit is a detector when its best IoU exceeds this.",
+)
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per pass.")
+@click.option(
+    "--top-k", type=int, default=10, show_default=True, help="Strongest images kept per unit."
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the IoU tally runs.",
+)
+@click.option(
+    "--net2vec",
+    "net2vec",
+    multiple=True,
+    metavar="CONCEPT",
+    help="Learn a Net2Vec filter combination for this concept (name or number); repeatable.",
+)
+@click.option(
+    "--n-images",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Images of the default synthetic dataset.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the default synthetic dataset."
+)
+@click.option(
+    "--checkpoint-every",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds between resumable checkpoints in the store (0: every batch).",
+)
+@progress_option
+@json_option
+@store_option
+def dissect(
+    model: str,
+    dataset: str | None,
+    layers: tuple[str, ...],
+    out_dir: str,
+    quantile: float,
+    iou_threshold: float,
+    batch_size: int,
+    top_k: int,
+    device: str,
+    net2vec: tuple[str, ...],
+    n_images: int,
+    seed: int,
+    checkpoint_every: float,
+    no_progress: bool,
+    as_json: bool,
+    store_path: str | None,
+    **kw: Any,
+) -> None:
+    """Network dissection: align every unit of the chosen layers with concepts by IoU.
+
+    Bau et al., "Network Dissection", CVPR 2017 (Net2Vec: Fong & Vedaldi, CVPR 2018). Writes
+    per layer a tally CSV with NetDissect's columns, an HTML page ("X/Y units covering Z
+    concepts with IoU >= t", detectors per category, each unit's top images with its mask),
+    and summary.json. Results go to the store: the same command answers from it, and a killed
+    run started again resumes from its last checkpoint.
+    """  # fmt: skip
+    from pyanalyzer.data.broden import BrodenDataset
+    from pyanalyzer.data.defaults import concept_dataset, scene_size
+    from pyanalyzer.errors import UserInputError
+    from pyanalyzer.methods.dissection import Dissection
+    from pyanalyzer.report.dissection import write_dissection
+
+    progress = not no_progress
+    m = open_model(model, kw)
+    store = open_store(store_path)
+    method = Dissection(
+        m, layers=list(layers), quantile=quantile, iou_threshold=iou_threshold,
+        batch_size=batch_size, top_k=top_k, device=device, net2vec=list(net2vec),
+        store=store, checkpoint_every=checkpoint_every, progress=progress,
+    )  # fmt: skip
+    if dataset is not None:
+        ds = BrodenDataset(dataset, cache_dir=concepts_dir(store))
+    else:
+        if n_images < 1:
+            raise UserInputError(f"--n-images must be at least 1, got {n_images}")
+        size = scene_size(m.preprocessing)
+        ds = concept_dataset(concepts_dir(store), n_images, size, seed, progress=progress)
+    results = method.run(ds)
+    extra = {
+        "model_file": str(m.path), "model_sha256": m.sha256, "dataset": str(ds.root),
+        "dataset_digest": ds.digest, "preprocessing": m.preprocessing.to_dict(),
+        "parameters": method.resolved(), "from_store": method.from_store,
+        "timings": results.timings,
+    }  # fmt: skip
+    paths = write_dissection(results, out_dir, model=m, dataset=ds, extra=extra)
+    lines = []
+    for r in results:
+        s = r.summary()
+        lines.append(
+            f"{r.alias}: {s['detectors']}/{s['units']} units covering {s['unique_concepts']} "
+            f"concepts with IoU >= {r.iou_threshold:g}"
+        )
+        for item in r.extra.get("net2vec", []):
+            lines.append(
+                f"  net2vec {item['name']}: set IoU {item['set_iou']:.3f} "
+                f"(best single unit {item['best_unit']}: {item['best_unit_iou']:.3f})"
+            )
+    source = "answered from the store" if method.from_store else "computed"
+    lines.append(f"{source}; reports in {out_dir} ({len(paths)} files)")
+    report(method, results, as_json=as_json, lines=lines, out_dir=out_dir,
+           files=list(paths.values()))  # fmt: skip
