@@ -26,7 +26,6 @@ COLOR_IMAGES = 1000
 
 
 @click.command()
-@model_options
 @layers_option(
     multiple=False, required=False,
     help="Layer (alias or ONNX name); optional for --objective class.",
@@ -93,6 +92,7 @@ COLOR_IMAGES = 1000
 @progress_option
 @json_option
 @store_option
+@model_options
 def actmax(
     model: str,
     layer: str | None,

@@ -25,7 +25,6 @@ __all__ = ["deconv"]
 
 
 @click.command()
-@model_options
 @layers_option(multiple=False, help="Layer (alias or ONNX name).")
 @units_option(default=None, required=True, alias="--unit", help="Unit(s): 5, 0-7, 1,4,9 or all.")
 @click.option("--image", type=click.Path(), help="Project the unit(s) on this image.")
@@ -70,6 +69,7 @@ __all__ = ["deconv"]
 @progress_option
 @json_option
 @store_option
+@model_options
 def deconv(
     model: str,
     layer: str,

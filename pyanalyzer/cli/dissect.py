@@ -23,7 +23,6 @@ __all__ = ["dissect"]
 
 
 @click.command()
-@model_options
 @click.option(
     "--dataset",
     type=click.Path(),
@@ -83,6 +82,7 @@ __all__ = ["dissect"]
 @progress_option
 @json_option
 @store_option
+@model_options
 def dissect(
     model: str,
     dataset: str | None,

@@ -18,12 +18,12 @@ __all__ = ["doctor", "info"]
 
 
 @click.command()
-@model_options
 @json_option
 @click.option("--no-parity", is_flag=True, help="Skip the onnxruntime/torch parity check.")
 @layers_option(
     required=False, help="Show only these layers (alias or ONNX tensor name; repeatable)."
 )
+@model_options
 def info(model: str, as_json: bool, no_parity: bool, layers: tuple[str, ...], **kw: Any) -> None:
     """Describe MODEL: inputs, opset, producer, preprocessing, layers, parity.
 

@@ -48,7 +48,6 @@ def invert() -> None:
 
 
 @invert.command("run", hidden=True)
-@model_options
 @click.option("--image", required=True, type=click.Path(), help="The image to reconstruct.")
 @layers_option(help="Layer(s) to invert from; repeatable (one strip).")
 @click.option(
@@ -82,6 +81,7 @@ def invert() -> None:
 @progress_option
 @json_option
 @store_option
+@model_options
 def invert_run(
     model: str,
     image: str,
@@ -168,7 +168,6 @@ def invert_run(
 
 
 @invert.command("train")
-@model_options
 @layers_option(multiple=False, help="The layer whose features the decoder inverts.")
 @click.option(
     "--images", type=click.Path(), help="Training images (default: synthetic concept scenes)."
@@ -178,6 +177,7 @@ def invert_run(
 @progress_option
 @json_option
 @store_option
+@model_options
 def invert_train(
     model: str,
     layer: str,
