@@ -358,7 +358,7 @@ class Result:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The result's arrays, by name (a state dict)."""
         out: dict[str, np.ndarray] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # results are dataclasses
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
                 out[f.name] = value
@@ -367,7 +367,7 @@ class Result:
     def to_meta(self) -> dict[str, Any]:
         """Everything else, as JSON-able data (None-valued array fields included as None)."""
         meta: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # results are dataclasses
             value = getattr(self, f.name)
             if not isinstance(value, np.ndarray):
                 meta[f.name] = list(value) if isinstance(value, tuple) else value
@@ -381,7 +381,7 @@ class Result:
             KeyError: a field is missing (the store then recomputes the result).
         """
         kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # results are dataclasses
             if f.name in arrays:
                 kwargs[f.name] = np.asarray(arrays[f.name])
             elif f.name in meta:

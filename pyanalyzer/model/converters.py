@@ -85,8 +85,7 @@ class SameAvgPool(SamePad):
     def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         pads = self.pads(tuple(x.shape[2:]))
         pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[x.dim() - 2]
-        # divisor_override exists at run time; torch's stub for avg_pool1d lacks it
-        summed = pool(F.pad(x, pads), self.kernel, self.strides, divisor_override=None)  # type: ignore[call-arg]
+        summed = pool(F.pad(x, pads), self.kernel, self.strides)
         if self.count_include_pad:
             return summed
         ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
