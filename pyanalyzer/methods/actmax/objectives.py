@@ -584,7 +584,8 @@ OBJECTIVES: dict[str, Callable[[str | None, Units], Objective]] = {
     "neuron": lambda layer, units: neuron(_need(layer), units),
     "class": lambda layer, units: class_logit(units, layer),
 }
-"""Objective kinds :func:`~pyanalyzer.methods.actmax.run_actmax` optimises one unit per image."""
+"""Objective kinds :class:`~pyanalyzer.methods.actmax.ActivationMaximization` optimises one unit
+per image."""
 
 
 def _need(layer: str | None) -> str:
