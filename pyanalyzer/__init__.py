@@ -42,6 +42,7 @@ _EXPORTS = {
     "GradientUnavailableError": "pyanalyzer.errors",
     "StoreError": "pyanalyzer.errors",
     "ParityWarning": "pyanalyzer.errors",
+    "PyanalyzerWarning": "pyanalyzer.errors",
     "ParamsError": "pyanalyzer.analysis",
     "Analysis": "pyanalyzer.analysis",
     "Params": "pyanalyzer.analysis",
@@ -113,6 +114,7 @@ __all__ = [
     "PRESETS",
     "ParityReport",
     "ParityWarning",
+    "PyanalyzerWarning",
     "PreprocessSpec",
     "PreprocessingError",
     "PyanalyzerError",
@@ -147,6 +149,7 @@ if TYPE_CHECKING:
         ParityWarning,
         PreprocessingError,
         PyanalyzerError,
+        PyanalyzerWarning,
         StoreError,
         UserInputError,
     )

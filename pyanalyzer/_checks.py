@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any
+import os
+import stat
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 from typing_extensions import TypeIs
@@ -69,3 +72,101 @@ def check_shape(
             raise fail
         seen[d] = size
     return arr
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a plain file")
+
+
+def _check_stat(
+    st: os.stat_result,
+    shown: str,
+    what: str,
+    error: Callable[[str], UserInputError],
+    max_bytes: int | None,
+) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{shown} is a directory, not {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{shown} is {_kind(st.st_mode)}, not a regular file; {what} must be one")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise error(f"{shown} is {st.st_size} bytes, more than the {max_bytes} allowed for {what}")
+
+
+def regular_file(
+    path: str | os.PathLike[str],
+    what: str,
+    *,
+    error: Callable[[str], UserInputError] = UserInputError,
+    max_bytes: int | None = None,
+) -> os.stat_result:
+    """Check that ``path`` is a regular file (after resolving symlinks) without opening it.
+
+    A named pipe would block a reader forever, a device (``/dev/zero``, ``/dev/urandom``)
+    never ends: files that claim to be models, images, masks or tables must be plain files.
+
+    Args:
+        path: the file.
+        what: what it should be, for messages (``"an ONNX model file"``).
+        error: makes the exception raised from the message (a :class:`UserInputError`
+            subclass, or a function that builds one).
+        max_bytes: the largest size allowed, or None.
+
+    Returns:
+        its ``os.stat`` (of the target, for a symlink).
+
+    Raises:
+        error: one line: missing, a directory, not a regular file (named: a FIFO, a device, a
+            socket), unreadable, or larger than ``max_bytes``.
+    """
+    shown = repr(os.fspath(path))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{shown} does not exist; expected {what}") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise error(f"cannot read {shown} ({what}): {reason}") from None
+    _check_stat(st, shown, what, error, max_bytes)
+    return st
+
+
+def open_regular(
+    path: str | os.PathLike[str],
+    what: str,
+    *,
+    error: Callable[[str], UserInputError] = UserInputError,
+    max_bytes: int | None = None,
+) -> BinaryIO:
+    """Open a file for reading in binary mode when it is a regular file (:func:`regular_file`).
+
+    The file is opened without blocking (a FIFO swapped in after a check cannot hang the
+    open) and the opened file itself is checked (``fstat``), so what is read is what was
+    checked.
+
+    Raises:
+        error: as :func:`regular_file`.
+    """
+    regular_file(path, what, error=error, max_bytes=max_bytes)
+    shown = repr(os.fspath(path))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise error(f"cannot read {shown} ({what}): {exc.strerror or exc}") from None
+    try:
+        _check_stat(os.fstat(fd), shown, what, error, max_bytes)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -47,5 +47,10 @@ class BackendUnavailableError(PyanalyzerError):
     """A compiled backend (``_core`` or ``_core_cuda``) was asked for but is not available."""
 
 
-class ParityWarning(UserWarning):
+class PyanalyzerWarning(UserWarning):
+    """Base class of the warnings a user must see (the CLI prints each as one ``warning:``
+    line when the command succeeds); other libraries' warnings are only logged."""
+
+
+class ParityWarning(PyanalyzerWarning):
     """onnxruntime and the torch conversion disagree beyond tolerance on some layer."""

@@ -113,6 +113,9 @@ def select_units(
                 raise UserInputError(f"{noun} {bad} is out of range: {where}")
             chosen = sorted({u for lo, hi in ranges for u in range(lo, hi + 1)})
     else:
+        if not is_int(units) and hasattr(units, "__len__") and len(units) > count:
+            # distinct units in range are at most ``count``: refuse before listing a huge range
+            raise UserInputError(f"{len(units)} units given, but {where}")
         try:
             seq = [units] if is_int(units) else list(units)
             if any(isinstance(u, bool) or not isinstance(u, numbers.Integral) for u in seq):

@@ -14,6 +14,11 @@ The models imitate what third-party exporters write:
   ``auto_pad="SAME_UPPER"`` convolutions and pools, ``SAME_LOWER`` average pool);
 - older exporters (hand-built): :func:`slice_opset9` (``Slice`` with attributes),
   :func:`conv_same_dilated` (dilated ``SAME_LOWER`` convolution);
+- activations (hand-built, NCHW as torch or NHWC as tf2onnx writes them): :func:`activation_cnn`
+  and :func:`activation_probe` for every op of :data:`ACTIVATIONS` (rectifiers, smooth
+  activations and their decompositions);
+- grayscale: :func:`channels1` (NCHW), :func:`gray_nhwc`, :func:`gray_dynamic` (symbolic
+  input size);
 - broken or hostile files: :func:`external_data_outside`, :func:`random_bytes`,
   :func:`empty_file`, :func:`truncated`, :func:`invalid_graph`.
 
@@ -36,14 +41,20 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
+    "ACTIVATIONS",
     "CAFFE_PREPROCESSING",
     "NUM_CLASSES",
+    "PROBE_WEIGHTS",
+    "activation_cnn",
+    "activation_probe",
     "caffe_style",
     "channels1",
     "conv_same_dilated",
     "empty_file",
     "external_data",
     "external_data_outside",
+    "gray_dynamic",
+    "gray_nhwc",
     "invalid_graph",
     "not_image_model",
     "odd_channels",
@@ -730,6 +741,310 @@ def conv_same_dilated(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
     return _save(model, Path(dir) / name)
+
+
+# --------------------------------------------------------------------------- activations
+
+#: Activations that :func:`activation_cnn` and :func:`activation_probe` build, by name: the
+#: ONNX op of the same name, or (``"Relu6"``... ``"SoftplusDecomposed"``) the graph below.
+#:
+#: - ``"Relu6"``: ``Clip(0, 6)``; ``"ClipMin0"``: ``Clip(0, none)``; ``"Clip0_2"``:
+#:   ``Clip(0, 2)``; ``"ClipSym"``: ``Clip(-1, 1)`` (a saturation, not a rectifier). Before
+#:   opset 11 the bounds are attributes; from 11 on the min is a ``Constant`` node's output and
+#:   the max an initializer, as exporters write them.
+#: - ``"LeakyRelu"``: alpha 0.1; ``"PRelu"``: one slope per channel (``[C, 1, 1]`` in NCHW,
+#:   ``[1, 1, C]`` in NHWC, as tf2onnx writes Keras' shared-axes PReLU); ``"PReluScalar"``:
+#:   slope ``[1]``, 0.2.
+#: - ``"HardSigmoid"``: alpha 0.25, beta 0.4; ``"Elu"``: alpha 0.7; ``"Celu"``: alpha 1.3;
+#:   ``"Selu"``: the defaults; ``"Gelu"`` (opset 20) and ``"Mish"`` (opset 18): the fused ops,
+#:   which onnx2torch cannot convert yet.
+#: - Decompositions: ``"GeluErf"`` ``x * 0.5 * (1 + erf(x / sqrt 2))``, ``"GeluTanh"``
+#:   ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x ** 3)))`` (with ``Pow``),
+#:   ``"MishDecomposed"`` ``x * tanh(softplus(x))``, ``"Swish"`` ``x * sigmoid(x)``,
+#:   ``"HardSwishDecomposed"`` ``x * HardSigmoid(x; 1/6, 1/2)`` (opset < 14 exports),
+#:   ``"SoftplusDecomposed"`` ``log(exp(x) + 1)``; ``"Square"``: ``Mul(x, x)``, one tensor read
+#:   twice.
+ACTIVATIONS = (
+    "Relu", "Relu6", "ClipMin0", "Clip0_2", "ClipSym", "LeakyRelu", "PRelu", "PReluScalar",
+    "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu", "Softplus", "Softsign",
+    "Gelu", "Mish", "GeluErf", "GeluTanh", "MishDecomposed", "Swish", "HardSwishDecomposed",
+    "SoftplusDecomposed", "Square",
+)  # fmt: skip
+
+_MIN_OPSET = {"HardSwish": 14, "Celu": 12, "Mish": 18, "Gelu": 20}
+
+
+def _activation_nodes(
+    op: str, x: str, out: str, channels: int, layout: str, opset: int, rng: np.random.Generator
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """The nodes (and initializers) of activation ``op`` from tensor ``x`` to tensor ``out``."""
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+
+    def const(tag: str, value: float | np.ndarray) -> str:
+        name = f"{out}/{tag}"
+        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    def node(op_type: str, inputs: list[str], output: str, **attrs) -> str:
+        nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        return output
+
+    def t(tag: str) -> str:
+        return f"{out}/{tag}"
+
+    clips = {"Relu6": (0.0, 6.0), "ClipMin0": (0.0, None), "Clip0_2": (0.0, 2.0),
+             "ClipSym": (-1.0, 1.0)}  # fmt: skip
+    if op in clips:
+        low, high = clips[op]
+        if opset < 11:
+            attrs = {"min": low} if high is None else {"min": low, "max": high}
+            node("Clip", [x], out, **attrs)
+        else:
+            nodes.append(
+                helper.make_node(
+                    "Constant", [], [t("min")], name=t("min"),
+                    value=numpy_helper.from_array(np.asarray(low, np.float32)),
+                )
+            )  # fmt: skip
+            node("Clip", [x, t("min")] + ([] if high is None else [const("max", high)]), out)
+    elif op == "LeakyRelu":
+        node("LeakyRelu", [x], out, alpha=0.1)
+    elif op == "PRelu":
+        slope = rng.uniform(0.05, 0.5, channels).astype(np.float32)
+        shape = (channels, 1, 1) if layout == "nchw" else (1, 1, channels)
+        node("PRelu", [x, const("slope", slope.reshape(shape))], out)
+    elif op == "PReluScalar":
+        node("PRelu", [x, const("slope", np.array([0.2]))], out)
+    elif op == "HardSigmoid":
+        node("HardSigmoid", [x], out, alpha=0.25, beta=0.4)
+    elif op == "Elu":
+        node("Elu", [x], out, alpha=0.7)
+    elif op == "Celu":
+        node("Celu", [x], out, alpha=1.3)
+    elif op in ("Relu", "Sigmoid", "Tanh", "HardSwish", "Selu", "Softplus", "Softsign", "Mish"):
+        node(op, [x], out)
+    elif op == "Gelu":
+        node("Gelu", [x], out, approximate="none")
+    elif op == "GeluErf":  # torch's export of F.gelu before opset 20
+        node("Div", [x, const("sqrt2", np.sqrt(2.0))], t("div"))
+        node("Erf", [t("div")], t("erf"))
+        node("Add", [t("erf"), const("one", 1.0)], t("add"))
+        node("Mul", [x, t("add")], t("mul"))
+        node("Mul", [t("mul"), const("half", 0.5)], out)
+    elif op == "GeluTanh":  # F.gelu(approximate="tanh") / Keras gelu(approximate=True)
+        node("Pow", [x, const("three", 3.0)], t("cube"))
+        node("Mul", [t("cube"), const("c", 0.044715)], t("cubic"))
+        node("Add", [x, t("cubic")], t("inner"))
+        node("Mul", [t("inner"), const("k", np.sqrt(2.0 / np.pi))], t("scaled"))
+        node("Tanh", [t("scaled")], t("tanh"))
+        node("Add", [t("tanh"), const("one", 1.0)], t("add"))
+        node("Mul", [x, t("add")], t("mul"))
+        node("Mul", [t("mul"), const("half", 0.5)], out)
+    elif op == "MishDecomposed":  # torch's export of F.mish before opset 18
+        node("Softplus", [x], t("softplus"))
+        node("Tanh", [t("softplus")], t("tanh"))
+        node("Mul", [x, t("tanh")], out)
+    elif op == "Swish":
+        node("Sigmoid", [x], t("sigmoid"))
+        node("Mul", [x, t("sigmoid")], out)
+    elif op == "HardSwishDecomposed":
+        node("HardSigmoid", [x], t("hsig"), alpha=1.0 / 6.0, beta=0.5)
+        node("Mul", [x, t("hsig")], out)
+    elif op == "SoftplusDecomposed":
+        node("Exp", [x], t("exp"))
+        node("Add", [t("exp"), const("one", 1.0)], t("add"))
+        node("Log", [t("add")], out)
+    elif op == "Square":
+        node("Mul", [x, x], out)
+    else:
+        raise ValueError(f"unknown activation {op!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return nodes, inits
+
+
+def _activation_opset(op: str, opset: int | None) -> int:
+    need = _MIN_OPSET.get(op, 9)
+    if opset is None:
+        return max(13, need)
+    if opset < need:
+        raise ValueError(f"{op} needs opset {need} or later, got {opset}")
+    return opset
+
+
+def _activation_model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9 if opset >= 19 else 8
+    )
+
+
+def activation_cnn(
+    dir: str | Path,
+    op: str,
+    layout: Literal["nchw", "nhwc"] = "nchw",
+    *,
+    opset: int | None = None,
+    size: int = 8,
+    seed: int = 0,
+    name: str | None = None,
+) -> Path:
+    """A small CNN whose two activations are ``op`` (one of :data:`ACTIVATIONS`).
+
+    NCHW (as torch exports), input ``"input"`` ``[N, 3, size, size]``::
+
+        Conv 3->4 k3 pads 1 (tensor "conv1") -> op ("act1") -> Conv 4->4 k3 pads 1 ("conv2")
+        -> op ("act2") -> GlobalAveragePool, Flatten, Gemm -> "logits" [N, 10]
+
+    NHWC (as tf2onnx exports Keras), input ``[N, size, size, 3]``: each convolution between
+    ``Transpose`` [0,3,1,2] and [0,2,3,1], the activations computed in NHWC (``"act1"``,
+    ``"act2"`` are ``[N, size, size, 4]``), then ``Transpose``, ``GlobalAveragePool``,
+    ``Flatten``, ``MatMul``, ``Add``.
+
+    Args:
+        dir: Directory to write into.
+        op: the activation.
+        layout: ``"nchw"`` or ``"nhwc"``.
+        opset: default 13, or the op's first opset (HardSwish 14, Mish 18, Gelu 20); before
+            11 the Clips carry their bounds as attributes.
+        size: Height and width.
+        seed: Weight seed.
+        name: File name (default ``act_<op>_<layout>_op<opset>.onnx``).
+    """
+    if layout not in ("nchw", "nhwc"):
+        raise ValueError(f"layout must be 'nchw' or 'nhwc', got {layout!r}")
+    opset = _activation_opset(op, opset)
+    rng = np.random.default_rng(seed)
+    w = {
+        "conv1.weight": _he(rng, (4, 3, 3, 3)),
+        "conv1.bias": _bias(rng, 4),
+        "conv2.weight": _he(rng, (4, 4, 3, 3)),
+        "conv2.bias": _bias(rng, 4),
+        "fc.weight": _he(rng, (NUM_CLASSES, 4)),
+        "fc.bias": _bias(rng, NUM_CLASSES),
+    }
+    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
+    nodes: list[onnx.NodeProto] = []
+    nhwc = layout == "nhwc"
+    x = "input"
+    for i in (1, 2):
+        if nhwc:
+            nodes.append(
+                helper.make_node("Transpose", [x], [f"to_nchw{i}"], name=f"to_nchw{i}",
+                                 perm=[0, 3, 1, 2])
+            )  # fmt: skip
+            x = f"to_nchw{i}"
+        conv_out = f"conv{i}" if not nhwc else f"conv{i}_nchw"
+        nodes.append(
+            helper.make_node(
+                "Conv", [x, f"conv{i}.weight", f"conv{i}.bias"], [conv_out], name=f"conv{i}",
+                kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+            )
+        )  # fmt: skip
+        x = conv_out
+        if nhwc:
+            nodes.append(
+                helper.make_node("Transpose", [x], [f"conv{i}"], name=f"conv{i}_nhwc",
+                                 perm=[0, 2, 3, 1])
+            )  # fmt: skip
+            x = f"conv{i}"
+        more, more_inits = _activation_nodes(op, x, f"act{i}", 4, layout, opset, rng)
+        nodes += more
+        inits += more_inits
+        x = f"act{i}"
+    if nhwc:  # tf2onnx's global average pool: back to NCHW, GlobalAveragePool, MatMul, Add
+        fc = next(i for i, t in enumerate(inits) if t.name == "fc.weight")
+        inits[fc] = numpy_helper.from_array(w["fc.weight"].T.copy(), "fc.weight")
+        nodes += [
+            helper.make_node("Transpose", [x], ["to_nchw3"], name="to_nchw3", perm=[0, 3, 1, 2]),
+            helper.make_node("GlobalAveragePool", ["to_nchw3"], ["gap"], name="gap"),
+            helper.make_node("Flatten", ["gap"], ["flat"], name="flatten", axis=1),
+            helper.make_node("MatMul", ["flat", "fc.weight"], ["fc_mm"], name="fc_mm"),
+            helper.make_node("Add", ["fc_mm", "fc.bias"], ["logits"], name="fc_add"),
+        ]
+        in_shape: list[int | str] = ["N", size, size, 3]
+    else:
+        nodes += [
+            helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+            helper.make_node("Flatten", ["gap"], ["flat"], name="flatten", axis=1),
+            helper.make_node(
+                "Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1
+            ),
+        ]
+        in_shape = ["N", 3, size, size]
+    graph = helper.make_graph(
+        nodes,
+        f"act_{op}",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", NUM_CLASSES])],
+        initializer=inits,
+    )
+    name = name or f"act_{op}_{layout}_op{opset}.onnx"
+    return _save(_activation_model(graph, opset), Path(dir) / name)
+
+
+#: The 1x1 convolution of :func:`activation_probe`, per input channel.
+PROBE_WEIGHTS = (1.0, -1.0, 0.5)
+
+
+def activation_probe(
+    dir: str | Path,
+    op: str,
+    *,
+    opset: int | None = None,
+    size: int = 4,
+    name: str | None = None,
+) -> Path:
+    """The smallest graph to check a projection rule by hand: ``op`` on the input, then a
+    1x1 convolution with weights :data:`PROBE_WEIGHTS` and no bias::
+
+        "input" [N, 3, size, size] -> op ("act", [N, 3, size, size])
+                                   -> Conv 3->1 k1 ("y", [N, 1, size, size], the output)
+
+    Projecting ``y`` sends ``PROBE_WEIGHTS[c] * y`` to channel ``c`` of ``act``: signals of
+    both signs reach the op wherever its input is positive or negative.
+
+    Args:
+        op: one of :data:`ACTIVATIONS` (PRelu's slope is per channel, seeded by 0).
+        opset, size, name: as :func:`activation_cnn`.
+    """
+    opset = _activation_opset(op, opset)
+    nodes, inits = _activation_nodes(op, "input", "act", 3, "nchw", opset,
+                                     np.random.default_rng(0))  # fmt: skip
+    w = np.asarray(PROBE_WEIGHTS, np.float32).reshape(1, 3, 1, 1)
+    inits.append(numpy_helper.from_array(w, "probe.weight"))
+    nodes.append(helper.make_node("Conv", ["act", "probe.weight"], ["y"], name="probe"))
+    graph = helper.make_graph(
+        nodes,
+        f"probe_{op}",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, size, size])],
+        initializer=inits,
+    )
+    name = name or f"probe_{op}_op{opset}.onnx"
+    return _save(_activation_model(graph, opset), Path(dir) / name)
+
+
+# --------------------------------------------------------------------------- grayscale
+
+
+def gray_nhwc(dir: str | Path, *, seed: int = 0, name: str = "gray_nhwc.onnx") -> Path:
+    """:func:`channels1` taking NHWC input ``[N, 28, 28, 1]`` (a Keras MNIST export)."""
+    return tiny_cnn(dir, layout="nhwc", size=28, channels=1, seed=seed, name=name)
+
+
+def gray_dynamic(dir: str | Path, *, seed: int = 0, name: str = "gray_dynamic.onnx") -> Path:
+    """A grayscale :func:`tiny_cnn` whose input size is symbolic: ``[N, 1, H, W]`` (the global
+    pool makes any size from 4 on work); the loader needs ``--input-size``."""
+    model = _init_weights(_TinyCNN(1), seed)
+    path = Path(dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False, opset_version=13,
+            input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N"}},
+        )  # fmt: skip
+    return path
 
 
 # --------------------------------------------------------------------------- broken files

@@ -112,9 +112,25 @@ def test_unknown_layer_suggests_closest(capsys, tmp_path):
 
 def test_usage_error_exit_2(capsys):
     code, _, err = run_cli(capsys, "info", "--preprocess", "vgg", "x.onnx")
-    assert code == 2 and "Invalid value" in err
-    code, _, _ = run_cli(capsys, "no-such-command")
-    assert code == 2
+    assert code == 2 and "Invalid value" in err and err.count("\n") == 1
+    assert err.startswith("error: ") and "Usage:" not in err and "Try " not in err
+    code, _, err = run_cli(capsys, "no-such-command")
+    assert code == 2 and err == "error: No such command 'no-such-command'.\n"
+    code, out, err = run_cli(capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "needs a command" in err
+
+
+def test_usage_error_through_real_process_is_one_line(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "pyanalyzer", "dissect", "m.onnx", "--layer", "x", "--out",
+         str(tmp_path / "o"), "--checkpoint-every", "nan"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (
+        "error: Invalid value for '--checkpoint-every': must be a finite number >= 0, got 'nan'\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_model_through_real_process(tmp_path):
@@ -154,8 +170,55 @@ def test_cache_ls_and_rm(capsys, tmp_path):
     assert code == 2 and "no store entry matches" in err
     code, _, err = run_cli(capsys, "cache", "rm", "--store", str(store_path))
     assert code == 2 and "say what to remove" in err
+    # An empty or blank key (an unset shell variable) never means "everything".
+    for args in ([""], ["  "], ["--model", ""], ["--method", " "]):
+        code, out, err = run_cli(capsys, "cache", "rm", "--store", str(store_path), *args)
+        assert code == 2 and err.count("\n") == 1 and "--all" in err and out == "", err
+    assert [e.key.model_sha256 for e in Store(store_path).entries()] == [sha_a]
     code, out, _ = run_cli(capsys, "cache", "rm", "--store", str(store_path), "--all")
     assert code == 0 and Store(store_path).entries() == []
+
+
+def test_cache_rm_model_by_prefix_or_file(capsys, tmp_path):
+    import numpy as np
+
+    from pyanalyzer.store import Key, Store, file_sha256
+
+    model = fac.tiny_cnn(tmp_path)
+    sha = file_sha256(model)
+    store_path = tmp_path / "store"
+    store = Store(store_path)
+    for m, method in ((sha, "dissect"), (sha, "actmax"), ("f" * 64, "dissect")):
+        key = Key.make(m, method, {"l": 1})
+        store.put(key, {"x": np.arange(2)}, params={"l": 1})
+    args = ["cache", "rm", "--store", str(store_path)]
+    code, out, _ = run_cli(capsys, *args, "--model", sha[:8], "--method", "actmax")
+    assert code == 0 and "removed 1 entry" in out
+    code, out, _ = run_cli(capsys, *args, "--model", str(model))
+    assert code == 0 and "removed 1 entry" in out
+    assert [e.key.model_sha256 for e in Store(store_path).entries()] == ["f" * 64]
+
+
+def test_cache_rm_read_only_store_removes_nothing(capsys, tmp_path):
+    import numpy as np
+
+    from pyanalyzer.store import Key, Store
+
+    store_path = tmp_path / "store"
+    key = Key.make("a" * 64, "dissect", {"l": 1})
+    Store(store_path).put(key, {"x": np.arange(2)}, params={"l": 1})
+    folders = [store_path, *[p for p in store_path.rglob("*") if p.is_dir()]]
+    for p in folders:
+        p.chmod(0o555)
+    try:
+        code, out, err = run_cli(capsys, "cache", "rm", "--store", str(store_path), "--all")
+        assert code == 2 and err == f"error: the store {store_path} is read-only\n" and out == ""
+        code, out, err = run_cli(capsys, "cache", "ls", "--store", str(store_path))
+        assert code == 0 and "1 entry" in out  # listing a read-only store is fine
+    finally:
+        for p in folders:
+            p.chmod(0o755)
+    assert Store(store_path).get(key) is not None
 
 
 def test_cache_on_corrupt_store_exit_2(capsys, tmp_path):

@@ -917,3 +917,103 @@ def test_concurrent_writers_and_readers(tmp_path: Path) -> None:
             np.testing.assert_array_equal(entry["values"], np.full(1000, i, dtype=np.int32))
             assert entry["name"].tolist() == [name]
     assert reads > 0 and temp_files(store) == []
+
+
+# ---- paths a store cannot live at, and read-only stores ----------------------------------------
+
+
+def _no_write_bits(path: Path) -> None:
+    path.chmod(path.stat().st_mode & ~0o222)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_store_path_that_is_a_fifo_or_device(tmp_path: Path, kind: str) -> None:
+    if kind == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+        word = "FIFO"
+    else:
+        path = Path("/dev/null")
+        word = "character device"
+    with pytest.raises(StoreError, match=f"is a {word}, not a store folder") as exc:
+        Store(path)
+    assert "\n" not in str(exc.value)
+    assert not Path("/dev/concepts").exists() and os.listdir(tmp_path) == (
+        ["fifo"] if kind == "fifo" else []
+    )
+
+
+def test_read_only_store_folder_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    key = put(store, M1, "m", {"a": 1})
+    before = snapshot(store.path)
+    for folder in (store.path, store.path / "entries"):
+        _no_write_bits(folder)
+    try:
+        fresh = Store(tmp_path / "store")
+        assert [i.key for i in fresh.entries()] == [key]  # reading works
+        with pytest.raises(StoreError, match="is read-only"):
+            fresh.check_writable()
+        with pytest.raises(StoreError, match="is read-only"):
+            put(fresh, M1, "m", {"a": 2})
+        with pytest.raises(StoreError, match="is read-only"):
+            fresh.remove(key)
+        assert fresh.get(key) is not None
+    finally:
+        for folder in (store.path, store.path / "entries"):
+            folder.chmod(0o755)
+    after = snapshot(store.path)
+    assert {k: v for k, v in after.items() if not k.startswith("index.sqlite")} == {
+        k: v for k, v in before.items() if not k.startswith("index.sqlite")
+    }
+
+
+def test_read_only_format1_file_is_not_rewritten(tmp_path: Path) -> None:
+    path = tmp_path / "store.h5"
+    write_v1(path, _v1_content())
+    _no_write_bits(path)
+    before = path.read_bytes()
+    store = Store(path)
+    _check_v1_content(store)
+    with pytest.raises(StoreError, match="read-only"):
+        put(store, M2, "m", {})
+    assert path.is_file() and path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["store.h5"]  # no lock file, no temp folder
+
+
+def test_store_under_read_only_folder(tmp_path: Path) -> None:
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    _no_write_bits(parent)
+    try:
+        store = Store(parent / "sub" / "store")
+        with pytest.raises(StoreError, match="is not writable") as exc:
+            put(store, M1, "m", {})
+        assert "\n" not in str(exc.value)
+        assert os.listdir(parent) == []
+    finally:
+        parent.chmod(0o755)
+    with pytest.raises(StoreError, match="cannot create the store .*/proc is not writable"):
+        Store("/proc/pyanalyzer-no-such/store").check_writable()
+
+
+def test_dangling_symlink_creates_no_folders(tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone" / "deeper" / "store")
+    store = Store(link)
+    assert store.entries() == [] and not store.exists()
+    with pytest.raises(StoreError, match="is a symlink to .* which does not exist"):
+        put(store, M1, "m", {})
+    assert sorted(os.listdir(tmp_path)) == ["link"]
+    # A symlink into a folder that exists still makes the store there (the first test above).
+    (tmp_path / "gone" / "deeper").mkdir(parents=True)
+    put(Store(link), M1, "m", {})
+    assert (tmp_path / "gone" / "deeper" / "store" / "format.json").is_file()
+
+
+def test_empty_store_path_is_refused() -> None:
+    for path in ("", "  "):
+        with pytest.raises(StoreError, match="the store path is empty"):
+            Store(path)
+    with pytest.raises(StoreError, match="contains a NUL character"):
+        Store("store\0x")

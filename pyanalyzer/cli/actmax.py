@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from pyanalyzer.cli.options import (
+    Outputs,
     json_option,
     layers_option,
     model_options,
@@ -147,22 +148,28 @@ def actmax(
         raise UserInputError(
             "--color-from applies to --param fft (the pixel one has no colour basis)"
         )
+    # Everything is checked before anything is created (the store, the PNGs); the colour
+    # statistics of --color-from are computed once the parameters are known to fit the model.
+    outputs = Outputs()
+    outputs.folder(out_dir, "output folder")
+    store = open_store(store_path)
     directions = None if direction_file is None else load_directions(direction_file)
     m = open_model(model, kw)
-    color = None
+    options: dict[str, Any] = dict(
+        layer=layer, units=units, objective=objective, param=param, regularizers=regularizers,
+        steps=steps, size=size, seed=seed, batch=not one_by_one, batch_size=batch_size,
+        directions=directions, start=start, store=store, progress=not no_progress,
+    )  # fmt: skip
+    method = ActivationMaximization(m, **options)
+    source = ImageFolder(reference) if reference else None
     if color_from is not None:
         color = color_correlation_from_images(
             ImageFolder(color_from), m.preprocessing, max_images=COLOR_IMAGES
         )
-    method = ActivationMaximization(
-        m, layer=layer, units=units, objective=objective, param=param,
-        regularizers=regularizers, steps=steps, size=size, seed=seed, batch=not one_by_one,
-        batch_size=batch_size, directions=directions, start=start, color=color,
-        store=open_store(store_path), progress=not no_progress,
-    )  # fmt: skip
-    source = ImageFolder(reference) if reference else None
-    result = method.run(source)
-    files = write_actmax(result, out_dir)
+        method = ActivationMaximization(m, color=color, **options)
+    with outputs.writing():
+        result = method.run(source)
+        files = write_actmax(result, out_dir)
     rel = result.relative
     noun = {"class": "class(es)", "direction": "direction(s)"}.get(objective, "unit(s)")
     resumed = getattr(method, "resumed_units", 0) if method.resumed else 0

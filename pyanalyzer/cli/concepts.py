@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from pyanalyzer.cli.options import json_option
+from pyanalyzer.cli.options import Outputs, json_option
 
 __all__ = ["concepts"]
 
@@ -62,7 +62,10 @@ def synth(out: str, n_images: int, size: int, seed: int, overwrite: bool, as_jso
     """
     from pyanalyzer.data.broden import synth_dataset
 
-    path = synth_dataset(out, n_images=n_images, size=size, seed=seed, overwrite=overwrite)
+    outputs = Outputs()
+    outputs.folder(out, "output folder")  # checked now; the parameters by synth_dataset
+    with outputs.writing():
+        path = synth_dataset(out, n_images=n_images, size=size, seed=seed, overwrite=overwrite)
     _finish(path, as_json)
 
 
@@ -106,10 +109,13 @@ def build(
     """
     from pyanalyzer.data.broden import build_dataset
 
-    path = build_dataset(
-        images, masks, labels, out,
-        add_colors=not no_colors, category=category, size=size, overwrite=overwrite,
-    )  # fmt: skip
+    outputs = Outputs()
+    outputs.folder(out, "output folder")  # checked now; the inputs by build_dataset
+    with outputs.writing():
+        path = build_dataset(
+            images, masks, labels, out,
+            add_colors=not no_colors, category=category, size=size, overwrite=overwrite,
+        )  # fmt: skip
     _finish(path, as_json)
 
 

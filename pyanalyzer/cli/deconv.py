@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from pyanalyzer.cli.options import (
+    Outputs,
     json_option,
     layers_option,
     model_options,
@@ -53,7 +54,7 @@ __all__ = ["deconv"]
 )
 @click.option(
     "--n-images",
-    type=int,
+    type=click.IntRange(min=1),
     default=200,
     show_default=True,
     help="Synthetic scenes scanned when neither --image nor --images is given.",
@@ -105,8 +106,11 @@ def deconv(
 
     if image and images:
         raise UserInputError("give --image or --images, not both")
-    m = open_model(model, kw)
+    # Everything is checked before anything is created (the store, the PNGs).
+    outputs = Outputs()
+    outputs.folder(out_dir, "output folder")
     store = open_store(store_path)
+    m = open_model(model, kw)
     progress = not no_progress
     if image:
         analysis: Any = PROJECTIONS[method](
@@ -114,9 +118,7 @@ def deconv(
             progress=progress,
         )  # fmt: skip
         source: Any = ImageFiles([image])
-        result = analysis.run(source)  # an unreadable image: one line, nothing written
-        written = write_result(result, out_dir)
-        chosen = [int(u) for u in result.units]
+        source.pixels(0, m.preprocessing)  # an unreadable image: one line, nothing written
     else:
         analysis = TopPatches(
             m, layer=layer, units=units, k=top_k, projection=method, device=device,
@@ -125,12 +127,15 @@ def deconv(
         if images:
             source = ImageFolder(images)
         else:
-            if n_images < 1:
-                raise UserInputError(f"--n-images must be at least 1, got {n_images}")
             source = SyntheticImages.for_model(m.preprocessing, n_images)
+    with outputs.writing():
         result = analysis.run(source)
-        chosen = analysis.units
-        written = write_result(result, out_dir, source=source)
+        if image:
+            written = write_result(result, out_dir)
+            chosen = [int(u) for u in result.units]
+        else:
+            chosen = analysis.units
+            written = write_result(result, out_dir, source=source)
     alias = m.spatial_layer(layer).alias
     lines = [f"{alias}: {len(chosen)} unit(s), {method}; wrote {len(written)} PNG(s) to {out_dir}"]
     if analysis.from_store:

@@ -7,6 +7,8 @@ from typing import Any
 import click
 
 from pyanalyzer.cli.options import (
+    FiniteFloat,
+    Outputs,
     concepts_dir,
     json_option,
     layers_option,
@@ -32,14 +34,14 @@ __all__ = ["dissect"]
 @out_option("Folder for the CSV, JSON and HTML reports.")
 @click.option(
     "--quantile",
-    type=float,
+    type=FiniteFloat(),
     default=0.005,
     show_default=True,
     help="Top fraction of each unit's activations that counts as firing.",
 )
 @click.option(
     "--iou-threshold",
-    type=float,
+    type=FiniteFloat(),
     default=0.04,
     show_default=True,
     help="A unit is a detector when its best IoU exceeds this.",
@@ -64,17 +66,21 @@ __all__ = ["dissect"]
 )
 @click.option(
     "--n-images",
-    type=int,
+    type=click.IntRange(min=1),
     default=1000,
     show_default=True,
     help="Images of the default synthetic dataset.",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the default synthetic dataset."
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the default synthetic dataset.",
 )
 @click.option(
     "--checkpoint-every",
-    type=float,
+    type=FiniteFloat(minimum=0),
     default=2.0,
     show_default=True,
     help="Seconds between resumable checkpoints in the store (0: every batch).",
@@ -112,33 +118,40 @@ def dissect(
     """  # fmt: skip
     from pyanalyzer.data.broden import BrodenDataset
     from pyanalyzer.data.defaults import concept_dataset, scene_size
-    from pyanalyzer.errors import UserInputError
     from pyanalyzer.methods.dissection import Dissection
     from pyanalyzer.report.dissection import write_dissection
 
+    # Everything is checked before anything is created (the dataset, the store, the reports).
     progress = not no_progress
-    m = open_model(model, kw)
+    outputs = Outputs()
+    outputs.folder(out_dir, "output folder", work_dirs=True)
     store = open_store(store_path)
+    m = open_model(model, kw)
     method = Dissection(
         m, layers=list(layers), quantile=quantile, iou_threshold=iou_threshold,
         batch_size=batch_size, top_k=top_k, device=device, net2vec=list(net2vec),
         store=store, checkpoint_every=checkpoint_every, progress=progress,
     )  # fmt: skip
+    concepts = concepts_dir(store)
     if dataset is not None:
-        ds = BrodenDataset(dataset, cache_dir=concepts_dir(store))
+        ds = BrodenDataset(dataset, cache_dir=concepts)
+        method.prepare(ds)  # --net2vec concepts of the dataset
     else:
-        if n_images < 1:
-            raise UserInputError(f"--n-images must be at least 1, got {n_images}")
-        size = scene_size(m.preprocessing)
-        ds = concept_dataset(concepts_dir(store), n_images, size, seed, progress=progress)
-    results = method.run(ds)
-    extra = {
-        "model_file": str(m.path), "model_sha256": m.sha256, "dataset": str(ds.root),
-        "dataset_digest": ds.digest, "preprocessing": m.preprocessing.to_dict(),
-        "parameters": method.resolved(), "from_store": method.from_store,
-        "timings": results.timings,
-    }  # fmt: skip
-    paths = write_dissection(results, out_dir, model=m, dataset=ds, extra=extra)
+        ds = None
+        _check_synthetic_concepts(net2vec)
+    outputs.folder(concepts, "concept-data folder")  # the synthetic dataset, label caches
+    with outputs.writing():
+        if ds is None:
+            size = scene_size(m.preprocessing)
+            ds = concept_dataset(concepts, n_images, size, seed, progress=progress)
+        results = method.run(ds)
+        extra = {
+            "model_file": str(m.path), "model_sha256": m.sha256, "dataset": str(ds.root),
+            "dataset_digest": ds.digest, "preprocessing": m.preprocessing.to_dict(),
+            "parameters": method.resolved(), "from_store": method.from_store,
+            "timings": results.timings,
+        }  # fmt: skip
+        paths = write_dissection(results, out_dir, model=m, dataset=ds, extra=extra)
     lines = []
     for r in results:
         s = r.summary()
@@ -155,3 +168,23 @@ def dissect(
     lines.append(f"{source}; reports in {out_dir} ({len(paths)} files)")
     report(method, results, as_json=as_json, lines=lines, out_dir=out_dir,
            files=list(paths.values()))  # fmt: skip
+
+
+def _check_synthetic_concepts(wanted: tuple[str, ...]) -> None:
+    """``--net2vec`` concepts without ``--dataset``: each must be a concept of the synthetic
+    vocabulary, checked before the synthetic dataset is made (the same message as for a
+    dataset: a number, or a name with the closest names suggested)."""
+    if not wanted:
+        return
+    from types import SimpleNamespace
+
+    from pyanalyzer.data import synthetic
+    from pyanalyzer.data.broden.build import _broden_name  # the dataset's own naming rule
+    from pyanalyzer.methods.dissection import concept_number
+
+    vocabulary = synthetic.concepts()
+    names = [""] * (max(c.id for c in vocabulary) + 1)
+    for c in vocabulary:
+        names[c.id] = _broden_name(c.category, c.name)
+    for concept in wanted:
+        concept_number(SimpleNamespace(names=names), concept)  # type: ignore[arg-type]  # needs only .names

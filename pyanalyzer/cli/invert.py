@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from pyanalyzer.cli.options import (
+    Outputs,
     json_option,
     layers_option,
     model_options,
@@ -114,8 +115,11 @@ def invert_run(
             raise UserInputError(
                 f"{', '.join(given)} apply to --method optim or both, not to upconv"
             )
-    m = open_model(model, kw)
+    # Everything is checked before anything is created (the store, the PNGs).
+    outputs = Outputs()
+    outputs.folder(out_dir, "output folder")
     store = open_store(store_path)
+    m = open_model(model, kw)
     progress = not no_progress
     analyses: dict[str, Any] = {}
     if method in ("optim", "both"):
@@ -141,8 +145,9 @@ def invert_run(
             ) from None
     image_source = ImageFiles([image])
     image_source.pixels(0, m.preprocessing)  # an unreadable image: one line, nothing written
-    results = {name: a.run(image_source) for name, a in analyses.items()}
-    files = write_inversion(results, out_dir)
+    with outputs.writing():
+        results = {name: a.run(image_source) for name, a in analyses.items()}
+        files = write_inversion(results, out_dir)
     lines = [
         f"{name:6s} {alias:10s} " + "  ".join(f"{k} {v:.4f}" for k, v in errs.items())
         for name, result in results.items()
@@ -193,8 +198,8 @@ def invert_train(
     from pyanalyzer.data.images import ImageFolder
     from pyanalyzer.methods.inversion import UpconvTraining
 
+    store = open_store(store_path)  # the decoder is kept there: checked before anything runs
     m = open_model(model, kw)
-    store = open_store(store_path)
     options: dict[str, Any] = {"seed": seed}
     if epochs is not None:
         options["epochs"] = epochs

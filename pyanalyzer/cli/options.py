@@ -2,15 +2,24 @@
 
 * :func:`model_options` — the MODEL argument and the preprocessing flags;
 * :func:`store_option`, :func:`layers_option`, :func:`units_option`, :func:`progress_option`,
-  :func:`json_option`, :func:`out_option`;
-* :func:`open_model`, :func:`open_store`, :func:`concepts_dir`, :func:`report` (the summary
-  line or the JSON document of a command's result).
+  :func:`json_option`, :func:`out_option`; :class:`FiniteFloat`, the type of float options;
+* :func:`open_model`, :func:`open_store`, :func:`concepts_dir`, :class:`Outputs`,
+  :func:`report` (the summary line or the JSON document of a command's result).
+
+Every command checks all its input first (options, paths, the model, the analysis built from
+them, which checks its parameters against the model) and only then creates anything: the
+store (:func:`open_store` checks it can be written), output folders (:class:`Outputs` checks
+they can be created, sweeps what killed runs left in them, and removes the folders it made
+when the command fails), datasets, reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Sequence
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,6 +33,8 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
+    "FiniteFloat",
+    "Outputs",
     "concepts_dir",
     "json_option",
     "layers_option",
@@ -49,6 +60,26 @@ _PREPROCESSING = (
 )
 
 
+class FiniteFloat(click.ParamType):
+    """A float option that must be finite (no nan, inf) and, optionally, at least ``minimum``;
+    a bad value is a one-line usage error before anything runs."""
+
+    name = "float"
+
+    def __init__(self, minimum: float | None = None) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        want = "a finite number" + ("" if self.minimum is None else f" >= {self.minimum:g}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"must be {want}, got {value!r}", param, ctx)
+        if not math.isfinite(number) or (self.minimum is not None and number < self.minimum):
+            self.fail(f"must be {want}, got {value!r}", param, ctx)
+        return number
+
+
 def _apply(f: F, options: Sequence[Callable[[F], F]]) -> F:
     for opt in reversed(options):
         f = opt(f)
@@ -69,7 +100,7 @@ def model_options(f: F) -> F:
         ),
         click.option("--mean", metavar="A,B,C", help="Per-channel mean, after scaling (model channel order)."),
         click.option("--std", metavar="A,B,C", help="Per-channel std, after scaling (model channel order)."),
-        click.option("--scale", type=float, metavar="X", help="Factor applied to 0-255 pixels."),
+        click.option("--scale", type=FiniteFloat(), metavar="X", help="Factor applied to 0-255 pixels."),
         click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), help="Channel order the model expects."),
         click.option("--layout", type=click.Choice(["nchw", "nhwc"]), help="Input layout (normally detected)."),
         click.option("--input-size", metavar="HxW", help="Input size for models with dynamic sizes."),
@@ -106,15 +137,10 @@ def units_option(
 ) -> Callable[[F], F]:
     """``--units N|A-B|all`` (and an older spelling, e.g. deconv's ``--unit``)."""
     names = ["--units"] if alias is None else ["--units", alias]
-    return click.option(
-        *names,
-        "units",
-        default=default,
-        required=required,
-        show_default=default is not None,
-        metavar="N|A-B|all",
-        help=help,
-    )
+    # No default=None: click >= 8.3 takes an explicit None default as a given value, and a
+    # required option would then not be reported missing.
+    extra: dict[str, Any] = {} if default is None else {"default": default, "show_default": True}
+    return click.option(*names, "units", required=required, metavar="N|A-B|all", help=help, **extra)
 
 
 def progress_option(f: F) -> F:
@@ -154,21 +180,97 @@ def preprocessing_from_flags(kw: dict[str, Any]) -> dict[str, Any]:
 
 def open_model(path: str, kw: dict[str, Any], *, check_parity: bool = False) -> Model:
     """Load MODEL with the preprocessing flags popped from ``kw``."""
+    from pyanalyzer.cli import verbose
     from pyanalyzer.model import load_model
 
+    with contextlib.suppress(Exception):  # onnxruntime's own log goes to stderr directly
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(2 if verbose() else 3)
     return load_model(path, preprocessing_from_flags(kw), check_parity=check_parity)
 
 
-def open_store(store_path: str | None) -> Store:
-    """The result store (nothing is created until something is written)."""
+def open_store(store_path: str | None, *, write: bool = True) -> Store:
+    """The result store; nothing is created until something is written.
+
+    Args:
+        write: the command may store results: check now, without writing, that it can
+            (:meth:`~pyanalyzer.store.Store.check_writable`).
+
+    Raises:
+        StoreError: one line: a device, a FIFO, an empty path, a foreign or corrupt store, a
+            read-only one, or one that cannot be created.
+    """
     from pyanalyzer.store import Store
 
-    return Store(store_path)
+    store = Store(store_path)
+    if write:
+        store.check_writable()
+    return store
 
 
 def concepts_dir(store: Store) -> Path:
     """Where concept datasets and their decoded-label caches live: beside the store."""
     return Path(store.path).parent / "concepts"
+
+
+class Outputs:
+    """The folders a command writes into: checked before anything is created, swept of what
+    killed runs left there when the writing starts, and removed again when this run created
+    them and the command fails while they are still empty.
+
+    ::
+
+        outputs = Outputs()
+        out = outputs.folder(out_dir, "output folder")   # checks only
+        ...                                              # every other check
+        with outputs.writing():                          # sweeps, then the writes
+            write_result(result, out)
+    """
+
+    def __init__(self) -> None:
+        self._made: list[Path] = []  # folders missing before the run, outermost first
+        self._sweeps: list[tuple[Path, str | None, bool]] = []
+
+    def folder(self, path: str | os.PathLike[str], what: str, *, work_dirs: bool = False) -> Path:
+        """Check that ``path`` is a folder that exists and is writable, or can be created
+        (nothing is created); its stale temporary files (and those of it in its parent) are
+        swept when :meth:`writing` starts.
+
+        Args:
+            what: what it is, for the message (``"output folder"``).
+            work_dirs: the folder holds a dissection report (whose hidden ``.tmp-*`` work
+                folders are swept too).
+
+        Raises:
+            UserInputError: one line (see :func:`pyanalyzer._io.check_dir_creatable`).
+        """
+        from pyanalyzer._io import check_dir_creatable
+
+        for p in check_dir_creatable(path, what):
+            if p not in self._made:
+                self._made.append(p)
+        folder = Path(path)
+        absolute = Path(os.path.abspath(folder))
+        self._sweeps.append((absolute, None, work_dirs))
+        self._sweeps.append((absolute.parent, absolute.name, False))
+        return folder
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Sweep the stale temporary files of killed runs, run the block (the writes), and on
+        any exception remove the folders this run created that are still empty."""
+        from pyanalyzer._io import sweep_stale_temps
+
+        try:
+            for folder, target, work_dirs in self._sweeps:
+                sweep_stale_temps(folder, target=target, work_dirs=work_dirs)
+            yield
+        except BaseException:
+            for p in reversed(self._made):
+                with contextlib.suppress(OSError):
+                    p.rmdir()  # only when empty
+            raise
 
 
 def report(

@@ -49,15 +49,23 @@ def scene_size(spec: PreprocessSpec) -> int:
 class SyntheticImages:
     """``n`` synthetic concept scenes of ``seed`` at ``size`` pixels, as an image source.
 
-    Scenes are rendered on first use (a store hit needs none) and kept in memory.
+    Scenes are rendered on first use (a store hit needs none) and kept in memory; ``n`` is at
+    most :data:`~pyanalyzer.data.synthetic.MAX_SCENES` and the scenes must fit the memory
+    budget (:func:`pyanalyzer.budget.synthetic_images_bytes`), checked when the source is made.
     """
 
     def __init__(self, n: int, seed: int = 0, size: int = 64):
-        from pyanalyzer.data.synthetic import MIN_SIZE
+        from pyanalyzer import budget
+        from pyanalyzer.data.synthetic import check_count, check_size
 
-        self.n = check_int("n_images", n, 1)
+        self.n = check_count(n)
         self.seed = check_int("seed", seed, 0)
-        self.size = check_int("size", size, MIN_SIZE)
+        self.size = check_size(size)
+        budget.check(
+            f"{self.n} synthetic scenes of {self.size}x{self.size} held in memory",
+            budget.synthetic_images_bytes(self.n, self.size),
+            advice="use fewer scenes (--n-images)",
+        )
         self._images: np.ndarray | None = None
 
     @classmethod
@@ -93,12 +101,21 @@ def concept_dataset(
     root: str | Path, n_images: int, size: int, seed: int = 0, *, progress: bool = True
 ) -> BrodenDataset:
     """The synthetic Broden-format concept dataset ``root/synth-n<N>-s<size>-seed<seed>``,
-    made on first use (written atomically, so concurrent first uses are safe)."""
-    from pyanalyzer.data.broden import BrodenDataset, synth_dataset
+    made on first use (written atomically, so concurrent first uses are safe).
 
-    n_images = check_int("n_images", n_images, 1)
+    Raises:
+        UserInputError: ``n_images`` or ``size`` out of range; BudgetError: no room on disk
+            for the dataset (checked before anything is written or printed).
+    """
+    from pyanalyzer.data.broden import BrodenDataset, synth_dataset
+    from pyanalyzer.data.broden.build import check_synth
+    from pyanalyzer.data.synthetic import check_count, check_size
+
+    n_images, size = check_count(n_images), check_size(size)
+    seed = check_int("seed", seed, 0)
     folder = Path(root) / f"synth-n{n_images}-s{size}-seed{seed}"
     if not (folder / "index.csv").is_file():
+        check_synth(root, n_images, size, seed)  # the disk, before the message below
         print(f"making the synthetic concept dataset {folder} ...", file=sys.stderr)
         synth_dataset(
             folder, n_images=n_images, size=size, seed=seed, progress=progress, overwrite=True

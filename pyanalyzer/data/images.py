@@ -8,15 +8,19 @@ is (``identity()``), which store keys are made of.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import re
+import struct
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pyanalyzer._checks import check_shape
-from pyanalyzer.errors import ImageError
+from pyanalyzer._checks import check_shape, open_regular
+from pyanalyzer.errors import ImageError, UserInputError
 
 if TYPE_CHECKING:
     from pyanalyzer.model.forward import ImageSource
@@ -24,39 +28,158 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "ArraySource",
     "ImageFiles",
     "ImageFolder",
     "array_digest",
+    "check_image_size",
     "files_digest",
     "load_image",
     "model_images",
+    "open_image",
     "source_identity",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 
-def load_image(path: str | os.PathLike[str]):
-    """Open an image file fully, as a PIL image.
+MAX_IMAGE_PIXELS = 128 * 2**20
+"""The most pixels an image file may declare (128 Mi pixels, e.g. 16384 x 8192; a 108-megapixel
+photo fits). Its header is read first and a larger image is refused before it is decoded, as
+Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, whose error and warning are turned into
+the same refusal) would refuse a decompression bomb; decoding must also fit the memory budget
+(:func:`pyanalyzer.budget.image_decode_bytes`)."""
+
+_BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError, struct.error)
+"""What Pillow raises on a damaged file (UnidentifiedImageError is an OSError)."""
+
+_BAD_HEADER = (*_BAD_IMAGE, IndexError, TypeError)
+"""What Pillow's header parsers raise on a damaged file."""
+
+
+def check_image_size(
+    width: int,
+    height: int,
+    channels: int,
+    shown: str,
+    *,
+    error: Callable[[str], UserInputError] = ImageError,
+    itemsize: int = 1,
+) -> None:
+    """Refuse an image whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels, or
+    whose decoding would exceed the memory budget (one line naming the image).
 
     Raises:
-        ImageError: missing, a directory, or not a readable image.
+        error: the image is too large.
+    """
+    from pyanalyzer import budget
+
+    pixels = int(width) * int(height)
+    if width < 1 or height < 1:
+        raise error(f"{shown} declares an empty size {width}x{height}")
+    if pixels > MAX_IMAGE_PIXELS:
+        raise error(
+            f"{shown} is {width}x{height} ({pixels} pixels), more than the "
+            f"{MAX_IMAGE_PIXELS} allowed (pyanalyzer.data.images.MAX_IMAGE_PIXELS)"
+        )
+    budget.check(
+        f"decoding {shown} ({width}x{height})",
+        budget.image_decode_bytes(width, height, channels, itemsize),
+    )
+
+
+def _bomb_pixels(exc: BaseException) -> str:
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"{m.group(1)} pixels" if m else "too many pixels"
+
+
+@contextlib.contextmanager
+def open_image(
+    path: str | os.PathLike[str],
+    what: str = "image",
+    *,
+    error: Callable[[str], UserInputError] = ImageError,
+) -> Iterator[Any]:
+    """Open an image file lazily, with its header checked: the one way pyanalyzer opens
+    images, masks and segmentations.
+
+    The file must be a regular file (:func:`pyanalyzer._checks.open_regular`); its declared
+    size must be within :data:`MAX_IMAGE_PIXELS` and the memory budget
+    (:func:`check_image_size`). Pillow reads only the header here; the caller decodes (``load``)
+    inside the block, where a damaged file raises ``error`` too.
+
+    Args:
+        path: the file.
+        what: what it is, for messages (``"image"``, ``"mask"``, ``"segmentation PNG"``).
+        error: makes the exception raised from a message (a :class:`UserInputError` subclass
+            or a function that builds one).
+
+    Yields:
+        the open ``PIL.Image.Image``.
+
+    Raises:
+        error: one line: missing, not a regular file, not a readable image, too large, or
+            damaged.
     """
     from PIL import Image, UnidentifiedImageError
 
-    p = Path(path)
-    if not p.exists():
-        raise ImageError(f"image file {str(p)!r} does not exist")
-    if p.is_dir():
-        raise ImageError(f"{str(p)!r} is a directory, not an image file")
-    try:
-        with Image.open(p) as img:
+    shown = f"{what} {os.fspath(path)!r}"
+    fh = open_regular(
+        path, f"an {what} file" if what[0] in "aeiou" else f"a {what} file", error=error
+    )
+    with fh:
+        try:
+            with warnings.catch_warnings():
+                # pyanalyzer's own limit is below Pillow's error threshold: its warning (for
+                # sizes between its limit and twice it) is superseded by check_image_size.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(fh)
+        except Image.DecompressionBombError as exc:
+            raise error(
+                f"cannot read {shown}: it declares {_bomb_pixels(exc)}, more than the "
+                f"{MAX_IMAGE_PIXELS} allowed (pyanalyzer.data.images.MAX_IMAGE_PIXELS)"
+            ) from None
+        except UnidentifiedImageError:
+            raise error(f"cannot read {shown}: not a recognised image format") from None
+        except _BAD_HEADER as exc:
+            raise error(f"cannot read {shown}: {_reason(exc)}") from None
+        with img:
+            check_image_size(img.width, img.height, len(img.getbands()), shown, error=error,
+                             itemsize=_itemsize(img.mode))  # fmt: skip
+            try:
+                yield img
+            except Image.DecompressionBombError as exc:
+                raise error(f"cannot read {shown}: it declares {_bomb_pixels(exc)}") from None
+            except _BAD_IMAGE as exc:
+                raise error(f"cannot read {shown}: {_reason(exc)}") from None
+
+
+def _itemsize(mode: str) -> int:
+    return (
+        4 if mode in ("I", "F") or mode.startswith("I;32") else 2 if mode.startswith("I;16") else 1
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def load_image(path: str | os.PathLike[str]):
+    """Open an image file fully, as a PIL image (:func:`open_image`'s checks first).
+
+    Raises:
+        ImageError: missing, a directory, not a regular file, not a readable image, larger
+            than :data:`MAX_IMAGE_PIXELS` or the memory budget, or damaged.
+    """
+    with open_image(path, "image") as img:
+        with warnings.catch_warnings():
+            from PIL import Image
+
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-            return img.copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = "not a recognised image format" if isinstance(exc, UnidentifiedImageError) else exc
-        raise ImageError(f"cannot read image {str(p)!r}: {reason}") from None
+        return img.copy()
 
 
 def files_digest(paths: Sequence[str | os.PathLike[str]]) -> str:
@@ -90,6 +213,14 @@ def model_images(images: Any, spec: PreprocessSpec) -> np.ndarray:
     if hasattr(images, "pixels") and hasattr(images, "__len__"):  # an image source
         if len(images) == 0:
             raise ImageError("the image source is empty: give at least one image")
+        from pyanalyzer import budget
+
+        h, w = spec.input_size
+        budget.check(
+            f"holding {len(images)} images of {h}x{w} in memory",
+            2 * budget.images_bytes(len(images), h, w, spec.channels),
+            advice="give fewer images",
+        )
         images = np.stack([images.pixels(i, spec) for i in range(len(images))])
     arr = np.asarray(images)
     h, w = spec.input_size

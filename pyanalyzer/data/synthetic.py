@@ -52,6 +52,8 @@ __all__ = [
     "COLOR_JITTER",
     "COLOR_RGB",
     "IMAGE_CATEGORIES",
+    "MAX_SCENES",
+    "MAX_SIZE",
     "MIN_SIZE",
     "OBJECT_TEXTURES",
     "PIXEL_CATEGORIES",
@@ -68,6 +70,8 @@ __all__ = [
     "concepts",
     "generate",
     "render",
+    "check_count",
+    "check_size",
     "render_batch",
 ]
 
@@ -157,6 +161,44 @@ IMAGE_CATEGORIES: tuple[str, ...] = ("scene", "texture")
 
 MIN_SIZE: int = 16
 """Smallest image side accepted by :func:`render`."""
+
+MAX_SIZE: int = 4096
+"""Largest image side accepted by :func:`render` (a scene of 4096 pixels takes about 2 GiB to
+draw, and must also fit the memory budget, :mod:`pyanalyzer.budget`)."""
+
+MAX_SCENES: int = 1_000_000
+"""The most scenes one call makes (:func:`render_batch`, the synthetic concept dataset of
+:func:`pyanalyzer.data.broden.synth_dataset`, :class:`pyanalyzer.data.defaults.SyntheticImages`):
+a million 64-pixel scenes are 12 GiB of pixels; disk and memory are checked as well."""
+
+
+def check_size(size: int) -> int:
+    """``size`` as an int within :data:`MIN_SIZE`..:data:`MAX_SIZE`, whose scene fits the memory
+    budget.
+
+    Raises:
+        UserInputError: not an integer, out of range, or over the budget.
+    """
+    from pyanalyzer import budget
+
+    size = _check_int("size", size, MIN_SIZE)
+    if size > MAX_SIZE:
+        raise UserInputError(f"size must be at most {MAX_SIZE} pixels, got {size}")
+    budget.check(f"drawing a {size}x{size} synthetic scene", budget.synthetic_images_bytes(1, size))
+    return size
+
+
+def check_count(n: int, minimum: int = 1, name: str = "n_images") -> int:
+    """``n`` as an int within ``minimum``..:data:`MAX_SCENES`.
+
+    Raises:
+        UserInputError: not an integer or out of range.
+    """
+    n = _check_int(name, n, minimum)
+    if n > MAX_SCENES:
+        raise UserInputError(f"{name} must be at most {MAX_SCENES} scenes, got {n}")
+    return n
+
 
 _NAMES: dict[str, tuple[str, ...]] = {
     "color": COLORS,
@@ -548,7 +590,7 @@ def render(index: int, seed: int = 0, size: int = 64) -> Scene:
     """
     index = _check_int("index", index, 0)
     seed = _check_int("seed", seed, 0)
-    size = _check_int("size", size, MIN_SIZE)
+    size = check_size(size)
     rng = np.random.default_rng([seed, index])
     canvas = _Canvas(size)
     scene_name = SCENES[int(rng.integers(len(SCENES)))]
@@ -591,9 +633,9 @@ def generate(n: int, seed: int = 0, size: int = 64, start: int = 0) -> Iterator[
         UserInputError: A parameter is not an integer or out of range (raised at the call,
             not at the first ``next``).
     """
-    n = _check_int("n", n, 0)
+    n = check_count(n, 0, "n")
     seed = _check_int("seed", seed, 0)
-    size = _check_int("size", size, MIN_SIZE)
+    size = check_size(size)
     start = _check_int("start", start, 0)
     return (render(i, seed, size) for i in range(start, start + n))
 
@@ -614,13 +656,21 @@ def render_batch(
         class indices in :func:`class_names`.
 
     Raises:
-        UserInputError: A parameter is not an integer or out of range.
+        UserInputError: A parameter is not an integer or out of range, or the scenes do not
+            fit the memory budget (:func:`pyanalyzer.budget.synthetic_images_bytes`).
     """
-    scenes = list(generate(n, seed, size, start))
-    size = operator.index(size)
-    images = np.empty((len(scenes), size, size, 3), dtype=np.uint8)
-    labels = np.empty(len(scenes), dtype=np.int64)
-    for i, sc in enumerate(scenes):
+    from pyanalyzer import budget
+
+    scenes = generate(n, seed, size, start)  # checks the parameters
+    n, size = operator.index(n), operator.index(size)
+    budget.check(
+        f"{n} synthetic scenes of {size}x{size} held in memory",
+        budget.synthetic_images_bytes(n, size),
+        advice="use fewer or smaller scenes",
+    )
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    labels = np.empty(n, dtype=np.int64)
+    for i, sc in enumerate(scenes):  # one scene at a time: their masks are not kept
         images[i] = sc.image
         labels[i] = sc.label
     return images, labels

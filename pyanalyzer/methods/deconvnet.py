@@ -1,29 +1,65 @@
 """Projecting a unit back to pixels: DeconvNet, guided backpropagation and saliency.
 
 * DeconvNet: Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014.
-* Guided backpropagation: Springenberg et al., "Striving for Simplicity", ICLR 2015 workshop.
+* Guided backpropagation: Springenberg, Dosovitskiy, Brox & Riedmiller, "Striving for
+  Simplicity: The All Convolutional Net", ICLR 2015 workshop.
 * Saliency: Simonyan, Vedaldi & Zisserman, "Deep Inside Convolutional Networks", 2013.
 
 One walker serves all three. The model's torch twin (onnx2torch) runs forward once with every
 intermediate value recorded; then a signal that holds only the chosen unit's activation walks
-the ONNX graph in reverse, node by node:
+the ONNX graph in reverse, node by node. The methods differ only where the signal ``s`` that
+reaches an op's output crosses a nonlinearity whose recorded forward input is ``x``.
 
-==================  ===========================  =========================  ==================
-op                  ``deconv``                   ``guided``                 ``saliency``
-==================  ===========================  =========================  ==================
-Relu                rectify the signal           rectify, and mask where    mask where the
-                                                 the forward input was <= 0 forward input <= 0
-MaxPool             unpool with the switches     same                       same
-                    (C++/CUDA kernel)
-linear ops          their transpose: Conv →      same                       same
-                    transposed convolution with
-                    the same filters, BN → its
-                    linear part, Add → every
-                    input, Concat → split,
-                    Flatten/Reshape/Transpose →
-                    inverse, pooling → spread
-other ops           error naming the op          error naming the op        their gradient
-==================  ===========================  =========================  ==================
+A *rectifier* is ``f(x) = x`` for ``0 < x < c``, ``a * x`` for ``x <= 0`` and ``c`` for
+``x >= c`` (ReLU: slope ``a = 0`` and no cap ``c``). Its signal map is ``r(s) = s`` where
+``s > 0`` and ``a * s`` elsewhere (the unit's own piecewise-linear map, without the cap), and
+its forward gradient is ``f'(x) = 1`` on ``(0, c)``, ``a`` for ``x <= 0`` and 0 for ``x >= c``.
+
+=======================  ==========================  ===========================  ==============
+op                       ``deconv``                  ``guided``                   ``saliency``
+=======================  ==========================  ===========================  ==============
+Relu                     ``max(s, 0)``               ``max(s, 0) * [x > 0]``      ``s * [x > 0]``
+Clip with min 0:         ``max(s, 0)``: the cap      ``max(s, 0) * [0 < x < c]``  ``s * f'(x)``
+Clip(0, c) (ReLU6),      is not applied to the
+Clip(0, ∞)               signal
+LeakyRelu(α)             ``r(s)``, ``a = α``         ``r(s) * f'(x)``             ``s * f'(x)``
+PRelu(slope)             ``r(s)``, ``a`` the slope   ``r(s) * f'(x)``             ``s * f'(x)``
+                         broadcast as ONNX does
+                         (per channel or scalar)
+smooth ops (below)       local gradient              local gradient               local gradient
+                         ``s * f'(x)``               ``s * f'(x)``
+MaxPool                  unpool with the switches    same                         same
+                         (C++/CUDA kernel)
+linear ops               their transpose: Conv →     same                         same
+                         transposed convolution
+                         with the same filters,
+                         BN → its linear part,
+                         Add → every input, Concat
+                         → split, Flatten/Reshape/
+                         Transpose → inverse,
+                         pooling → spread
+LRN                      passed through              passed through               its gradient
+other ops                error naming the op         error naming the op          their gradient
+=======================  ==========================  ===========================  ==============
+
+*Smooth ops* take the local gradient (the op's vector-Jacobian product at ``x``) in all three
+methods: Sigmoid, Tanh, Erf, HardSigmoid, HardSwish, Elu, Selu, Celu, Softplus, Softsign, Gelu,
+Mish, the pointwise functions their decompositions use (Exp, Log, Pow, Sqrt, Reciprocal), a Clip
+whose min is not 0 (a saturation, not a rectifier), and the product or quotient of two tensors
+that both depend on the input (``x * sigmoid(x)``, the erf and tanh forms of GELU,
+``x * tanh(softplus(x))`` for Mish, ``x * HardSigmoid(x)``): a decomposed activation is then
+projected exactly as its fused op.
+
+Why these rules. Zeiler & Fergus pass the reconstruction "through a relu non-linearity": the
+signal is rectified as the forward pass rectifies, whatever the forward input was. For any
+rectifier the analogue is the same piecewise-linear map on the signal, ``r(s)``; the cap is left
+out because it acts on the size of the forward value, not on the sign that ``r`` keeps, so
+ReLU6's ``r`` is ReLU's. Springenberg et al.'s guided backpropagation applies the deconvnet
+rule and the gradient's forward mask together; for every rectifier here that is
+``r(s) * f'(x)``, which is ``max(s, 0) * [x > 0]`` for ReLU. Saliency is the plain gradient of
+every op. Smooth activations have no rectification to reproduce, so the deconvnet and guided
+backpropagation take their local gradient: guided backpropagation differs from the deconvnet
+only at rectifiers.
 
 The transpose of a linear op is its vector-Jacobian product at the recorded input, so the
 walker uses torch's autograd for it; the bias never enters. Overlapping max-pools (3×3 stride 2)
@@ -81,6 +117,14 @@ _LINEAR = {
 _LINEAR_IF_CONSTANT = {"Mul", "Div"}
 # Local response normalization is skipped by the deconvnet (Zeiler & Fergus do not invert it).
 _PASS_THROUGH = {"LRN"}
+# Rectifiers: each has its own deconvnet and guided rule (a Clip only when its min is 0).
+_RECTIFIERS = {"Relu", "Clip", "LeakyRelu", "PRelu"}
+# Smooth activations, and the pointwise functions of their decompositions: every method takes
+# their local gradient (as do a Clip whose min is not 0 and a Mul/Div of two path tensors).
+_LOCAL_GRADIENT = {
+    "Sigmoid", "Tanh", "Erf", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu", "Softplus",
+    "Softsign", "Gelu", "Mish", "Exp", "Log", "Pow", "Sqrt", "Reciprocal",
+}  # fmt: skip
 # Ops whose output is a shape, an index or a constant: no signal flows through them.
 _NO_SIGNAL = {"Shape", "Constant", "ConstantOfShape", "Size", "Range"}
 
@@ -236,7 +280,12 @@ class Projector:
                 continue
             if n.op != "call_module":
                 continue
-            ins = [a for a in n.args if isinstance(a, torch.fx.Node) and a.name in on_path]
+            # Each path input once, even when the op reads it twice (Mul(x, x)).
+            ins = list(
+                {
+                    a.name: a for a in n.args if isinstance(a, torch.fx.Node) and a.name in on_path
+                }.values()
+            )
             if not ins:
                 continue
             for a, g in zip(ins, self._node_vjp(gm, n, values, ins, sig), strict=True):
@@ -258,25 +307,23 @@ class Projector:
             sig = tuple(
                 torch.zeros_like(o) if s is None else s for s, o in zip(sig, out, strict=True)
             )
-        if op == "Relu":
-            x = args[0]
-            if self.method == "deconv":
-                return [sig.clamp_min(0)]
-            if self.method == "guided":
-                return [sig.clamp_min(0) * (x > 0)]
-            return [sig * (x > 0)]
+        if op in _RECTIFIERS and self.method != "saliency":
+            rect = _rectifier(op, onnx_node, module, args)
+            if rect is not None:
+                return [rect.guided(sig, args[0]) if self.method == "guided" else rect.deconv(sig)]
+        if op == "Relu":  # saliency: the gradient, written out (it is autograd's)
+            return [sig * (args[0] > 0)]
         if op == "MaxPool":
             return [self._unpool(onnx_node, args[0], sig[0] if isinstance(sig, tuple) else sig)]
         if op in _PASS_THROUGH and self.method != "saliency":
             return [sig]
-        path_args = {a.name for a in ins}
-        linear = op in _LINEAR or (
-            op in _LINEAR_IF_CONSTANT
-            and sum(1 for a in n.args if getattr(a, "name", None) in path_args) == 1
-        )
         if op in _NO_SIGNAL:
             return [None] * len(ins)
-        if not linear and self.method != "saliency":
+        path_args = {a.name for a in ins}
+        on_path = sum(1 for a in n.args if getattr(a, "name", None) in path_args)
+        linear = op in _LINEAR or (op in _LINEAR_IF_CONSTANT and on_path == 1)
+        local = op in _LOCAL_GRADIENT or op in _RECTIFIERS or op in _LINEAR_IF_CONSTANT
+        if not (linear or local) and self.method != "saliency":
             raise UserInputError(
                 f"{self.method} cannot invert op {op} (ONNX node {onnx_node.name or n.target}); "
                 "saliency (the plain gradient) can"
@@ -308,13 +355,11 @@ class Projector:
             grads = torch.autograd.grad(
                 [o for o, _ in pairs], leaves, [s for _, s in pairs], allow_unused=True
             )
-        by_name = dict(
-            zip(
-                [a.name for a in n.args if getattr(a, "name", None) in path_args],
-                grads,
-                strict=True,
-            )
-        )
+        by_name = {}
+        names = [a.name for a in n.args if getattr(a, "name", None) in path_args]
+        for name, g in zip(names, grads, strict=True):  # an input read twice: both terms
+            if g is not None:
+                by_name[name] = g if name not in by_name else by_name[name] + g
         return [by_name.get(a.name) for a in ins]
 
     def _unpool(self, node, x, sig):
@@ -357,6 +402,87 @@ class Projector:
         )  # fmt: skip
         up = torch.from_numpy(up)
         return up[..., pt : pt + h, pl : pl + w]
+
+
+@dataclass(frozen=True)
+class _Rectifier:
+    """``f(x) = x`` on ``(0, cap)``, ``slope * x`` for ``x <= 0``, ``cap`` for ``x >= cap``.
+
+    ``slope`` is a number or a tensor that broadcasts to the input as ONNX broadcasts PRelu's
+    slope (aligned on the last axes); ``cap`` is None for no cap.
+    """
+
+    slope: Any = 0.0
+    cap: float | None = None
+
+    def deconv(self, s):
+        """Zeiler & Fergus: the signal through the unit's own piecewise-linear map, ``r(s)``."""
+        import torch
+
+        if isinstance(self.slope, float) and self.slope == 0.0:
+            return s.clamp_min(0)
+        return torch.where(s > 0, s, s * self.slope)
+
+    def gradient(self, x):
+        """``f'(x)``: 1 on ``(0, cap)``, ``slope`` for ``x <= 0``, 0 for ``x >= cap``."""
+        import torch
+
+        if isinstance(self.slope, float) and self.slope == 0.0:
+            d = (x > 0).to(x.dtype)
+        else:
+            d = torch.where(x > 0, torch.ones_like(x), self.slope * torch.ones_like(x))
+        if self.cap is not None:
+            d = d * (x < self.cap)
+        return d
+
+    def guided(self, s, x):
+        """Springenberg et al.: the deconvnet rule and the forward gradient, ``r(s) * f'(x)``."""
+        return self.deconv(s) * self.gradient(x)
+
+
+def _rectifier(op: str, node, module, args) -> _Rectifier | None:
+    """The rectifier an op computes, or None for a Clip whose min is not 0 (a saturation)."""
+    attrs = {a.name: onnx_attr(a) for a in node.attribute}
+    if op == "Relu":
+        return _Rectifier()
+    if op == "LeakyRelu":
+        return _Rectifier(float(attrs.get("alpha", 0.01)))
+    if op == "PRelu":
+        slope = args[1]
+        return _Rectifier(float(slope.reshape(-1)[0]) if slope.numel() == 1 else slope)
+    low, high = _clip_bounds(node, module, attrs)
+    if low is None or low != 0:
+        return None
+    return _Rectifier(0.0, high)
+
+
+def _clip_bounds(node, module, attrs) -> tuple[float | None, float | None]:
+    """(min, max) of a Clip, None where absent: attributes before opset 11, constant inputs
+    from 11 on (onnx2torch reads those into the module: ``nn.ReLU`` for (0, none),
+    ``nn.ReLU6`` for (0, 6), ``OnnxClip`` otherwise, ``nn.Identity`` for neither)."""
+    import torch
+
+    if "min" in attrs or "max" in attrs:
+        low, high = attrs.get("min"), attrs.get("max")
+    elif isinstance(module, torch.nn.ReLU):
+        low, high = 0.0, None
+    elif isinstance(module, torch.nn.Identity):
+        low, high = None, None
+    elif hasattr(module, "min_val") and hasattr(module, "max_val"):  # OnnxClip, nn.ReLU6
+        low, high = module.min_val, module.max_val
+    else:
+        raise UserInputError(
+            f"cannot read the bounds of Clip node {node.name} from its torch module "
+            f"{type(module).__name__}"
+        )
+
+    def number(v) -> float | None:
+        if v is None:
+            return None
+        v = float(v)
+        return None if abs(v) >= 3.0e38 else v  # ONNX's defaults are the float32 extremes
+
+    return number(low), number(high)
 
 
 def onnx_attr(a):
@@ -535,7 +661,9 @@ class UnitProjection(ImageAnalysis[ProjectionParams, ProjectionResult]):
 
 
 class DeconvNet(UnitProjection):
-    """DeconvNet (Zeiler & Fergus, ECCV 2014): the signal rectified at every ReLU."""
+    """DeconvNet (Zeiler & Fergus, ECCV 2014): the signal goes through each rectifier's own
+    piecewise-linear map (rectified at every ReLU), smooth activations by their local gradient
+    (the module's table)."""
 
     method: ClassVar[str] = "deconv"
     rule: ClassVar[str] = "deconv"
@@ -546,8 +674,9 @@ class DeconvNet(UnitProjection):
 
 
 class GuidedBackprop(UnitProjection):
-    """Guided backpropagation (Springenberg et al., ICLR 2015 workshop): rectified, and masked
-    where the forward input was <= 0."""
+    """Guided backpropagation (Springenberg et al., ICLR 2015 workshop): the DeconvNet rule
+    and the forward gradient together at every rectifier (rectified, and masked where the
+    forward input was <= 0, at a ReLU); smooth activations by their local gradient."""
 
     method: ClassVar[str] = "guided"
     rule: ClassVar[str] = "guided"

@@ -77,6 +77,8 @@ class ForwardEngine:
         resolve: maps a layer name or alias to its catalogue entry (the model's
             :meth:`~pyanalyzer.model.model.Model.layer`); without it, names must be ONNX tensor
             names and tensors come back as the graph makes them.
+        catalogue: the model's layer catalogue (for the memory estimate of a batch,
+            :func:`pyanalyzer.budget.forward_bytes`).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class ForwardEngine:
         providers: Sequence[str] | None = None,
         threads: int = 0,
         resolve: Callable[[str], LayerInfo] | None = None,
+        catalogue: Callable[[], Sequence[LayerInfo]] | None = None,
     ):
         self.proto = proto
         self.input = image_input
@@ -95,6 +98,7 @@ class ForwardEngine:
         self.providers = list(providers) if providers else default_providers()
         self.threads = threads
         self.resolve = resolve
+        self._catalogue = catalogue
         self._sessions: dict[tuple[str, ...], Any] = {}
         self._batchable: onnx.ModelProto | None = None
         self._batch_mode = "native" if image_input.batch is None else "loop"
@@ -172,6 +176,30 @@ class ForwardEngine:
             self._sessions[key] = self._make_session(self._batchable_proto(), outputs)
         return self._sessions[key]
 
+    @property
+    def layers(self) -> Sequence[LayerInfo]:
+        """The model's layer catalogue (empty when the engine was made without one)."""
+        return self._catalogue() if self._catalogue is not None else ()
+
+    def check_batch(self, layers: Sequence[str], batch_size: int) -> None:
+        """Refuse a batch of ``batch_size`` images at ``layers`` whose forward pass exceeds the
+        memory budget (:func:`pyanalyzer.budget.forward_bytes`).
+
+        Raises:
+            BudgetError: one line naming the batch, the layers, the estimate and the budget.
+        """
+        if self.resolve is None:
+            return
+        from pyanalyzer import budget
+
+        infos = [self.resolve(n) for n in layers]
+        names = ", ".join(i.alias for i in infos)
+        budget.check(
+            f"a forward pass of {batch_size} images returning {names}",
+            budget.forward_bytes(self, infos, batch_size),
+            advice="use a smaller --batch-size",
+        )
+
     # ---- running ---------------------------------------------------------------------------
     def _layers(self, layers: Sequence[str]) -> list[tuple[str, str]]:
         """``(ONNX name, layout)`` of each requested layer."""
@@ -245,6 +273,7 @@ class ForwardEngine:
             raise UserInputError(f"batch size must be at least 1, got {batch_size}")
         spec = self.preprocessing
         n = len(source)
+        self.check_batch(layers, max(1, min(batch_size, n - start)))
         starts = range(start, n, batch_size)
         with progress_bar(len(starts), label=label, enabled=progress) as bar:
             for s in starts:

@@ -20,6 +20,15 @@ _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, Tens
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
+MAX_ATTRIBUTE = 2**16
+"""The largest kernel size, stride, dilation, padding or output padding a node may declare
+(:func:`check_attributes`): real networks stay far below it, and a Conv padded by 100000 on
+each side asks for terabytes."""
+
+_SIZE_ATTRIBUTES = {"kernel_shape": 1, "strides": 1, "dilations": 1, "pads": 0}
+"""Size attributes of convolutions and pools, with their smallest allowed value."""
+_OPTIONAL_SIZES = {"output_padding": 0}
+
 
 @dataclass(frozen=True)
 class InputInfo:
@@ -209,6 +218,8 @@ def find_image_input(model: onnx.ModelProto) -> InputInfo:
         shape = "unknown shape" if d is None else "[" + ", ".join(str(x) for x in d) + "]"
         return f"{vi.name!r} {shape}"
 
+    for vi in inputs:
+        _check_declared_dims(vi)
     candidates = []
     for vi in inputs:
         dims = _dims(vi)
@@ -241,6 +252,75 @@ def find_image_input(model: onnx.ModelProto) -> InputInfo:
         batch=dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None,
         elem_type=vi.type.tensor_type.elem_type,
     )
+
+
+def _check_declared_dims(vi: onnx.ValueInfoProto) -> None:
+    """Refuse an input that declares a size below 1: a dynamic size has a name or no value."""
+    dims = _dims(vi)
+    for axis, d in enumerate(dims or ()):
+        if isinstance(d, int) and d < 1:
+            shape = ", ".join("?" if x is None else str(x) for x in dims or ())
+            raise ModelError(
+                f"input {vi.name!r} declares size {d} for axis {axis} ([{shape}]); sizes must be "
+                "positive (a dynamic size is a name or is left unset)"
+            )
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return (
+        f"node {node.name!r} ({node.op_type})" if node.name else f"node #{index} ({node.op_type})"
+    )
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterable[tuple[int, onnx.NodeProto]]:
+    """The nodes of ``graph`` and of the subgraphs of its If/Loop/Scan nodes."""
+    for i, node in enumerate(graph.node):
+        yield i, node
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _all_nodes(g)
+
+
+def check_attributes(model: onnx.ModelProto) -> None:
+    """Refuse nodes whose size attributes no network has: ``kernel_shape``, ``strides``,
+    ``dilations`` below 1 or ``pads``, ``output_padding`` below 0 (old ``Pad`` nodes may crop:
+    their pads may be negative), or any of them above :data:`MAX_ATTRIBUTE`.
+
+    Raises:
+        ModelError: one line naming the node, the attribute and the value.
+    """
+    for index, node in _all_nodes(model.graph):
+        for a in node.attribute:
+            lowest = _SIZE_ATTRIBUTES.get(a.name, _OPTIONAL_SIZES.get(a.name))
+            if lowest is None or a.type != onnx.AttributeProto.INTS:
+                continue
+            if node.op_type == "Pad" and a.name == "pads":
+                lowest = -MAX_ATTRIBUTE
+            bad = next((int(v) for v in a.ints if not lowest <= v <= MAX_ATTRIBUTE), None)
+            if bad is not None:
+                raise ModelError(
+                    f"{_node_label(node, index)} has {a.name} value {bad}, outside "
+                    f"{lowest}..{MAX_ATTRIBUTE}: not a size a network can use"
+                )
+
+
+def activation_sizes(
+    model: onnx.ModelProto, info: InputInfo, shapes: dict[str, tuple[Dim, ...]]
+) -> list[tuple[str, int]]:
+    """``(tensor, elements)`` of the image input and of every node output whose shape is known
+    (for the batch of one of :func:`infer_shapes`), in graph order."""
+    out: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for name in [info.name] + [o for n in model.graph.node for o in n.output if o]:
+        dims = shapes.get(name)
+        if name in seen or dims is None or not all(isinstance(d, int) for d in dims):
+            continue
+        seen.add(name)
+        out.append((name, math.prod(max(0, int(d)) for d in dims if isinstance(d, int))))
+    return out
 
 
 def _guess_layout(

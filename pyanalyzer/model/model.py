@@ -85,16 +85,66 @@ class ParityReport:
         }
 
 
-def _sidecar(path: Path) -> tuple[str, dict[str, Any]] | None:
-    side = path.with_name(path.name + ".json")
-    if not side.is_file():
-        return None
-    try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+MAX_SIDECAR_BYTES = 2**20
+"""The largest preprocessing sidecar (``<model>.json``) read: 1 MiB."""
+
+MAX_JSON_DEPTH = 64
+"""The deepest nesting of JSON read from a model's metadata or sidecar (a preprocessing spec
+is two levels deep; 10000 nested arrays would exhaust Python's recursion)."""
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of brackets outside strings (cheap, no recursion)."""
+    depth = best = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+def _json(text: str, what: str) -> Any:
+    """``json.loads(text)``, refusing malformed or too deeply nested text with one line."""
+    if _json_depth(text) > MAX_JSON_DEPTH:
         raise PreprocessingError(
-            f"preprocessing sidecar {str(side)!r} is not valid JSON: {exc}"
-        ) from None
+            f"{what} is JSON nested more than {MAX_JSON_DEPTH} levels deep; a preprocessing "
+            "spec is a flat object"
+        )
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        reason = exc if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise PreprocessingError(f"{what} is not valid JSON: {reason}") from None
+
+
+def _sidecar(path: Path) -> tuple[str, dict[str, Any]] | None:
+    from pyanalyzer._checks import open_regular
+
+    side = path.with_name(path.name + ".json")
+    if not side.exists() and not side.is_symlink():
+        return None
+    what = f"preprocessing sidecar {str(side)!r}"
+    try:
+        with open_regular(
+            side, "a preprocessing sidecar (JSON)", error=PreprocessingError,
+            max_bytes=MAX_SIDECAR_BYTES,
+        ) as fh:  # fmt: skip
+            text = fh.read(MAX_SIDECAR_BYTES + 1).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PreprocessingError(f"{what} is not valid JSON: {exc}") from None
+    data = _json(text, what)
     if (
         isinstance(data, dict)
         and "preprocessing" in data
@@ -136,19 +186,43 @@ class Model:
         self.preprocessing = self._resolve_preprocessing(preprocessing)
         self.layers: list[_graph.LayerInfo] = []
         self.forward = ForwardEngine(
-            proto, self.input, self.preprocessing, providers=providers, resolve=self.layer
-        )
+            proto, self.input, self.preprocessing, providers=providers, resolve=self.layer,
+            catalogue=lambda: self.layers,
+        )  # fmt: skip
         h, w = self.preprocessing.input_size
         shapes = _graph.infer_shapes(proto, self.input, h, w)
+        # Before anything runs: what one image costs, from the shapes inference could give.
+        self._check_activations(shapes)
         missing = [o for n in proto.graph.node for o in n.output if o and o not in shapes]
         if missing:
             shapes.update(self._probe_shapes(missing))
+            self._check_activations(shapes)
         self.layers = _graph.build_catalogue(proto, self.input, shapes)
         if not self.layers:
             raise ModelError("the model has no spatial feature maps or outputs to analyse")
         self.parity_report: ParityReport | None = None
         self._gradient: GradientEngine | None = None
         self._gradient_error: str | None = None
+
+    def _check_activations(self, shapes: dict[str, tuple[_graph.Dim, ...]]) -> None:
+        """Refuse a model whose tensors for one image exceed the memory budget (a Conv padded
+        by thousands of pixels, a huge Resize), naming the largest, before anything runs."""
+        from pyanalyzer import budget
+
+        sizes = _graph.activation_sizes(self.proto, self.input, shapes)
+        total = sum(n for _, n in sizes) * budget.FLOAT_BYTES
+        if total <= budget.memory_budget():
+            return
+        name, count = max(sizes, key=lambda t: t[1])
+        node = next((n for n in self.proto.graph.node if name in n.output), None)
+        of = f" of node {node.name!r} ({node.op_type})" if node is not None and node.name else ""
+        dims = [d for d in shapes.get(name, ())]
+        h, w = self.preprocessing.input_size
+        budget.check(
+            f"running the model on one {h}x{w} image ({len(sizes)} tensors; the largest, "
+            f"{name!r}{of}, is {dims})",
+            total,
+        )
 
     # ---- preprocessing ---------------------------------------------------------------------
     def _resolve_preprocessing(self, given) -> PreprocessSpec:
@@ -158,12 +232,12 @@ class Model:
             given = {"preset": given}
         layers: list[tuple[str, Mapping[str, Any] | None]] = []
         if METADATA_KEY in self.metadata:
-            try:
-                layers.append(("model metadata", json.loads(self.metadata[METADATA_KEY])))
-            except json.JSONDecodeError as exc:
-                raise PreprocessingError(
-                    f"the model's metadata {METADATA_KEY!r} is not valid JSON: {exc}"
-                ) from None
+            layers.append(
+                (
+                    "model metadata",
+                    _json(self.metadata[METADATA_KEY], f"the model's metadata {METADATA_KEY!r}"),
+                )
+            )
         side = _sidecar(self.path)
         if side:
             layers.append(side)
@@ -197,8 +271,8 @@ class Model:
     def class_names(self) -> list[str] | None:
         raw = self.metadata.get("pyanalyzer.class_names")
         try:
-            names = json.loads(raw) if raw else None
-        except json.JSONDecodeError:
+            names = _json(raw, "class names") if raw else None
+        except PreprocessingError:
             return None
         return [str(n) for n in names] if isinstance(names, list) else None
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from pyanalyzer.methods.deconvnet import ProjectionResult
-from pyanalyzer.report.montage import grid, save_png, upscale
+from pyanalyzer.report.montage import _as_rgb, grid, save_png, upscale
 
 __all__ = ["write_projections"]
 
@@ -29,8 +27,7 @@ def write_projections(result: ProjectionResult, out_dir: str | os.PathLike[str])
     n = len(result.originals)
     for i in range(n):
         suffix = "" if n == 1 else f"_{i}"
-        pixels = result.originals[i]
-        rgb = pixels if pixels.shape[-1] == 3 else np.repeat(pixels, 3, axis=-1)
+        rgb = _as_rgb(result.originals[i], "image")  # gray models: [H, W, 1]
         tiles = [upscale(rgb)]
         for u, v in zip(result.units, views[:, i], strict=True):
             pair = grid([upscale(rgb), upscale(v)], cols=2, labels=["image", f"unit {u} {method}"])

@@ -472,7 +472,8 @@ def write_dissection_report(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out))
+    # the pid in the name lets the next run remove this folder at once if we are killed
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=out))
     try:
         for r, stem in zip(results, stems, strict=True):
             images = unit_images_for_layer(r.alias) if unit_images_for_layer else None

@@ -1,7 +1,8 @@
 """Small Pillow/numpy helpers to draw report images: mask overlays, labelled grids, PNG files.
 
-Every method's report reuses these. Images are numpy arrays: ``uint8 [H, W, 3]`` RGB (a
-``[H, W]`` grey image is accepted where noted); masks are ``bool [H, W]``.
+Every method's report reuses these. Images are numpy arrays: ``uint8 [H, W, 3]`` RGB (a grey
+image, ``[H, W]`` or a one-channel ``[H, W, 1]`` as gray models give them, is accepted where
+noted); masks are ``bool [H, W]``.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ __all__ = ["grid", "overlay_mask", "save_png", "upscale"]
 
 
 def _as_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """uint8 [H, W, 3] from uint8 [H, W] (grey) or [H, W, 3]."""
+    """uint8 [H, W, 3] from uint8 [H, W] or [H, W, 1] (grey) or [H, W, 3]."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8, got {image.dtype}")
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{name} must be [H, W, 3] or [H, W], got shape {image.shape}")
+        raise ValueError(f"{name} must be [H, W, 3], [H, W, 1] or [H, W], got shape {image.shape}")
     return image
 
 
@@ -60,7 +63,7 @@ def overlay_mask(
     ``color`` so that the region stays visible on dark images.
 
     Args:
-        rgb: uint8 [H, W, 3] (or [H, W] grey) image.
+        rgb: uint8 [H, W, 3] (or [H, W] / [H, W, 1] grey) image.
         mask: bool [H, W], True where the unit is above its threshold.
         color: RGB of the boundary line.
         alpha: how much the outside of the mask is dimmed: 0 leaves it, 1 makes it black.
@@ -150,7 +153,7 @@ def grid(
     black with PIL's default font and cut with an ellipsis when wider than the cell.
 
     Args:
-        images: uint8 [h, w, 3] (or [h, w]) images, at least one.
+        images: uint8 [h, w, 3] (or grey [h, w] / [h, w, 1]) images, at least one.
         cols: number of columns (the grid always has exactly ``cols`` columns, so that strips
             with fewer images line up with full ones).
         pad: gap in pixels.
@@ -196,8 +199,9 @@ def grid(
 
 
 def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Save uint8 [H, W], [H, W, 3] or [H, W, 4] as a PNG, atomically (a temporary file in the
-    same folder, then ``os.replace``): readers never see a half-written image.
+    """Save uint8 [H, W] or [H, W, 1] (a grey PNG), [H, W, 3] or [H, W, 4] as a PNG,
+    atomically (a temporary file in the same folder, then ``os.replace``): readers never see a
+    half-written image.
 
     Returns:
         The path written.
@@ -205,8 +209,12 @@ def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
     array = np.asarray(array)
     if array.dtype != np.uint8:
         raise ValueError(f"array must be uint8, got {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:  # one channel: what gray models give
+        array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ValueError(f"array must be [H, W], [H, W, 3] or [H, W, 4], got {array.shape}")
+        raise ValueError(
+            f"array must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {array.shape}"
+        )
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
     return write_bytes(path, buf.getvalue())

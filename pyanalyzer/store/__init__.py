@@ -62,6 +62,15 @@ beside the store, and that folder then takes the file's place in one atomic
 to ``.<name>.v1-backup`` first; a store path that is then missing is read from that backup and
 migrated again). A crash mid-migration leaves the old file intact.
 
+Paths a store refuses (:class:`~pyanalyzer.errors.StoreError`, one line): an empty path, a
+device, FIFO or socket (at once, when the :class:`Store` is made); a foreign folder or corrupt
+file; and for writing (:meth:`Store.check_writable`, which the first write also runs, and which
+a command that will store results calls before it starts) a store folder or format-1 file that
+is read-only (a read-only mount, no permission, or no write bit at all, which is refused even
+for root rather than rewritten), a missing store whose nearest existing folder is not writable,
+and a path through a dangling symlink whose target's folder does not exist (no folders are
+made behind it). Reading a read-only store works.
+
 Compression. Arrays over :data:`COMPRESS_MIN_BYTES` are chunked (about 1 MiB a chunk) and
 compressed with the codec :data:`CODECS` picks for their dtype and for how well a small sample
 of them compresses; random data is stored raw, at disk speed.

@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pyanalyzer._io import fsync_path, temp_sibling, write_text
+from pyanalyzer._io import fsync_path, is_writable, temp_sibling, write_text
 from pyanalyzer._version import __version__
 from pyanalyzer.errors import StoreError, UserInputError
 from pyanalyzer.store._fs import (
@@ -71,6 +71,18 @@ _SCRATCH = "scratch"
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
 
 
 # ---- the store --------------------------------------------------------------------------------
@@ -177,14 +189,20 @@ class Store:
             killed process).
 
     Raises:
-        StoreError: ``path`` is a folder that is neither empty nor a store.
+        StoreError: ``path`` is a folder that is neither empty nor a store, or something that
+            is neither a folder nor a file (a device, a FIFO...), or an empty string.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, fsync: bool = True) -> None:
+        if path is not None and not os.fspath(path).strip():
+            raise StoreError("the store path is empty")
+        if path is not None and "\0" in os.fspath(path):
+            raise StoreError(f"the store path {os.fspath(path)!r} contains a NUL character")
         self.path = Path(path).expanduser() if path is not None else default_path()
         self.fsync = fsync
         self._root: Path | None = None  # the store folder, once seen
-        if self.path.is_dir():
+        self._write_checked = False  # check_writable() passed once
+        if os.path.lexists(self.path):
             self._layout()
 
     def __repr__(self) -> str:
@@ -209,7 +227,9 @@ class Store:
         if stat.S_ISREG(mode):
             return "v1", real
         if not stat.S_ISDIR(mode):
-            raise StoreError(f"store path {self.path} is neither a folder nor a file")
+            raise StoreError(
+                f"the store path {self.path} is a {_file_kind(mode)}, not a store folder"
+            )
         try:
             marker = json.loads((real / MARKER).read_text("utf-8"))
         except FileNotFoundError:
@@ -353,8 +373,65 @@ class Store:
         finally:
             os.close(fd)  # releases the lock
 
+    def check_writable(self) -> None:
+        """Check, without writing anything, that a write could succeed (what a command that
+        will store results checks before it starts).
+
+        Raises:
+            StoreError: one line: the path is a device, a FIFO, a foreign or corrupt store; the
+                store (folder or format-1 file) or the folder it would be created in is not
+                writable (a read-only mount, no permission, or no write bit even for root);
+                the path leads through a symlink to a missing target whose parent folder is
+                missing too (no folders are created behind a dangling symlink).
+        """
+        kind, where = self._layout()
+        if kind == "dir":
+            for folder in (where, where / _ENTRIES):
+                if folder.is_dir() and not is_writable(folder):
+                    raise StoreError(f"the store {self.path} is read-only")
+            self._write_checked = True
+            return
+        if kind == "v1":
+            with self._source():
+                pass  # a corrupt or foreign file fails here
+            if not is_writable(where):
+                raise StoreError(
+                    f"the store {self.path} is read-only (a single-file store of an earlier"
+                    " version, which the first write converts to a folder)"
+                )
+            if not is_writable(where.parent):
+                raise StoreError(
+                    f"cannot write to the store {self.path}: its folder {where.parent} is not"
+                    " writable (the first write converts the file to a folder)"
+                )
+            self._write_checked = True
+            return
+        self._check_creatable(where)
+        self._write_checked = True
+
+    def _check_creatable(self, real: Path) -> None:
+        """A missing store at ``real`` (the resolved path) can be created."""
+        lexical = Path(os.path.abspath(self.path))
+        here = lexical
+        while not os.path.lexists(here):
+            here = here.parent
+        if here.is_symlink() and not here.exists() and not real.parent.is_dir():
+            raise StoreError(
+                f"cannot create the store {self.path}: {here} is a symlink to"
+                f" {os.readlink(here)}, which does not exist"
+            )
+        here = real.parent
+        while not os.path.lexists(here):
+            here = here.parent
+        if not here.is_dir():
+            raise StoreError(f"cannot create the store {self.path}: {here} is not a folder")
+        if not is_writable(here):
+            raise StoreError(f"cannot create the store {self.path}: {here} is not writable")
+
     def _writable_root(self) -> Path:
         """The store folder, created (or migrated from a format-1 file) first if needed."""
+        if not self._write_checked:
+            self.check_writable()
         kind, where = self._layout()
         if kind == "dir":
             return where
@@ -474,6 +551,11 @@ class Store:
             except FileNotFoundError:
                 if not root.is_dir():
                     self._root = None  # the store was deleted: create it again
+                    self._write_checked = False
+            except OSError as exc:  # a read-only folder inside the store, a full disk...
+                raise StoreError(
+                    f"cannot write to the store {self.path}: {exc.strerror or exc}"
+                ) from exc
         raise StoreError(f"cannot write to the store {self.path}: its folders keep vanishing")
 
     def _stage(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import onnx
 import onnx_factory as fac
 import pytest
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 import pyanalyzer as pa
@@ -185,12 +187,13 @@ def test_errors(default, tmp_path):
         Projector(default, "lrp")
     with pytest.raises(UserInputError, match="unknown mode"):
         Projector(default, "deconv").project(x, "relu6", 0, mode="all")
-    # A non-linear op the deconvnet cannot invert is named; saliency goes through it.
+    # A non-linear op the deconvnet cannot invert (not an activation: Abs) is named; saliency
+    # goes through it.
     rng = np.random.default_rng(0)
     g = helper.make_graph(
         [
             helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-            helper.make_node("Sigmoid", ["c"], ["s"]),
+            helper.make_node("Abs", ["c"], ["s"]),
             helper.make_node("Conv", ["s", "w2"], ["y"], pads=[1, 1, 1, 1]),
         ],
         "sig",
@@ -205,7 +208,293 @@ def test_errors(default, tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
     m = pa.load_model(path, check_parity=False)
     xs = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
-    with pytest.raises(UserInputError, match="cannot invert op Sigmoid"):
-        Projector(m, "deconv").project(xs, "conv2", 0)
+    for method in ("deconv", "guided"):
+        with pytest.raises(UserInputError, match=f"{method} cannot invert op Abs"):
+            Projector(m, method).project(xs, "conv2", 0)
     sal = Projector(m, "saliency").project(xs, "conv2", 0).pixels
     np.testing.assert_allclose(sal, reference(m, xs, "conv2", 0, None), rtol=1e-4, atol=1e-6)
+
+
+# ---- every common activation ------------------------------------------------------------------
+#
+# The rules of the module's table, checked two ways on the factory's activation models: by hand
+# (numpy, float64) on the smallest graph, input -> op -> 1x1 convolution, and against autograd
+# through an independent torch replica of a two-layer CNN (NCHW, and NHWC as tf2onnx writes it)
+# whose rectifiers are custom autograd functions implementing the rule.
+
+METHODS = ("deconv", "guided", "saliency")
+
+
+@pytest.fixture(scope="module")
+def fused_converters():
+    """Converters for the fused Gelu (opset 20) and Mish (opset 18) ops, which onnx2torch
+    lacks, installed for these tests only (and only where none is registered)."""
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    def gelu(node, graph):
+        approximate = node.attributes.get("approximate", "none")
+        return OperationConverterResult(
+            torch_module=torch.nn.GELU(approximate=approximate),
+            onnx_mapping=onnx_mapping_from_node(node),
+        )
+
+    def mish(node, graph):
+        return OperationConverterResult(
+            torch_module=torch.nn.Mish(), onnx_mapping=onnx_mapping_from_node(node)
+        )
+
+    added = []
+    for op, version, conv in (("Gelu", 20, gelu), ("Mish", 18, mish)):
+        desc = OperationDescription(domain="", operation_type=op, version=version)
+        if desc not in _CONVERTER_REGISTRY:
+            _CONVERTER_REGISTRY[desc] = conv
+            added.append(desc)
+    try:
+        yield
+    finally:
+        for desc in added:
+            _CONVERTER_REGISTRY.pop(desc, None)
+
+
+def _weights(path):
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+
+
+# Rectifiers: op -> (negative slope, cap); None: PRelu's slope, read from the model file.
+_RECT = {
+    "Relu": (0.0, None), "Relu6": (0.0, 6.0), "ClipMin0": (0.0, None), "Clip0_2": (0.0, 2.0),
+    "LeakyRelu": (0.1, None), "PRelu": (None, None), "PReluScalar": (None, None),
+}  # fmt: skip
+
+
+def _erf(x):
+    return np.vectorize(math.erf)(x)
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _np_smooth(op, x):
+    """(f(x), f'(x)) in float64 for the smooth ops (and decompositions) of the factory."""
+    sp, dsp = np.log1p(np.exp(x)), _sigmoid(x)
+    if op == "Sigmoid":
+        return _sigmoid(x), _sigmoid(x) * (1 - _sigmoid(x))
+    if op == "Tanh":
+        return np.tanh(x), 1 - np.tanh(x) ** 2
+    if op == "HardSigmoid":  # alpha 0.25, beta 0.4
+        u = 0.25 * x + 0.4
+        return np.clip(u, 0, 1), 0.25 * ((u > 0) & (u < 1))
+    if op in ("HardSwish", "HardSwishDecomposed"):
+        hs = np.clip(x / 6 + 0.5, 0, 1)
+        return x * hs, hs + x / 6 * ((x > -3) & (x < 3))
+    if op == "Elu":  # alpha 0.7
+        return np.where(x > 0, x, 0.7 * np.expm1(x)), np.where(x > 0, 1, 0.7 * np.exp(x))
+    if op == "Selu":
+        a, lam = 1.6732632423543772, 1.0507009873554805
+        return lam * np.where(x > 0, x, a * np.expm1(x)), lam * np.where(x > 0, 1, a * np.exp(x))
+    if op == "Celu":  # alpha 1.3
+        return np.where(x > 0, x, 1.3 * np.expm1(x / 1.3)), np.where(x > 0, 1, np.exp(x / 1.3))
+    if op in ("Softplus", "SoftplusDecomposed"):
+        return sp, dsp
+    if op == "Softsign":
+        return x / (1 + np.abs(x)), 1 / (1 + np.abs(x)) ** 2
+    if op in ("Gelu", "GeluErf"):
+        phi = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        cdf = 0.5 * (1 + _erf(x / math.sqrt(2)))
+        return x * cdf, cdf + x * phi
+    if op == "GeluTanh":
+        k = math.sqrt(2 / math.pi)
+        t = np.tanh(k * (x + 0.044715 * x**3))
+        return 0.5 * x * (1 + t), 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (
+            1 + 3 * 0.044715 * x * x
+        )
+    if op in ("Mish", "MishDecomposed"):
+        t = np.tanh(sp)
+        return x * t, t + x * (1 - t * t) * dsp
+    if op == "Swish":
+        return x * _sigmoid(x), _sigmoid(x) * (1 + x * (1 - _sigmoid(x)))
+    if op == "ClipSym":
+        return np.clip(x, -1, 1), ((x > -1) & (x < 1)).astype(float)
+    if op == "Square":
+        return x * x, 2 * x
+    raise AssertionError(op)
+
+
+# Channel c of the probe's input: negative and positive values, exact zeros and caps (0, 2, 6),
+# none at the kinks of the hard smooth ops (+-3, -1.6, 2.4), where "the gradient" is a choice.
+_PROBE_X = np.array(
+    [
+        [-3.5, -2, -1, -0.5, 0, 0.25, 0.5, 1, 1.5, 2, 2.5, 3.5, 5, 6, 7, 9],
+        [2, -3.5, 0.75, -1.25, 6, -0.25, 0, 4, -5, 1, -2.5, 3.25, 8, -0.75, 0.5, 1.75],
+        [0.1, -0.1, 2.2, -2.2, 6.5, 5.5, -4, 4.5, 0, 1.2, -1.2, 2, -6, 7.5, 0.3, -0.3],
+    ]
+).reshape(1, 3, 4, 4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("op", fac.ACTIVATIONS)
+def test_activation_rule_by_hand(tmp_path, fused_converters, op, method):
+    path = fac.activation_probe(tmp_path, op)
+    m = pa.load_model(path, check_parity=False)
+    x = _PROBE_X
+    w = np.asarray(fac.PROBE_WEIGHTS).reshape(1, 3, 1, 1)
+    if op in _RECT:
+        a, cap = _RECT[op]
+        if a is None:
+            a = _weights(path)["act/slope"].astype(np.float64)  # [3, 1, 1] or [1]
+        f = np.where(x > 0, x, a * x) if cap is None else np.where(x > 0, np.minimum(x, cap), 0)
+        df = np.where(x > 0, 1.0, a) * (1.0 if cap is None else (x < cap))
+    else:
+        f, df = _np_smooth(op, x)
+    y = (w * f).sum(axis=1, keepdims=True)  # the probe's output, the projected map
+    s = w * y  # the signal that reaches the op (the 1x1 convolution's transpose)
+    if method == "saliency" or op not in _RECT:
+        expected = s * df  # the gradient: saliency everywhere, the local gradient when smooth
+    else:
+        r = np.where(s > 0, s, a * s)  # the op's own piecewise-linear map on the signal
+        expected = r if method == "deconv" else r * df
+    got = Projector(m, method, device="cpu").project(x.astype(np.float32), "y", 0, mode="map")
+    np.testing.assert_allclose(got.pixels, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_rectifier_rules_differ_where_the_table_says(tmp_path):
+    # At every rectifier the three methods give three different projections of the probe (so
+    # the hand-computed checks above are not one rule three times)...
+    x = _PROBE_X.astype(np.float32)
+    for op in _RECT:
+        m = pa.load_model(fac.activation_probe(tmp_path, op), check_parity=False)
+        p = [Projector(m, k, device="cpu").project(x, "y", 0, mode="map").pixels for k in METHODS]
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            assert np.abs(p[i] - p[j]).max() > 1e-3, (op, METHODS[i], METHODS[j])
+    # ... and a ReLU6 input above the cap passes the deconvnet's signal but not guided's.
+    m = pa.load_model(fac.activation_probe(tmp_path, "Relu6"), check_parity=False)
+    above = np.zeros((1, 3, 4, 4), np.float32)
+    above[0, 0] = 7.0  # the output is 6 * w0 = 6 everywhere, sent back as 6 * w0 = 6
+    d = Projector(m, "deconv", device="cpu").project(above, "y", 0, mode="map").pixels
+    g = Projector(m, "guided", device="cpu").project(above, "y", 0, mode="map").pixels
+    np.testing.assert_array_equal(d[0, 0], np.full((4, 4), 6.0))
+    np.testing.assert_array_equal(g[0, 0], np.zeros((4, 4)))
+
+
+class _RuleRectifier(torch.autograd.Function):
+    """A rectifier (negative slope, optional cap) whose backward is the projection rule."""
+
+    @staticmethod
+    def forward(ctx, x, slope, cap, rule):
+        ctx.save_for_backward(x)
+        ctx.slope, ctx.cap, ctx.rule = slope, cap, rule
+        y = torch.where(x > 0, x, slope * x)
+        return y if cap is None else y.clamp_max(cap)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        r = torch.where(g > 0, g, ctx.slope * g)  # the unit's own map on the signal, no cap
+        if ctx.rule == "deconv":
+            return r, None, None, None
+        d = torch.where(x > 0, torch.ones_like(x), ctx.slope * torch.ones_like(x))
+        if ctx.cap is not None:
+            d = d * (x < ctx.cap)
+        return r * d, None, None, None  # guided: and the forward gradient
+
+
+def _torch_activation(op, x, slope, rule):
+    """``op`` on NCHW ``x``: rectifiers follow ``rule`` (None: autograd), smooth ops autograd
+    through torch's own (fused) functions, whatever graph the model uses."""
+    if op in _RECT:
+        a, cap = _RECT[op]
+        a = slope if a is None else a
+        if rule is not None:
+            return _RuleRectifier.apply(x, a, cap, rule)
+        y = F.leaky_relu(x, a) if isinstance(a, float) else torch.where(x > 0, x, a * x)
+        return y if cap is None else y.clamp_max(cap)
+    fns = {
+        "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Softsign": F.softsign,
+        "HardSigmoid": lambda t: (0.25 * t + 0.4).clamp(0, 1), "HardSwish": F.hardswish,
+        "HardSwishDecomposed": F.hardswish, "Elu": lambda t: F.elu(t, 0.7), "Selu": F.selu,
+        "Celu": lambda t: F.celu(t, 1.3), "Softplus": F.softplus, "SoftplusDecomposed": F.softplus,
+        "Gelu": F.gelu, "GeluErf": F.gelu, "GeluTanh": lambda t: F.gelu(t, approximate="tanh"),
+        "Mish": F.mish, "MishDecomposed": F.mish, "Swish": F.silu,
+        "ClipSym": lambda t: t.clamp(-1, 1), "Square": lambda t: t * t,
+    }  # fmt: skip
+    return fns[op](x)
+
+
+def _replica_projection(op, path, x, layer, unit, mode, rule):
+    """The projection of ``unit`` of ``layer`` by autograd through a torch replica (NCHW) of
+    :func:`onnx_factory.activation_cnn` built from the file's weights."""
+    w = {k: torch.from_numpy(v.copy()) for k, v in _weights(path).items()}
+
+    def slope(i):
+        s = w.get(f"act{i}/slope")
+        return None if s is None else s.reshape(-1, 1, 1) if s.numel() > 1 else s
+
+    xt = torch.from_numpy(x).requires_grad_(True)
+    h = F.conv2d(xt, w["conv1.weight"], w["conv1.bias"], padding=1)
+    a1 = _torch_activation(op, h, slope(1), rule)
+    out = F.conv2d(a1, w["conv2.weight"], w["conv2.bias"], padding=1)
+    if layer == "act2":
+        out = _torch_activation(op, out, slope(2), rule)
+    chan = out[:, unit].reshape(len(out), -1)
+    keep = torch.ones_like(chan)
+    if mode == "max":
+        keep = torch.zeros_like(chan).scatter_(1, chan.argmax(1, keepdim=True), 1.0)
+    chan.backward((chan * keep).detach())  # the projected signal is the activation itself
+    return xt.grad.numpy()
+
+
+_OLD_CLIPS = [("Relu6", 9), ("ClipMin0", 9), ("Clip0_2", 10), ("ClipSym", 9), ("LeakyRelu", 9)]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("op, opset", [(op, None) for op in fac.ACTIVATIONS] + _OLD_CLIPS)
+def test_activation_matches_autograd_with_its_rule(tmp_path, fused_converters, op, opset, layout):
+    # Before opset 11 the Clips carry their bounds as attributes, from 11 on as constant
+    # inputs (a Constant node's output and an initializer).
+    path = fac.activation_cnn(tmp_path, op, layout, opset=opset)
+    m = pa.load_model(path, check_parity=False)
+    x = (3 * np.random.default_rng(1).standard_normal((2, 3, 8, 8))).astype(np.float32)
+    xin = x if layout == "nchw" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    for method in METHODS:
+        projector = Projector(m, method, device="cpu")
+        for layer in ("conv2", "act2"):
+            for mode in ("max", "map"):
+                got = projector.project(xin, layer, 2, mode=mode).pixels
+                rule = None if method == "saliency" else method
+                ref = _replica_projection(op, path, x, layer, 2, mode, rule)
+                np.testing.assert_allclose(
+                    got, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max(),
+                    err_msg=f"{op} {layout} {method} {layer} {mode}",
+                )  # fmt: skip
+
+
+def test_clip_bounds_whatever_module_onnx2torch_makes(tmp_path):
+    # onnx2torch turns Clip(0, none) into nn.ReLU, Clip(0, 6) into nn.ReLU6 and other bounds
+    # into its OnnxClip; the walker dispatches on the ONNX op and reads the bounds from
+    # attributes (opset < 11) or the module (constant inputs), so each Clip is what its
+    # bounds say, in both forms.
+    from onnx2torch.node_converters.clip import OnnxClip
+
+    x = _PROBE_X.astype(np.float32)
+    for op, kind in (("ClipMin0", torch.nn.ReLU), ("Relu6", torch.nn.ReLU6), ("Clip0_2", OnnxClip)):
+        got = []
+        for opset in (9, 13):
+            path = fac.activation_probe(tmp_path, op, opset=opset)
+            m = pa.load_model(path, check_parity=False)
+            node, _ = m.gradient.producer("act")
+            if opset == 13:
+                assert isinstance(m.gradient.module.get_submodule(node), kind)
+            got.append(Projector(m, "guided", device="cpu").project(x, "y", 0, mode="map").pixels)
+        np.testing.assert_array_equal(got[0], got[1])
+
+
+def test_an_op_read_twice_counts_both_terms(tmp_path):
+    # Mul(x, x): the walker sends 2 * x * s once, not twice (nor once x * s).
+    m = pa.load_model(fac.activation_probe(tmp_path, "Square"), check_parity=False)
+    x = _PROBE_X.astype(np.float32)
+    w = np.asarray(fac.PROBE_WEIGHTS).reshape(1, 3, 1, 1)
+    y = (w * x * x).sum(axis=1, keepdims=True)
+    got = Projector(m, "deconv", device="cpu").project(x, "y", 0, mode="map").pixels
+    np.testing.assert_allclose(got, 2 * x * w * y, rtol=1e-5, atol=1e-6)

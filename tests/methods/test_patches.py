@@ -221,3 +221,46 @@ def test_crop_box_is_what_patch_uses(model, images):
     top, left, bottom, right = crop_box(res.field, y, x, 32, 32)
     assert res.box(1, 0) == (top, left, bottom, right)
     assert res.patch(1, 0, src).shape == (bottom - top, right - left, 3)
+
+
+@pytest.mark.parametrize(
+    "op, layout", [("LeakyRelu", "nhwc"), ("PRelu", "nchw"), ("Relu6", "nhwc"), ("Swish", "nchw")]
+)
+def test_projections_through_every_kind_of_activation(tmp_path, op, layout):
+    # Top patches project through the activations the walker knows (rectifiers with their
+    # own rules, smooth ones by their local gradient): each slot's view is the Projector's on
+    # that image alone.
+    from pyanalyzer.methods.deconvnet import Projector
+
+    model = pa.load_model(fac.activation_cnn(tmp_path, op, layout), check_parity=False)
+    imgs = np.random.default_rng(3).integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)
+    src = pa.ArraySource(imgs)
+    res = TopPatches(model, layer="act2", k=3, units=[1], projection="guided", progress=False)
+    res = res.run(src)
+    views = res.projections[1]
+    assert views.shape == (3, 8, 8, 3)
+    x = model.preprocessing.normalize(imgs[res.images[1]])
+    expected = Projector(model, "guided", device="cpu").project(x, "act2", 1).images()
+    np.testing.assert_array_equal(views, expected)
+    paths = write_patches(res, tmp_path / "out", src, min_side=8)
+    alias = model.layer("act2").alias  # named by its op: leakyrelu2, clip2, mul2...
+    assert [p.name for p in paths] == [f"{alias}_unit0001.png", f"{alias}.png"]
+
+
+def test_gray_patches_and_projections(tmp_path):
+    # A 1-channel model: patches are cut from the gray image the model saw and shown, like
+    # the projections, as gray RGB.
+    model = pa.load_model(fac.channels1(tmp_path), check_parity=False)
+    imgs = np.random.default_rng(4).integers(0, 256, size=(5, 28, 28, 1), dtype=np.uint8)
+    src = pa.ArraySource(imgs)
+    res = TopPatches(model, layer="relu2", k=2, units=[0], projection="deconv", progress=False)
+    res = res.run(src)
+    top, left, bottom, right = res.box(0, 0)
+    patch = res.patch(0, 0, src)
+    assert patch.shape == (bottom - top, right - left, 3)
+    gray = imgs[res.images[0, 0], top:bottom, left:right, 0]
+    assert all((patch[..., c] == gray).all() for c in range(3))
+    views = res.projections[0]
+    assert views.shape == (2, 28, 28, 3) and (views == views[..., :1]).all()
+    (unit, layer) = write_patches(res, tmp_path / "out", src, min_side=16)
+    assert unit.name == "relu2_unit0000.png" and layer.name == "relu2.png"

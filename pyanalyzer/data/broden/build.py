@@ -20,16 +20,49 @@ from pyanalyzer.data.broden.format import (
     DatasetError,
     _at,
     _parse_int,
+    read_bytes,
 )
 from pyanalyzer.data.broden.writer import BrodenRecord, write_broden
 from pyanalyzer.errors import UserInputError
 
-__all__ = ["build_dataset", "read_class_names", "synth_dataset"]
+__all__ = ["build_dataset", "check_synth", "read_class_names", "synth_dataset"]
 
 
 def _broden_name(category: str, name: str) -> str:
     """Broden's naming: colours get ``-c``, scenes ``-s`` (NetDissect's adeseg/osseg/dtdseg)."""
     return {"color": f"{name}-c", "scene": f"{name}-s"}.get(category, name)
+
+
+def check_synth(
+    out_dir: str | os.PathLike[str], n_images: int, size: int, seed: int = 0
+) -> tuple[int, int, int]:
+    """Check the parameters of a synthetic concept dataset before anything is made.
+
+    ``n_images`` must be within 1..:data:`~pyanalyzer.data.synthetic.MAX_SCENES`, ``size``
+    within :data:`~pyanalyzer.data.synthetic.MIN_SIZE`..:data:`~pyanalyzer.data.synthetic.MAX_SIZE`
+    (and one scene within the memory budget), and the file system of ``out_dir`` must have
+    room for the dataset, estimated from the image size (uncompressed: an upper bound,
+    :func:`pyanalyzer.budget.synthetic_disk_bytes`).
+
+    Returns:
+        ``(n_images, size, seed)`` as ints.
+
+    Raises:
+        UserInputError: a parameter out of range; BudgetError: not enough memory or disk.
+    """
+    from pyanalyzer import budget
+    from pyanalyzer.data import synthetic as syn
+
+    n_images = syn.check_count(n_images)
+    size = syn.check_size(size)
+    seed = _check_int("seed", seed, 0)
+    budget.check_disk(
+        f"a synthetic concept dataset of {n_images} scenes of {size}x{size}",
+        budget.synthetic_disk_bytes(n_images, size),
+        out_dir,
+        advice="use fewer or smaller scenes",
+    )
+    return n_images, size, seed
 
 
 def synth_dataset(
@@ -56,8 +89,9 @@ def synth_dataset(
 
     Args:
         out_dir: Output folder (written atomically).
-        n_images: Number of scenes (>= 1), scene ``i`` being ``synthetic.render(i, seed, size)``.
-        size: Image side (>= 16).
+        n_images: Number of scenes (1..:data:`~pyanalyzer.data.synthetic.MAX_SCENES`), scene
+            ``i`` being ``synthetic.render(i, seed, size)``.
+        size: Image side (16..:data:`~pyanalyzer.data.synthetic.MAX_SIZE`).
         seed: Scene seed (>= 0).
         progress: Show a progress bar on stderr.
         overwrite: Replace a non-empty ``out_dir``.
@@ -67,12 +101,12 @@ def synth_dataset(
 
     Raises:
         UserInputError: A bad parameter or a non-empty ``out_dir`` without ``overwrite``.
+        BudgetError: The dataset would not fit the free disk space (checked before anything
+            is written), or a scene the memory budget.
     """
     from pyanalyzer.data import synthetic as syn
 
-    n_images = _check_int("n_images", n_images, 1)
-    size = _check_int("size", size, syn.MIN_SIZE)
-    seed = _check_int("seed", seed, 0)
+    n_images, size, seed = check_synth(out_dir, n_images, size, seed)
     labels = {c.id: _broden_name(c.category, c.name) for c in syn.concepts()}
     lut = {c: syn.concept_lut(c) for c in syn.CATEGORIES}
     seg = (size // 2, size // 2)
@@ -115,11 +149,11 @@ def read_class_names(path: str | os.PathLike[str]) -> dict[int, str]:
             0..254 (255 is VOC's "ignore").
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise DatasetError(f"{p}: missing file (class names)", p)
     try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = read_bytes(p, "the class names").decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
         raise DatasetError(f"{p}: cannot read class names: {exc}", p) from None
     while lines and not lines[-1].strip():
         lines.pop()
@@ -155,15 +189,15 @@ def read_class_names(path: str | os.PathLike[str]) -> dict[int, str]:
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from pyanalyzer.data.images import open_image
 
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            arr = np.asarray(img)  # P: the palette indices, not the colours
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(f"{path}: cannot read mask: {exc}", path) from None
+    def error(message: str) -> DatasetError:
+        return DatasetError(message, path)
+
+    with open_image(path, "mask", error=error) as img:
+        img.load()
+        mode = img.mode
+        arr = np.asarray(img)  # P: the palette indices, not the colours
     if mode not in ("P", "L", "I", "I;16", "I;16L", "I;16B", "I;16N"):
         raise DatasetError(
             f"{path}: mask must be a palette (P) or single-channel index PNG, got mode {mode}",
@@ -251,7 +285,18 @@ def build_dataset(
     if add_colors and category == "color":
         raise UserInputError("category 'color' is taken by the colour concepts; use --no-colors")
     if size is not None:
+        from pyanalyzer import budget
+        from pyanalyzer.data.images import MAX_IMAGE_PIXELS
+
         size = _check_int("size", size, 16)
+        if size * size > MAX_IMAGE_PIXELS:
+            raise UserInputError(
+                f"size {size} makes images of {size * size} pixels, more than the "
+                f"{MAX_IMAGE_PIXELS} allowed (pyanalyzer.data.images.MAX_IMAGE_PIXELS)"
+            )
+        budget.check(
+            f"resizing images to {size}x{size}", budget.image_decode_bytes(size, size, 3) * 2
+        )
     classes = read_class_names(labels_file)
     images = _files_by_stem(Path(images_dir), IMAGE_EXTENSIONS, "images")
     masks = _files_by_stem(Path(masks_dir), (".png",), "masks")

@@ -161,14 +161,23 @@ def write_cache(
         root: The dataset folder (recorded, resolved, in the ``root`` attribute).
         num_labels: One more than the largest label number (picks the dtype of ``seg``).
         progress: Show a progress bar on stderr while decoding.
+
+    Raises:
+        BudgetError: the tables and a decoded row exceed the memory budget
+            (:func:`pyanalyzer.budget.label_cache_bytes`; checked before anything is written).
     """
     import h5py
 
+    from pyanalyzer import budget
     from pyanalyzer._progress import progress_bar
 
     n, K, L = layout.images, layout.channels, layout.image_labels
     G = len(layout.categories)
     sh, sw = layout.seg_size
+    budget.check(
+        f"decoding the concept labels of {n} images into the label cache",
+        budget.label_cache_bytes(n, K, L, G, (sh, sw)),
+    )
     dtype = np.uint16 if num_labels <= MAX_PNG_LABEL + 1 else np.int32
     with atomic_path(path, mode=None) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(

@@ -28,20 +28,20 @@ def decode_label_png(path: str | os.PathLike[str]) -> np.ndarray:
         int32 ``[H, W]`` label numbers (0 = unlabelled).
 
     Raises:
-        DatasetError: The file is missing or not a readable image.
+        DatasetError: The file is missing, not a regular file, not a readable image, or larger
+            than :data:`~pyanalyzer.data.images.MAX_IMAGE_PIXELS` or the memory budget.
     """
-    from PIL import Image, UnidentifiedImageError
+    from pyanalyzer.data.images import open_image
 
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("L", "I", "I;16", "I;16L", "I;16B", "I;16N"):
-                return np.asarray(img).astype(np.int32)
-            arr = np.asarray(img if mode in ("RGB", "RGBA") else img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = "not a recognised image" if isinstance(exc, UnidentifiedImageError) else exc
-        raise DatasetError(f"{path}: cannot read segmentation PNG: {reason}", path) from None
+    def error(message: str) -> DatasetError:
+        return DatasetError(message, path)
+
+    with open_image(path, "segmentation PNG", error=error) as img:
+        img.load()
+        mode = img.mode
+        if mode in ("L", "I", "I;16", "I;16L", "I;16B", "I;16N"):
+            return np.asarray(img).astype(np.int32)
+        arr = np.asarray(img if mode in ("RGB", "RGBA") else img.convert("RGB"))
     return arr[..., 0].astype(np.int32) + 256 * arr[..., 1].astype(np.int32)
 
 

@@ -23,12 +23,15 @@ import numpy as np
 from pyanalyzer.errors import UserInputError
 
 __all__ = [
+    "MAX_CSV_BYTES",
+    "MAX_LABEL_NUMBER",
     "CATEGORY_COLUMNS",
     "CODE_COLUMNS",
     "INDEX_COLUMNS",
     "LABEL_COLUMNS",
     "BrodenLabel",
     "DatasetError",
+    "parse_sizes",
     "read_categories",
     "read_codes",
     "read_labels",
@@ -42,6 +45,15 @@ CATEGORY_COLUMNS: tuple[str, ...] = ("name", "first", "last", "count", "frequenc
 """Columns of ``category.csv``."""
 CODE_COLUMNS: tuple[str, ...] = ("code", "number", "name", "frequency", "coverage")
 """Columns of ``c_<category>.csv``."""
+
+MAX_LABEL_NUMBER = 65535
+"""The largest label number a dataset may use: what a Broden segmentation PNG can hold
+(``R + 256 * G``, :data:`~pyanalyzer.data.broden.codec.MAX_PNG_LABEL`). Label tables are
+indexed by number, so a crafted ``label.csv`` naming label 10^11 is refused, not allocated.
+Codes of ``c_<category>.csv`` are bounded by it too."""
+
+MAX_CSV_BYTES = 2**30
+"""The largest CSV file of a dataset read (1 GiB; Broden's index.csv is about 10 MB)."""
 
 _INT = re.compile(r"^-?\d+$")
 _CATEGORY_ENTRY = re.compile(r"^([^()]+)\((\d+)\)$")
@@ -74,18 +86,53 @@ def _at(path: Path, line: int | None = None) -> str:
 # ---- small parsing helpers ---------------------------------------------------------------------
 
 
-def _parse_int(text: str, path: Path, line: int, column: str, minimum: int | None = None) -> int:
+def _parse_int(
+    text: str,
+    path: Path,
+    line: int,
+    column: str,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
     s = text.strip()
-    if not _INT.match(s):
+    if not _INT.match(s) or len(s) > 40:
+        shown = text if len(text) <= 40 else text[:37] + "..."
         raise DatasetError(
-            f"{_at(path, line)}: malformed number {text!r} in column {column!r}", path, line
+            f"{_at(path, line)}: malformed number {shown!r} in column {column!r}", path, line
         )
     value = int(s)
     if minimum is not None and value < minimum:
         raise DatasetError(
             f"{_at(path, line)}: {column} must be >= {minimum}, got {value}", path, line
         )
+    if maximum is not None and value > maximum:
+        raise DatasetError(
+            f"{_at(path, line)}: {column} must be at most {maximum}, got {value}", path, line
+        )
     return value
+
+
+def parse_sizes(
+    cells: Sequence[str], col: Mapping[str, int], path: Path, line: int
+) -> tuple[int, int, int, int]:
+    """``(ih, iw, sh, sw)`` of an ``index.csv`` row, each image at most
+    :data:`~pyanalyzer.data.images.MAX_IMAGE_PIXELS` pixels (the sizes size the arrays).
+
+    Raises:
+        DatasetError: a malformed or non-positive size, or an image or segmentation too large.
+    """
+    from pyanalyzer.data.images import MAX_IMAGE_PIXELS as limit
+
+    ih, iw, sh, sw = (_parse_int(cells[col[c]], path, line, c, 1, limit) for c in INDEX_COLUMNS[2:])
+    for what, (a, b) in (("image", (ih, iw)), ("segmentation", (sh, sw))):
+        if a * b > limit:
+            raise DatasetError(
+                f"{_at(path, line)}: {what} size {a}x{b} is {a * b} pixels, more than the "
+                f"{limit} allowed (pyanalyzer.data.images.MAX_IMAGE_PIXELS)",
+                path,
+                line,
+            )
+    return ih, iw, sh, sw
 
 
 def _parse_float(text: str, path: Path, line: int, column: str) -> float:
@@ -103,6 +150,35 @@ def _parse_float(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
+def read_bytes(path: Path, what: str) -> bytes:
+    """The bytes of a dataset's CSV file: a regular file of at most :data:`MAX_CSV_BYTES`
+    whose parsed rows fit the memory budget (about 8 times its size).
+
+    Raises:
+        DatasetError: missing, not a regular file, too large, or unreadable.
+    """
+    from pyanalyzer import budget
+    from pyanalyzer._checks import open_regular
+
+    def error(message: str) -> DatasetError:
+        return DatasetError(message, path)
+
+    try:
+        with open_regular(path, f"{what} (a CSV file)", error=error, max_bytes=MAX_CSV_BYTES) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            budget.check(f"reading {path} ({budget.format_bytes(size)})", 8 * size)
+            return fh.read(MAX_CSV_BYTES + 1)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read {what}: {exc.strerror or exc}", path) from None
+
+
+def _decode(raw: bytes, path: Path, what: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: cannot read {what}: {exc}", path) from None
+
+
 def _read_csv(
     path: Path, expected: Sequence[str] | None, what: str
 ) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -111,12 +187,9 @@ def _read_csv(
     Returns:
         ``(header, rows)`` where each row is ``(line number, cells)``; blank lines are skipped.
     """
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise DatasetError(f"{path}: missing file ({what})", path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read {what}: {exc}", path) from None
+    text = _decode(read_bytes(path, what), path, what)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
@@ -247,7 +320,7 @@ def read_labels(path: Path, cat_index: Mapping[str, int]) -> dict[int, BrodenLab
     col = {h: k for k, h in enumerate(header)}
     raw: dict[int, tuple[str, dict[str, int], int, float, tuple[str, ...]]] = {}
     for line, cells in rows:
-        number = _parse_int(cells[col["number"]], path, line, "number", 0)
+        number = _parse_int(cells[col["number"]], path, line, "number", 0, MAX_LABEL_NUMBER)
         name = cells[col["name"]].strip()
         if number == 0:
             if name != "-":
@@ -324,8 +397,8 @@ def read_codes(path: Path, category: str, labels: Mapping[int, object]) -> np.nd
     col = {h: k for k, h in enumerate(header)}
     codes: dict[int, int] = {}
     for line, cells in rows:
-        code = _parse_int(cells[col["code"]], path, line, "code", 1)
-        number = _parse_int(cells[col["number"]], path, line, "number", 1)
+        code = _parse_int(cells[col["code"]], path, line, "code", 1, MAX_LABEL_NUMBER)
+        number = _parse_int(cells[col["number"]], path, line, "number", 1, MAX_LABEL_NUMBER)
         _parse_int(cells[col["frequency"]] or "0", path, line, "frequency", 0)
         _parse_float(cells[col["coverage"]], path, line, "coverage")
         if number not in labels:

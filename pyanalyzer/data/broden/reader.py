@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,17 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pyanalyzer import budget
 from pyanalyzer.data.broden.cache import CacheLayout, cache_digest, open_cache, write_cache
 from pyanalyzer.data.broden.codec import _decode_png
 from pyanalyzer.data.broden.format import (
     _INT,
     INDEX_COLUMNS,
+    MAX_LABEL_NUMBER,
     BrodenLabel,
     DatasetError,
     _at,
     _check_relpath,
-    _parse_int,
     _read_csv,
+    parse_sizes,
+    read_bytes,
     read_categories,
     read_codes,
     read_labels,
@@ -119,7 +123,7 @@ class BrodenDataset:
 
     def _load_labels(self) -> None:
         path = self.root / "label.csv"
-        self._label_bytes = path.read_bytes() if path.is_file() else b""
+        self._label_bytes = read_bytes(path, "the label list") if path.is_file() else b""
         self.labels: dict[int, BrodenLabel] = read_labels(path, self._cat_index)
         size = max(self.labels) + 1
         concept_category = np.full(size, -1, dtype=np.int32)
@@ -140,7 +144,7 @@ class BrodenDataset:
     def _load_index(self) -> None:
         path = self.root / "index.csv"
         self._index_path = path
-        self._index_bytes = path.read_bytes() if path.is_file() else b""
+        self._index_bytes = read_bytes(path, "the image index") if path.is_file() else b""
         header, rows = _read_csv(path, None, "the image index")
         missing = [c for c in INDEX_COLUMNS if c not in header]
         if missing:
@@ -172,10 +176,7 @@ class BrodenDataset:
         for line, cells in rows:
             image = _check_relpath(cells[col["image"]].strip(), path, line, "image")
             split = cells[col["split"]].strip()
-            ih = _parse_int(cells[col["ih"]], path, line, "ih", 1)
-            iw = _parse_int(cells[col["iw"]], path, line, "iw", 1)
-            sh = _parse_int(cells[col["sh"]], path, line, "sh", 1)
-            sw = _parse_int(cells[col["sw"]], path, line, "sw", 1)
+            ih, iw, sh, sw = parse_sizes(cells, col, path, line)
             pngs: list[tuple[int, str]] = []
             numbers: list[tuple[int, int]] = []
             for cat in self.categories:
@@ -186,7 +187,7 @@ class BrodenDataset:
                     if entry.lower().endswith(".png"):
                         pngs.append((g, _check_relpath(entry, path, line, "segmentation")))
                     elif _INT.match(entry):
-                        number = int(entry)
+                        number = int(entry) if len(entry) <= 20 else MAX_LABEL_NUMBER + 1
                         if number == 0:  # Broden omits zeros; 0 means unlabelled anyway.
                             continue
                         if number < 0 or number not in self.labels:
@@ -224,6 +225,9 @@ class BrodenDataset:
                         path,
                         line,
                     ) from None
+                if not stat.S_ISREG(st.st_mode):
+                    where = f"{_at(path, line)}: {what} {str(images_dir / rel)!r}"
+                    raise DatasetError(f"{where} is not a regular file", path, line)
                 if what != "image":
                     stats.append((rel, st.st_size, st.st_mtime_ns))
             self._rows.append(_Row(line, image, split, ih, iw, pngs, numbers))
@@ -321,6 +325,10 @@ class BrodenDataset:
         """Decode one row from its PNGs: ``(seg [K, sh, sw], numbers [L], present [G])``."""
         r = self._row(index)
         sh, sw = self.seg_size
+        budget.check(
+            f"decoding the {len(r.pngs)} segmentation(s) of image {r.image!r} ({sh}x{sw})",
+            2 * budget.segmentation_batch_bytes(1, len(r.pngs), 0, 0, (sh, sw)),
+        )
         seg = np.zeros((len(r.pngs), sh, sw), dtype=np.int32)
         present = np.zeros(len(self.categories), dtype=np.uint8)
         for k, (g, rel) in enumerate(r.pngs):
@@ -410,6 +418,11 @@ class BrodenDataset:
             raise UserInputError(f"K and L must be >= 0, got K={K}, L={L}")
         sh, sw = self.seg_size
         B, G = len(idx), len(self.categories)
+        budget.check(
+            f"a batch of {B} concept label maps ({K} channel(s) of {sh}x{sw} each)",
+            budget.segmentation_batch_bytes(B, K, L, G, (sh, sw)),
+            advice="use a smaller batch size",
+        )
         seg = np.zeros((B, K, sh, sw), dtype=np.int32)
         numbers = np.zeros((B, L), dtype=np.int32)
         cats = np.zeros((B, G), dtype=np.uint8)

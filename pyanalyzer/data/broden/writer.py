@@ -86,13 +86,14 @@ def _check_name(name: Any, what: str) -> str:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
+    """An image file's ``(height, width)`` from its header (checked by ``open_image``)."""
+    from pyanalyzer.data.images import open_image
 
-    try:
-        with Image.open(path) as img:
-            return img.height, img.width
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(f"{path}: cannot read image: {exc}", path) from None
+    def error(message: str) -> DatasetError:
+        return DatasetError(message, path)
+
+    with open_image(path, "image", error=error) as img:
+        return img.height, img.width
 
 
 class _Writer:

@@ -45,19 +45,51 @@ def load_directions(path: str | os.PathLike[str]) -> np.ndarray:
     Raises:
         UserInputError: a missing or unreadable file, or contents :func:`as_directions` refuses.
     """
+    from pyanalyzer import budget
+    from pyanalyzer._checks import open_regular, regular_file
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise UserInputError(f"direction file {p} does not exist or is not a file")
+    size = regular_file(p, "a direction file (.npy or text)").st_size
+    # float32 [K, C] and the parsed form: text takes ~20 times its size as Python floats.
+    budget.check(f"reading direction file {p} ({budget.format_bytes(size)})", 20 * size)
     try:
         if p.suffix.lower() == ".npy":
-            data = np.load(p, allow_pickle=False)
+            with open_regular(p, "a direction file (.npy)") as fh:
+                _check_npy_header(fh, p, size)
+                fh.seek(0)
+                data = np.load(fh, allow_pickle=False)
         else:
-            text = p.read_text(encoding="utf-8").replace(",", " ")
+            with open_regular(p, "a direction file (text)") as fh:
+                raw = fh.read()
+            text = raw.decode("utf-8").replace(",", " ")
             rows = [line.split() for line in text.splitlines() if line.split()]
             widths = {len(r) for r in rows}
             if len(widths) > 1:
                 raise ValueError(f"its lines have different lengths ({sorted(widths)})")
             data = np.asarray([[float(v) for v in r] for r in rows], np.float64)
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, UnicodeDecodeError, EOFError) as e:
         raise UserInputError(f"cannot read direction file {p}: {e}") from None
     return as_directions(data)
+
+
+def _check_npy_header(fh: Any, path: Path, size: int) -> None:
+    """Refuse a ``.npy`` whose header declares more data than the file holds (np.load would
+    allocate the declared array first)."""
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = npy.read_array_header_2_0(fh)
+    except (ValueError, EOFError, SyntaxError, TypeError) as e:
+        raise UserInputError(f"cannot read direction file {path}: not a .npy array ({e})") from None
+    declared = int(np.prod(shape, dtype=object)) * int(np.dtype(dtype).itemsize)
+    if declared > size:
+        raise UserInputError(
+            f"cannot read direction file {path}: its header declares shape {list(shape)} "
+            f"({declared} bytes) but the file has {size} bytes"
+        )

@@ -42,6 +42,7 @@ from pyanalyzer.methods.actmax.render import (
     MAX_STEPS,
     Net,
     Rendering,
+    check_memory,
     check_options,
     concat_renderings,
     image_size,
@@ -370,6 +371,9 @@ class ActivationMaximization(Analysis[ActmaxParams, ActmaxResult]):
         self.color = None if p.color is None else (
             p.color if isinstance(p.color, bool) else np.asarray(p.color, np.float64)
         )  # fmt: skip
+        p = self.params
+        batch = min(p.batch_size if p.batch else 1, len(self.units))
+        check_memory(self.model, self.target, len(self.units), batch, self.size, p.steps)
 
     def _target(self) -> TensorRef:
         """The tensor the objective reads: ``layer``, or for classes the logits behind it."""

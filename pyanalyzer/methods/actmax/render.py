@@ -43,6 +43,7 @@ __all__ = [
     "MAX_STEPS",
     "Net",
     "Rendering",
+    "check_memory",
     "check_options",
     "concat_renderings",
     "image_size",
@@ -155,6 +156,25 @@ def check_options(
         raise UserInputError(f"unknown start {start!r}; choose one of {', '.join(STARTS)}")
     if redirect < 0:
         raise UserInputError(f"redirect steps must be >= 0, got {redirect}")
+
+
+def check_memory(
+    model: Model, target: TensorRef, units: int, batch: int, size: tuple[int, int], steps: int
+) -> None:
+    """Refuse, before anything runs, a rendering of ``units`` images in batches of ``batch``
+    whose peak memory exceeds the budget (:func:`pyanalyzer.budget.actmax_bytes`).
+
+    Raises:
+        BudgetError: one line naming the request, the estimate and the budget.
+    """
+    from pyanalyzer import budget
+
+    budget.check(
+        f"activation maximization of {units} unit(s) at {size[0]}x{size[1]} pixels, {batch} "
+        f"image(s) a batch, {steps} steps",
+        budget.actmax_bytes(model, target.name, batch=batch, units=units, size=size, steps=steps),
+        advice="use a smaller --batch-size or --size, or fewer --units",
+    )
 
 
 def image_size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:

@@ -21,6 +21,7 @@ with identical results; the finished result replaces the checkpoint.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -230,6 +231,50 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         _backend.kernels(self.params.device)  # fail now if CUDA was asked for and is missing
         self.timings: dict[str, float] = {}
         self.resumed_from: tuple[int, int] | None = None
+        self._check_memory(None)  # the batch now; prepare() adds the dataset's state
+
+    def _check_memory(self, ds: BrodenDataset | None) -> None:
+        """Refuse, before anything runs, a dissection whose batch (and, given the dataset, its
+        running state) exceeds the memory budget (:mod:`pyanalyzer.budget`)."""
+        from pyanalyzer import budget
+
+        p, infos = self.params, self.infos
+        names = ", ".join(i.alias for i in infos)
+        if ds is None:
+            estimate = budget.dissection_bytes(self.model, infos, batch=p.batch_size)
+            budget.check(
+                f"dissecting {names} in batches of {p.batch_size} images",
+                estimate,
+                advice="use a smaller --batch-size or fewer layers",
+            )
+            return
+        n = len(ds)
+        sh, sw = ds.seg_size
+        estimate = budget.dissection_bytes(
+            self.model, infos, batch=p.batch_size, images=n,
+            topk=[topk_size(n * int(i.height or 1) * int(i.width or 1), p.quantile) for i in infos],
+            top_k=p.top_k, concepts=ds.num_labels, categories=len(ds.categories),
+            seg=(ds.max_channels, ds.max_image_labels, sh, sw),
+        )  # fmt: skip
+        budget.check(
+            f"dissecting {names} over {n} images in batches of {p.batch_size}",
+            estimate,
+            advice="use a smaller --batch-size, fewer layers or a smaller --quantile",
+        )
+
+    def _check_disk(self, n: int) -> None:
+        """Refuse a dissection whose spill files (every image's maps, float32) would not fit
+        the store's file system, before anything is written."""
+        from pyanalyzer import budget
+
+        names = ", ".join(i.alias for i in self.infos)
+        folder = self.store.path if self.store is not None else tempfile.gettempdir()
+        budget.check_disk(
+            f"the activations of {names} over {n} images (dissection's spill files)",
+            budget.dissection_spill_bytes(self.infos, n),
+            folder,
+            advice="dissect fewer layers at once or use a smaller dataset",
+        )
 
     def resolved(self) -> dict[str, Any]:
         out = super().resolved()
@@ -242,6 +287,8 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         if len(inputs) == 0:
             raise UserInputError("the concept dataset has no images")
         self.concepts = [concept_number(inputs, c) for c in self.params.net2vec]
+        self._check_memory(inputs)
+        self._check_disk(len(inputs))
         return inputs
 
     def identify(self, inputs: BrodenDataset) -> Any:

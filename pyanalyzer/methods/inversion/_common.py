@@ -24,11 +24,18 @@ def load_images(model: Model, paths: Sequence[str | os.PathLike[str]]) -> np.nda
     Raises:
         ImageError: a file is missing or not a readable image (named).
     """
+    from pyanalyzer import budget
     from pyanalyzer.data.images import load_image
 
     if not paths:
         raise ImageError("give at least one image")
     spec = model.preprocessing
+    h, w = spec.input_size
+    budget.check(
+        f"holding {len(paths)} images of {h}x{w} in memory",
+        2 * budget.images_bytes(len(paths), h, w, spec.channels),
+        advice="give fewer images",
+    )
     return np.stack([spec.prepare_image(load_image(p)) for p in paths])
 
 

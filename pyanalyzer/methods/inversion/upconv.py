@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from pyanalyzer import budget
 from pyanalyzer.analysis import Analysis, Float, ImageAnalysis, Int, Layers, Params, Result
 from pyanalyzer.errors import UserInputError
 from pyanalyzer.methods.inversion._common import as_maps, resolve_layers
@@ -117,10 +118,21 @@ class UpconvTraining(Analysis[TrainParams, UpconvDecoder]):
 
         n = self.params.n_images
         if inputs is None:
-            return SyntheticImages.for_model(self.model.preprocessing, n or TRAINING_IMAGES)
-        if len(inputs) == 0:
+            source: ImageSource = SyntheticImages.for_model(
+                self.model.preprocessing, n or TRAINING_IMAGES
+            )
+        elif len(inputs) == 0:
             raise UserInputError("the training source holds no images")
-        return inputs if n is None else _Head(inputs, n)
+        else:
+            source = inputs if n is None else _Head(inputs, n)
+        budget.check(
+            f"training a decoder for {self.info.alias} on {len(source)} images held in memory",
+            budget.upconv_training_bytes(
+                self.model, self.info, images=len(source), batch=self.params.batch_size
+            ),
+            advice="train on fewer images (n_images) or with a smaller batch size",
+        )
+        return source
 
     def identify(self, inputs: ImageSource) -> Any:
         from pyanalyzer.data.images import source_identity
@@ -334,6 +346,25 @@ class UpconvInversion(ImageAnalysis[UpconvParams, InversionResult]):
                 "one first (UpconvTraining)",
                 missing,
             )
+        self._check_memory(1)  # one image now; prepare() checks the images given
+
+    def _check_memory(self, images: int) -> None:
+        """Refuse a reconstruction whose batches and results exceed the memory budget
+        (:func:`pyanalyzer.budget.upconv_bytes`)."""
+        budget.check(
+            f"reconstructing {images} image(s) from {len(self.infos)} layer(s)",
+            budget.upconv_bytes(
+                self.model, self.infos, images=images, batch=self.params.batch_size
+            ),
+            advice="give fewer images or use a smaller batch size",
+        )
+
+    def prepare(self, inputs: Any) -> np.ndarray:
+        if hasattr(inputs, "pixels") and hasattr(inputs, "__len__") and len(inputs):
+            self._check_memory(len(inputs))  # an image source: before reading it
+        images = super().prepare(inputs)
+        self._check_memory(len(images))
+        return images
 
     def resolved(self) -> dict[str, Any]:
         return {
