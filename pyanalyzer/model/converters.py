@@ -10,6 +10,13 @@ Registered once, on import, into onnx2torch's converter registry:
 * Newer opset versions of ops whose semantics did not change for the attributes in use
   (``Conv-22``, ``Flatten-21``...), mapped to onnx2torch's converter of the previous version,
   with a guard that refuses attributes the older converter would silently ignore.
+* Ops onnx2torch lacks: ``Gelu`` (opset 20, exact or tanh), ``Mish`` (opset 18) and
+  ``ReduceMean-18`` (axes given as a constant input).
+* ``Clip`` (opset 11-13) with a bound left out (an empty input name, as ``torch.clamp(x,
+  max=c)`` exports): onnx2torch takes the empty name for a dynamic bound and gives up.
+* ``PRelu``: onnx2torch applies a one-dimensional slope along axis 1 whenever its length equals
+  that axis, but ONNX broadcasts it along the last axis (numpy's rule): an NHWC map whose
+  height equals its channels got the wrong slope. Ours broadcasts as ONNX does.
 """
 
 from __future__ import annotations
@@ -212,6 +219,114 @@ _VERSION_ALIASES: dict[tuple[str, int], tuple[int, tuple[str, ...]]] = {
 }
 
 
+class PRelu(nn.Module, OnnxToTorchModule):
+    """ONNX ``PRelu``: ``x`` where ``x > 0``, else ``slope * x``, the slope broadcast as numpy
+    does (aligned on the last axes). The slope stays the module's second input. At 0 the
+    gradient is the slope, as torch's own ``prelu`` (and ``relu``, 0 there) have it."""
+
+    def forward(self, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, x, x * slope)
+
+
+def _prelu(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    return OperationConverterResult(torch_module=PRelu(), onnx_mapping=onnx_mapping_from_node(node))
+
+
+def _gelu(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    approximate = _attrs(node).get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise NotImplementedError(f"Gelu with approximate={approximate!r}")
+    return OperationConverterResult(
+        torch_module=nn.GELU(approximate=approximate), onnx_mapping=onnx_mapping_from_node(node)
+    )
+
+
+def _mish(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    return OperationConverterResult(
+        torch_module=nn.Mish(), onnx_mapping=onnx_mapping_from_node(node)
+    )
+
+
+def _const(name: str, graph: OnnxGraph) -> torch.Tensor | None:
+    """The constant behind an optional input (None for an absent one, an empty name).
+
+    Raises:
+        NotImplementedError: the input is computed by the graph (not a constant).
+    """
+    from onnx2torch.utils.common import get_const_value
+
+    if not name:
+        return None
+    try:
+        return torch.as_tensor(get_const_value(name, graph))
+    except KeyError:
+        raise NotImplementedError(f"input {name!r} is not a constant") from None
+
+
+class ReduceMean(nn.Module, OnnxToTorchModule):
+    """``ReduceMean-18``: the mean over constant ``axes`` (all of them when None)."""
+
+    def __init__(self, axes: list[int] | None, keepdims: bool):
+        super().__init__()
+        self.axes, self.keepdims = axes, keepdims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.axes is None:
+            dims = list(range(x.dim()))
+        else:
+            dims = [a % x.dim() for a in self.axes]
+        return torch.mean(x, dim=dims, keepdim=self.keepdims)
+
+
+def _reduce_mean_18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    from onnx2torch.utils.common import OnnxMapping
+
+    attrs = _attrs(node)
+    axes = _const(node.input_values[1], graph) if len(node.input_values) > 1 else None
+    if axes is None or axes.numel() == 0:
+        if attrs.get("noop_with_empty_axes", 0):
+            return OperationConverterResult(
+                torch_module=nn.Identity(),
+                onnx_mapping=OnnxMapping(
+                    inputs=(node.input_values[0],), outputs=node.output_values
+                ),
+            )
+        dims = None
+    else:
+        dims = [int(a) for a in axes.reshape(-1).tolist()]
+    module = ReduceMean(dims, bool(attrs.get("keepdims", 1)))
+    mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
+    return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+
+def _clip(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """``Clip-11..13`` whose bounds are constants or absent (an empty input name)."""
+    from onnx2torch.node_converters.clip import _create_torch_module
+    from onnx2torch.utils.common import OnnxMapping
+
+    names = list(node.input_values) + ["", ""]
+    low, high = (_const(names[i], graph) for i in (1, 2))
+    module = _create_torch_module(
+        min_val=None if low is None else float(low), max_val=None if high is None else float(high)
+    )
+    mapping = OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values)
+    return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+
+_OWN: dict[tuple[str, int], Callable[[OnnxNode, OnnxGraph], OperationConverterResult]] = {
+    ("PRelu", 7): _prelu,
+    ("PRelu", 9): _prelu,
+    ("PRelu", 16): _prelu,
+    ("Gelu", 20): _gelu,
+    ("Mish", 18): _mish,
+    ("ReduceMean", 18): _reduce_mean_18,
+    ("Clip", 11): _clip,
+    ("Clip", 12): _clip,
+    ("Clip", 13): _clip,
+}
+"""Converters of ours that replace onnx2torch's (or fill its gaps)."""
+
+
 def _desc(op: str, version: int) -> OperationDescription:
     return OperationDescription(domain="", operation_type=op, version=version)
 
@@ -227,6 +342,8 @@ def register() -> None:
         if base is not None and target not in _CONVERTER_REGISTRY:
             _CONVERTER_REGISTRY[target] = _guarded_alias(base, forbidden, f"{op}-{version}")
     _CONVERTER_REGISTRY[_desc("Slice", 1)] = _slice_v1  # onnx2torch files it under 9
+    for (op, version), convert in _OWN.items():
+        _CONVERTER_REGISTRY[_desc(op, version)] = convert
     for op in ("Conv", "MaxPool", "AveragePool"):
         for desc in [d for d in _CONVERTER_REGISTRY if d.operation_type == op and d.domain == ""]:
             _CONVERTER_REGISTRY[desc] = _same_pad_wrapper(_CONVERTER_REGISTRY[desc], op)
