@@ -14,14 +14,18 @@ The budget, in bytes (:func:`memory_budget`), is the first of:
    ``8G``, ``512M``, ``1.5GiB``, ``2000000000`` (bytes) or a share of physical memory such as
    ``75%`` (:func:`parse_size`);
 3. the default: :data:`DEFAULT_FRACTION` (half) of the physical memory, or of the container's
-   memory limit when that is smaller (cgroup ``memory.max``); :data:`FALLBACK_BYTES` (8 GiB)
-   where neither can be read.
+   memory limit (cgroup ``memory.max``) or the process's address-space limit (``ulimit -v``)
+   when one is smaller; :data:`FALLBACK_BYTES` (8 GiB) where none can be read.
 
 The estimates are deliberately simple and documented with each function: products of the
 shapes involved, times the number of copies the code makes, in float32 (4 bytes a value)
 unless the data is smaller. They aim at the right order of magnitude, an upper bound where it
 is cheap to give one: their job is to turn "1.2 TB" into a one-line refusal, not to predict
 the allocator.
+
+The estimates can miss (a graph whose shapes only show when it runs, a library's own
+copies); an allocation that fails all the same is reported as one line too
+(:func:`is_out_of_memory`, :func:`out_of_memory_message`), exit code 2 in the CLI.
 
 Disk space is checked the same way where a command writes data whose size follows from its
 parameters (:func:`check_disk`: the synthetic concept set, the dissection's spill files).
@@ -54,6 +58,7 @@ import functools
 import math
 import os
 import re
+import resource
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -159,9 +164,19 @@ def _cgroup_limit() -> int | None:
     return None
 
 
+def _address_space_limit() -> int | None:
+    """The soft ``RLIMIT_AS`` (``ulimit -v``) in bytes, None when unlimited."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY or soft <= 0 else int(soft)
+
+
 @functools.lru_cache(maxsize=1)
 def physical_memory() -> int | None:
-    """The machine's memory in bytes, or the container's limit when smaller; None if unknown."""
+    """The machine's memory in bytes, or the container's memory limit or the process's
+    address-space limit when smaller; None if none is known."""
     total: int | None = None
     try:
         pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
@@ -169,9 +184,9 @@ def physical_memory() -> int | None:
             total = int(pages) * int(page)
     except (AttributeError, ValueError, OSError):
         total = None
-    limit = _cgroup_limit()
-    if limit is not None:
-        total = limit if total is None else min(total, limit)
+    for limit in (_cgroup_limit(), _address_space_limit()):
+        if limit is not None:
+            total = limit if total is None else min(total, limit)
     return total
 
 
@@ -247,7 +262,10 @@ def budget_source() -> str:
         return "set by pyanalyzer.budget.set_memory_budget"
     if os.environ.get(ENV_VAR, "").strip():
         return f"set by {ENV_VAR}"
-    return f"half of this machine's memory; {ENV_VAR} changes it"  # or the container's
+    return (
+        "half of the memory this process may use: the machine's, its container's or "
+        f"ulimit -v, whichever is least; {ENV_VAR} changes it"
+    )
 
 
 def format_bytes(n: float) -> str:
@@ -285,6 +303,41 @@ def check(quantity: str, estimate: int, *, advice: str = "") -> int:
             f"{format_bytes(limit)} ({budget_source()}){tail}"
         )
     return estimate
+
+
+_OOM_TEXT = re.compile(
+    r"can't allocate memory|out of memory|failed to allocate memory|bad_alloc"
+    r"|AllocateRawInternal",
+    re.IGNORECASE,
+)
+_TRIED = re.compile(r"(?:tried to allocate|allocate memory for requested buffer of size) (\d+)")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed: ``MemoryError``, torch's allocator errors
+    (CPU and CUDA), onnxruntime's arena errors."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, Exception) and bool(_OOM_TEXT.search(str(exc)))
+
+
+def out_of_memory_message(exc: BaseException, doing: str = "") -> str:
+    """One line for a failed allocation: what failed, how much it asked for when the library
+    says, and the budget that did not foresee it."""
+    text = str(exc)
+    tried = _TRIED.search(text)
+    if tried:
+        asked = f" (an allocation of {format_bytes(int(tried.group(1)))} failed)"
+    elif isinstance(exc, MemoryError) and text.strip():  # numpy: "Unable to allocate 4 GiB ..."
+        asked = f" ({text.strip().splitlines()[0][:200]})"
+    else:
+        asked = ""
+    during = f" while {doing}" if doing else ""
+    return (
+        f"out of memory{during}{asked}; the estimates allowed it under the memory budget of "
+        f"{format_bytes(memory_budget())}: set {ENV_VAR} lower for earlier refusals, or use "
+        "smaller images, batches or layers"
+    )
 
 
 def _existing(folder: str | os.PathLike[str]) -> Path:
@@ -409,6 +462,16 @@ def actmax_bytes(
     network = GRAD_FACTOR * activation_bytes(_upto(model, [target]))
     results = units * (sh * sw * (c + 3) + 4 * FLOAT_BYTES) + steps * units * FLOAT_BYTES
     return int(batch) * (image + network) + results
+
+
+def projection_bytes(model: Any, layer: LayerInfo, *, batch: int) -> int:
+    """Peak bytes of projecting a unit back to pixels (DeconvNet, guided backprop, saliency)
+    for a batch of images: every node's value up to the layer is recorded for the reverse
+    walk, and the walk holds a signal as large as each of them, :data:`GRAD_FACTOR` + 1 copies
+    of the activations in all; plus the float32 input and its projection."""
+    h, w, c = _input_hwc(model)
+    network = (GRAD_FACTOR + 1) * activation_bytes(_upto(model, [layer.name]))
+    return int(batch) * (network + 2 * h * w * c * FLOAT_BYTES)
 
 
 def inversion_bytes(model: Any, layers: Sequence[LayerInfo], *, images: int, steps: int) -> int:

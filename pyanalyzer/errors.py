@@ -8,6 +8,15 @@ line and exits with code 2. Anything else is a bug or an environment failure (ex
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of a library's error message (onnx, onnxruntime and torch put
+    the useful part there), at most ``limit`` characters; the exception's type name when it
+    has no message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    msg = lines[0] if lines else type(exc).__name__
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
 class PyanalyzerError(Exception):
     """Base class of all pyanalyzer exceptions."""
 

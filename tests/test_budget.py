@@ -3,10 +3,15 @@ small cases, and the one-line refusals of the analyses and the CLI."""
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli_helpers import run_cli
 from PIL import Image
 
@@ -82,7 +87,7 @@ def test_default_is_half_of_physical_memory(monkeypatch):
     assert real is None or real > 0
     monkeypatch.setattr(budget, "physical_memory", lambda: 10 * GiB)
     assert budget.memory_budget() == 5 * GiB
-    assert "half of this machine's memory" in budget.budget_source()
+    assert "half of the memory this process may use" in budget.budget_source()
     monkeypatch.setattr(budget, "physical_memory", lambda: None)
     assert budget.memory_budget() == budget.FALLBACK_BYTES
 
@@ -315,3 +320,83 @@ def test_units_are_checked_before_they_are_listed():
     with pytest.raises(UserInputError, match="out of range"):
         select_units("0-99999999999", 64)
     assert select_units(range(3), 64) == [0, 1, 2]
+
+
+# ---- what the estimates miss -------------------------------------------------------------------
+
+_PAD_MODEL = """
+import numpy as np, onnx, sys
+from onnx import TensorProto, helper, numpy_helper
+pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 4_000_000, 0], np.int64), "p")
+nodes = [helper.make_node("Pad", ["x", "p"], ["y"], name="pad")]  # its size shows only at run
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])
+y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", 32])
+graph = helper.make_graph(nodes, "g", [x], [y], [pads])
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), sys.argv[1])
+"""
+
+
+def _limited(limit: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def test_address_space_limit_lowers_the_default_budget():
+    code = "from pyanalyzer import budget; print(budget.physical_memory(), budget.memory_budget())"
+    env = {k: v for k, v in os.environ.items() if k != budget.ENV_VAR}
+    limit = 5 * GiB
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env,
+        preexec_fn=_limited(limit), check=True,
+    )  # fmt: skip
+    total, default = map(int, proc.stdout.split())
+    real = budget.physical_memory()
+    assert total == min(limit, real or limit) and default == total // 2
+
+
+def test_out_of_memory_is_recognised_in_real_library_errors():
+    errors = []
+    for allocate in (lambda: np.empty(2**62, np.uint8), lambda: torch.empty(2**50)):
+        try:
+            allocate()
+        except Exception as exc:  # numpy: _ArrayMemoryError; torch: RuntimeError
+            errors.append(exc)
+    assert len(errors) == 2 and all(budget.is_out_of_memory(e) for e in errors)
+    assert "4.00 EiB" in budget.out_of_memory_message(errors[0])  # numpy's own words
+    assert "an allocation of 4 PiB failed" in budget.out_of_memory_message(errors[1])
+    assert not budget.is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not budget.is_out_of_memory(KeyboardInterrupt())
+
+
+def test_allocation_the_estimates_miss_is_one_line_exit_2(tmp_path):
+    # A Pad whose output (3 x 4000032 x 32 floats, 1.4 GiB) inference cannot size: the budget
+    # is set high so no estimate refuses it, and the address space is capped below what
+    # onnxruntime then asks for. The CLI reports one line, exit code 2, nothing written.
+    model = tmp_path / "pad.onnx"
+    subprocess.run([sys.executable, "-c", _PAD_MODEL, str(model)], check=True)
+    env = dict(os.environ, **{budget.ENV_VAR: "1T"})
+    out, store = tmp_path / "out", tmp_path / "store"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyanalyzer", "actmax", str(model), "--layer", "y",
+         "--steps", "1", "--out", str(out), "--store", str(store), "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=300,
+        preexec_fn=_limited(_address_space_for_torch() + GiB),
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr)
+    assert lines[0].startswith("error: out of memory") and "1 TiB" in lines[0], lines[0]
+    assert not out.exists() and not store.exists()
+
+
+def _address_space_for_torch() -> int:
+    """The address space a process needs to import pyanalyzer's CLI, torch and onnxruntime
+    (measured: it differs between builds), so the cap above leaves ~1 GiB of room."""
+    code = (
+        "import pyanalyzer.cli, torch, onnxruntime, onnx2torch;"
+        "print(open('/proc/self/statm').read().split()[0])"
+    )
+    pages = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True).stdout)  # fmt: skip
+    return pages * os.sysconf("SC_PAGE_SIZE")

@@ -237,6 +237,11 @@ def _run(argv: list[str] | None) -> int:
     except Exception as exc:
         if os.environ.get("PYANALYZER_DEBUG"):
             raise
+        from pyanalyzer import budget
+
+        if budget.is_out_of_memory(exc):  # an allocation the budget's estimates missed
+            _error(budget.out_of_memory_message(exc))
+            return 2
         click.echo(
             f"internal error: {type(exc).__name__}: {_one_line(str(exc))} "
             "(set PYANALYZER_DEBUG=1 for the traceback)",

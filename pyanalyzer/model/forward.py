@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import onnx
 
-from pyanalyzer.errors import ModelError, UserInputError
+from pyanalyzer import budget
+from pyanalyzer.errors import ModelError, UserInputError, first_line
 
 if TYPE_CHECKING:
     from pyanalyzer.model.graph import InputInfo, LayerInfo
@@ -165,9 +166,7 @@ class ForwardEngine:
         try:
             return ort.InferenceSession(m.SerializeToString(), opts, providers=self.providers)
         except Exception as exc:
-            raise ModelError(
-                f"onnxruntime cannot run this model: {str(exc).splitlines()[0]}"
-            ) from None
+            raise ModelError(f"onnxruntime cannot run this model: {first_line(exc)}") from None
 
     def session(self, outputs: Sequence[str]) -> Any:
         """The cached onnxruntime session whose outputs are these ONNX tensors."""
@@ -190,8 +189,6 @@ class ForwardEngine:
         """
         if self.resolve is None:
             return
-        from pyanalyzer import budget
-
         infos = [self.resolve(n) for n in layers]
         names = ", ".join(i.alias for i in infos)
         budget.check(
@@ -235,8 +232,15 @@ class ForwardEngine:
             try:
                 return list(sess.run(names, {feed_name: batch}))
             except Exception as exc:  # onnxruntime's own exception types are not public
-                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise ModelError(f"onnxruntime failed to run the model: {msg}") from None
+                if budget.is_out_of_memory(exc):
+                    raise budget.BudgetError(
+                        budget.out_of_memory_message(
+                            exc, f"onnxruntime ran the model on {batch.shape[0]} image(s)"
+                        )
+                    ) from None
+                raise ModelError(
+                    f"onnxruntime failed to run the model: {first_line(exc)}"
+                ) from None
 
         self._batchable_proto()
         if self._batch_mode == "loop" and x.shape[0] != 1:

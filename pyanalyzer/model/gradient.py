@@ -19,7 +19,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from pyanalyzer.errors import GradientUnavailableError, UserInputError
+from pyanalyzer.errors import GradientUnavailableError, UserInputError, first_line
 from pyanalyzer.model.graph import to_nchw
 
 
@@ -115,7 +115,7 @@ class GradientEngine:
                 module = convert(m)
         except Exception as exc:  # converter-specific NotImplementedError, KeyError...
             op = _failing_op(exc, m)
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            msg = first_line(exc)
             failure = ConversionFailure((op,) if op else (), msg)
             raise GradientUnavailableError(
                 f"{failure.describe()}: {msg} (forward-only methods still work)"

@@ -18,6 +18,7 @@ from pyanalyzer.errors import (
     ModelError,
     ParityWarning,
     PreprocessingError,
+    first_line,
 )
 from pyanalyzer.model import graph as _graph
 from pyanalyzer.model.forward import ForwardEngine, random_input
@@ -168,6 +169,8 @@ class Model:
         forward: the onnxruntime engine (:class:`~pyanalyzer.model.forward.ForwardEngine`).
         parity_report: how far the torch engine is from onnxruntime (:meth:`check_parity`),
             None until checked.
+        onnxruntime_error: why onnxruntime could not run one image at load (forward passes
+            will fail with it), or None.
     """
 
     def __init__(
@@ -194,8 +197,11 @@ class Model:
         # Before anything runs: what one image costs, from the shapes inference could give.
         self._check_activations(shapes)
         missing = [o for n in proto.graph.node for o in n.output if o and o not in shapes]
+        # One image through onnxruntime: the shapes inference could not give, and whether
+        # onnxruntime can run the graph at all (see onnxruntime_error).
+        self.onnxruntime_error: str | None = None
+        shapes.update(self._run_once(missing))
         if missing:
-            shapes.update(self._probe_shapes(missing))
             self._check_activations(shapes)
         self.layers = _graph.build_catalogue(proto, self.input, shapes)
         if not self.layers:
@@ -283,12 +289,35 @@ class Model:
         )
 
     # ---- engines ---------------------------------------------------------------------------
-    def _probe_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
-        """Shapes shape inference could not give, read off one onnxruntime run."""
+    def _run_once(self, missing: list[str]) -> dict[str, tuple[int, ...]]:
+        """Run one random image through onnxruntime, returning the shapes of the model's
+        outputs and of the tensors ``missing``. Where onnxruntime cannot run the graph (a
+        BatchNormalization whose scale does not fit its input; a dilated SAME convolution,
+        which it does not support) the reason is kept in :attr:`onnxruntime_error` and
+        nothing is returned: forward passes will fail with it, and a torch conversion that
+        fails too makes the model unusable (:meth:`_smoke_torch`).
+
+        Raises:
+            BudgetError: the run ran out of memory.
+        """
+        from pyanalyzer import budget
+
+        names = list(dict.fromkeys([o.name for o in self.proto.graph.output] + missing))
         x = random_input(self.preprocessing, self.input.numpy_dtype, 1)
+        h, w = self.preprocessing.input_size
         try:
             outs = self.forward.session(names).run(names, {self.input.name: x})
-        except Exception:
+        except ModelError as exc:  # no session could be made
+            self.onnxruntime_error = str(exc)
+            return {}
+        except Exception as exc:  # onnxruntime's own exception types are not public
+            if budget.is_out_of_memory(exc):
+                raise budget.BudgetError(
+                    budget.out_of_memory_message(exc, f"onnxruntime ran one {h}x{w} image")
+                ) from None
+            self.onnxruntime_error = (
+                f"onnxruntime cannot run this model on one {h}x{w} image: {first_line(exc)}"
+            )
             return {}
         return {n: tuple(o.shape) for n, o in zip(names, outs, strict=True) if hasattr(o, "shape")}
 
@@ -299,10 +328,42 @@ class Model:
 
             layouts = {layer.name: layer.layout for layer in self.layers if layer.is_spatial}
             try:
-                self._gradient = GradientEngine(self.proto, self.input.name, layouts)
+                engine = GradientEngine(self.proto, self.input.name, layouts)
+                self._smoke_torch(engine)
+                self._gradient = engine
             except GradientUnavailableError as exc:
                 self._gradient_error = str(exc)
         return self._gradient
+
+    def _smoke_torch(self, engine: GradientEngine) -> None:
+        """Run one random image through the converted module (onnxruntime ran one at load):
+        a conversion that builds but cannot run makes the gradient methods unavailable, with
+        torch's reason, instead of failing in the middle of one.
+
+        Raises:
+            ModelError: neither onnxruntime nor torch can run the model (onnxruntime's reason,
+                which names the node).
+            GradientUnavailableError: torch cannot run the converted model.
+        """
+        import torch
+
+        from pyanalyzer import budget
+
+        x = torch.from_numpy(random_input(self.preprocessing, self.input.numpy_dtype, 1))
+        try:
+            with torch.no_grad():
+                engine(x)
+        except (RuntimeError, IndexError, ValueError, TypeError) as exc:
+            if budget.is_out_of_memory(exc):
+                raise budget.BudgetError(
+                    budget.out_of_memory_message(exc, "torch ran one image")
+                ) from None
+            if self.onnxruntime_error is not None:
+                raise ModelError(self.onnxruntime_error) from None
+            raise GradientUnavailableError(
+                f"the model converted to torch cannot run: {first_line(exc)} (forward-only "
+                "methods still work)"
+            ) from None
 
     @property
     def gradient_available(self) -> bool:

@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from pyanalyzer._checks import open_regular, regular_file
-from pyanalyzer.errors import ModelError
+from pyanalyzer.errors import ModelError, first_line
 
 MAX_MODEL_BYTES = 2**31 - 1
 """The largest ONNX file read (protobuf's limit for one message, 2 GiB): larger models keep
@@ -109,7 +109,7 @@ def read_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, Path, str
         model = onnx.load_model_from_string(raw)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeError, ...
         raise ModelError(
-            f"{str(p)!r} is not an ONNX model (it does not parse: {_first_line(exc)})"
+            f"{str(p)!r} is not an ONNX model (it does not parse: {first_line(exc)})"
         ) from None
     check_strings(model, str(p))
     if not model.HasField("graph") or not model.ir_version or not model.graph.node:
@@ -138,14 +138,78 @@ def read_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, Path, str
         onnx.load_external_data_for_model(model, str(p.parent))
     except Exception as exc:
         raise ModelError(
-            f"cannot load the external data of {str(p)!r}: {_first_line(exc)}"
+            f"cannot load the external data of {str(p)!r}: {first_line(exc)}"
         ) from None
 
+    check_tensor_sizes(model, str(p))  # the checker misses data larger than the shape
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        raise ModelError(f"{str(p)!r} is not a valid ONNX model: {_first_line(exc)}") from None
+        raise ModelError(f"{str(p)!r} is not a valid ONNX model: {first_line(exc)}") from None
     return model, p.resolve(), digest.hexdigest()
+
+
+_SUB_BYTE = {"UINT4", "INT4", "FLOAT4E2M1", "UINT2", "INT2", "FLOAT6E2M3", "FLOAT6E3M2"}
+"""Packed types whose byte count is not ``values * itemsize``; their sizes are left to the
+runtime (image models do not store weights so)."""
+
+
+def _size_problem(t: onnx.TensorProto) -> str | None:
+    """What is wrong with the amount of data a tensor holds for its shape, or None."""
+    if any(d < 0 for d in t.dims):
+        return f"has a negative dimension {list(t.dims)}"
+    name = onnx.TensorProto.DataType.Name(t.data_type) if t.data_type else "UNDEFINED"
+    if name == "UNDEFINED" or name in _SUB_BYTE:
+        return None  # the checker reports an undefined type
+    n = 1
+    for d in t.dims:
+        n *= d
+    shape = f"its shape {list(t.dims)}"
+    if t.HasField("raw_data"):
+        if name == "STRING":
+            return "is a string tensor with raw data"
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        if len(t.raw_data) != n * itemsize:
+            return f"holds {len(t.raw_data)} bytes of data but {shape} needs {n * itemsize}"
+        return None
+    if name == "STRING":
+        held, need = len(t.string_data), n
+    else:
+        held = len(getattr(t, onnx.helper.tensor_dtype_to_field(t.data_type)))
+        need = 2 * n if name.startswith("COMPLEX") else n
+    if held != need:
+        return f"holds {held} values but {shape} needs {need}"
+    return None
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """The initializers and constant tensors of a graph and of its subgraphs."""
+    found = list(graph.initializer)
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                found.append(a.t)
+            found.extend(a.tensors)
+            if a.HasField("g"):
+                found.extend(_graph_tensors(a.g))
+            for g in a.graphs:
+                found.extend(_graph_tensors(g))
+    return found
+
+
+def check_tensor_sizes(model: onnx.ModelProto, shown: str = "the model") -> None:
+    """Every weight and constant holds exactly the data its shape and type need.
+
+    The checker does not look (a weight's bytes may disagree with its dims), and reading such
+    a tensor fails deep inside numpy or onnxruntime with a multi-line message.
+
+    Raises:
+        ModelError: one line naming the file and the first such tensor.
+    """
+    for t in _graph_tensors(model.graph):
+        problem = _size_problem(t)
+        if problem is not None:
+            raise ModelError(f"{shown!r} is not a valid ONNX model: tensor {t.name!r} {problem}")
 
 
 def _field_path(prefix: str, name: str, index: int | None) -> str:
@@ -198,11 +262,3 @@ def check_strings(model: onnx.ModelProto, shown: str = "the model") -> None:
         raise ModelError(f"{shown!r} is not a usable ONNX model: it is nested too deeply") from None
     if found is not None:
         raise ModelError(f"{shown!r} is not a valid ONNX model: {found} is not valid UTF-8 text")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # onnx's checker puts the useful part on the first line; keep messages to one line.
-    msg = lines[0] if lines else text
-    return msg if len(msg) <= 300 else msg[:297] + "..."

@@ -142,7 +142,7 @@ class PreprocessSpec:
         """
         from PIL import Image
 
-        img = image.convert("L" if self.channels == 1 else "RGB")
+        img = _to_8bit(image).convert("L" if self.channels == 1 else "RGB")
         h, w = self.input_size
         if self.resize == "crop":
             s = max(h / img.height, w / img.width)
@@ -213,6 +213,23 @@ class PreprocessSpec:
 
 
 # ---- parsing and layering ----------------------------------------------------------------
+
+
+def _to_8bit(image: Any) -> Any:
+    """A PIL image of more than 8 bits per pixel (16-bit PNGs load as ``I;16`` or ``I``, float
+    TIFFs as ``F``) rescaled to 8-bit grey; Pillow's own conversion to ``L`` clips them at 255,
+    which turns most of a 16-bit image white. Other modes are returned as they are."""
+    from PIL import Image
+
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    arr = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and arr.size and arr.max() > 255):
+        arr = arr / 257.0  # 0..65535 onto 0..255
+    elif image.mode == "F" and arr.size and 0.0 <= arr.min() and arr.max() <= 1.0:
+        arr = arr * 255.0  # a float image in 0..1
+    arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import onnx
 import onnx_factory as fac
 import onnxruntime as ort
 import pytest
 import torch
 
 import pyanalyzer as pa
-from pyanalyzer.errors import GradientUnavailableError, ParityWarning, UserInputError
+from pyanalyzer.errors import (
+    GradientUnavailableError,
+    ModelError,
+    ParityWarning,
+    UserInputError,
+)
 
 
 def _plain_ort(path, x):
@@ -202,3 +208,71 @@ def test_building_the_torch_twin_leaves_the_global_generator_alone(default_model
     before = torch.random.get_rng_state()
     assert m.gradient_available
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+# ---- models that one engine (or both) cannot run -------------------------------------------
+
+
+def _bn_on_the_wrong_axis(tmp_path):
+    """Transpose to NHWC, then a BatchNormalization with 3 channels' parameters: its input's
+    axis 1 is the height, 32. A valid graph by onnx's checker; no engine can run it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    params = [numpy_helper.from_array(np.full(3, v, np.float32), f"b{i}") for i, v in
+              enumerate((1.0, 0.0, 0.0, 1.0))]  # fmt: skip
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1], name="to_nhwc"),
+        helper.make_node("BatchNormalization", ["t", "b0", "b1", "b2", "b3"], ["y"], name="bn"),
+        helper.make_node("Relu", ["y"], ["z"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["a", "b", "c", "d"])], params,
+    )  # fmt: skip
+    path = tmp_path / "bn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_a_graph_neither_engine_runs_is_refused_naming_the_node(tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    m = pa.load_model(_bn_on_the_wrong_axis(tmp_path), check_parity=False)
+    assert "'bn'" in m.onnxruntime_error and "BatchNormalization" in m.onnxruntime_error
+    with pytest.raises(ModelError, match="BatchNormalization node. Name:'bn'"):
+        _ = m.gradient_available
+    code, _, err = run_cli(
+        capsys, "actmax", str(m.path), "--layer", "z", "--steps", "1",
+        "--out", str(tmp_path / "out"), "--store", str(tmp_path / "store"), "--no-progress",
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Name:'bn'" in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
+
+
+def test_a_graph_only_torch_runs_keeps_the_gradient_methods(tmp_path):
+    # onnxruntime has no dilated SAME_LOWER convolution; the converted module computes it
+    m = pa.load_model(fac.conv_same_dilated(tmp_path), check_parity=False)
+    assert "Dilation not supported" in m.onnxruntime_error
+    assert m.gradient_available
+    x = torch.zeros(1, 3, 32, 32)
+    assert m.gradient.features(x, [m.layer("relu1").name])[m.layer("relu1").name].shape[1] > 0
+    with pytest.raises(ModelError, match="Dilation not supported"):
+        m.forward.run(x.numpy(), ["relu1"])
+
+
+def test_a_conversion_torch_cannot_run_leaves_forward_methods(tmp_path, monkeypatch):
+    from pyanalyzer.model import gradient
+
+    original = gradient.GradientEngine.__init__
+
+    def broken(self, *a, **k):
+        original(self, *a, **k)
+        conv = next(mod for mod in self.module.modules() if isinstance(mod, torch.nn.Conv2d))
+        conv.weight.data = conv.weight.data[:, :2]  # a converter bug: one input channel lost
+
+    monkeypatch.setattr(gradient.GradientEngine, "__init__", broken)
+    m = pa.load_model(fac.tiny_cnn(tmp_path), check_parity=False)
+    assert m.onnxruntime_error is None and not m.gradient_available
+    assert "converted to torch cannot run" in m.gradient_error and "channels" in m.gradient_error
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    assert m.forward.run(x, ["conv1"])[m.layer("conv1").name].shape == (1, 8, 32, 32)
