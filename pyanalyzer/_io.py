@@ -284,9 +284,12 @@ PID_TEMP_MAX_AGE = 24 * 3600.0
 UNOWNED_TEMP_MAX_AGE = 3600.0
 """Temps whose names carry no pid are stale when nothing in them changed for this long."""
 
-# ``.<name>.tmp-<pid>-<8 hex>[.<ext>]`` (temp_sibling), or ``.tmp-<pid>-<8 chars>`` (a
+# ``.<name>.tmp-<pid>-<8 hex>[.<ext>]`` (temp_sibling), ``<name>.tmp-<pid>-<8 hex>`` (a
+# dataset being written, visible on purpose), or ``.tmp-<pid>-<8 chars>`` (a
 # ``tempfile.mkdtemp(prefix=f".tmp-{pid}-")`` folder).
-_PID_TEMP = re.compile(r"\.(?:(?P<base>.+)\.)?tmp-(?P<pid>\d+)-[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?")
+_PID_TEMP = re.compile(
+    r"(?:\.(?:(?P<base>.+)\.)?|(?P<visible>[^.].*)\.)tmp-(?P<pid>\d+)-[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?"
+)
 # ``<name>.tmp-<8 hex>``: a temp folder named without its writer's pid.
 _HEX_TEMP = re.compile(r"(?P<base>.+)\.tmp-[0-9a-f]{8}")
 # ``tempfile.mkdtemp(prefix=".tmp-")``: the hidden work folder of a dissection report.
@@ -298,7 +301,7 @@ def _temp_kind(name: str) -> tuple[str, str | None, int | None] | None:
     that is no temp of pyanalyzer's."""
     m = _PID_TEMP.fullmatch(name)
     if m is not None:
-        return "pid", m.group("base"), int(m.group("pid"))
+        return "pid", m.group("base") or m.group("visible"), int(m.group("pid"))
     m = _HEX_TEMP.fullmatch(name)
     if m is not None:
         return "hex", m.group("base").removeprefix("."), None

@@ -30,6 +30,7 @@ Adding an analysis is subclassing :class:`Analysis` (``method``, ``params_type``
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 import typing
@@ -277,6 +278,11 @@ def Choice(label: str, choices: Sequence[str], *, optional: bool = False) -> Che
     return Checked(check, _nullable({"type": "string", "enum": list(choices)}, optional))
 
 
+MAX_UNITS = 1 << 20
+"""The most units one selection may list (layers are far narrower; the layer's own width is
+checked when the analysis is built)."""
+
+
 def _check_units(value: Any) -> str | int | list[int]:
     from pyanalyzer.units import check_syntax
 
@@ -284,10 +290,15 @@ def _check_units(value: Any) -> str | int | list[int]:
         return check_syntax(value)  # the syntax now; the range against the layer later
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
+    size = getattr(value, "__len__", None)
+    if callable(size) and size() > MAX_UNITS:  # before listing it (a range of 10**12...)
+        raise UserInputError(f"units: {size()} given, at most {MAX_UNITS}")
     try:
-        seq = list(value)
+        seq = list(itertools.islice(iter(value), MAX_UNITS + 1))
     except TypeError:
         raise UserInputError(f"units must be integers, got {value!r}") from None
+    if len(seq) > MAX_UNITS:
+        raise UserInputError(f"units: more than {MAX_UNITS} given")
     if any(isinstance(u, bool) or not isinstance(u, numbers.Integral) for u in seq):
         raise UserInputError(f"units must be integers, got {value!r}")
     return [int(u) for u in seq]
@@ -490,7 +501,16 @@ class Analysis(ABC, Generic[P, R]):
         self.params: P = typing.cast(P, self.params_type.parse(params, **options))
         self.store = store
         self.progress = progress
-        self.checkpoint_every = float(checkpoint_every)
+        if not (
+            isinstance(checkpoint_every, numbers.Real)
+            and not isinstance(checkpoint_every, bool)
+            and math.isfinite(checkpoint_every)
+            and checkpoint_every >= 0
+        ):
+            raise UserInputError(
+                f"checkpoint_every must be a finite number of seconds >= 0, got {checkpoint_every!r}"
+            )
+        self.checkpoint_every: float = float(checkpoint_every)
         self.last: Cached[R] | None = None
         self.check()
 

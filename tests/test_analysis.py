@@ -247,3 +247,21 @@ def test_cli_json_summaries(capsys, default_model, tmp_path):
     code, out, err = run_cli(capsys, "concepts", "synth", "--out", str(tmp_path / "c"),
                              "--n-images", "3", "--size", "32", "--json")  # fmt: skip
     assert code == 0 and json.loads(out)["summary"]["images"] == 3, err
+
+
+def test_options_outside_the_params_are_checked_too(model):
+    for bad in (float("nan"), -1.0, float("inf"), True):
+        with pytest.raises(pa.UserInputError, match="checkpoint_every must be a finite number"):
+            pa.ActivationMaximization(model, layer="relu5", units=0, checkpoint_every=bad)
+    # a huge sequence of units is refused before it is listed
+    with pytest.raises(ParamsError, match="units: 1000000000000 given, at most"):
+        pa.DeconvNet(model, layer="relu5", units=range(10**12))
+
+
+def test_projections_refuse_what_exceeds_the_memory_budget(model):
+    from pyanalyzer import budget
+
+    with budget.budget_override("1M"), pytest.raises(budget.BudgetError, match="projecting relu5"):
+        pa.GuidedBackprop(model, layer="relu5", units=0, batch_size=64)
+    with budget.budget_override("1M"), pytest.raises(budget.BudgetError):
+        pa.TopPatches(model, layer="relu6", projection="deconv", batch_size=512)

@@ -236,3 +236,20 @@ def test_report_helpers_take_one_channel_images(tmp_path):
     assert overlay_mask(one, np.ones((3, 4), bool), outline=False).shape == (3, 4, 3)
     a = _png(save_png(tmp_path / "g.png", one))
     assert a.shape == (3, 4) and (a == one[..., 0]).all()
+
+
+def test_grey_arrays_in_the_python_api(tmp_path):
+    import numpy as np
+
+    import pyanalyzer as pa
+    from pyanalyzer.data.images import model_images
+
+    spec = pa.load_model(
+        fac.tiny_cnn(tmp_path, channels=1, size=28), check_parity=False
+    ).preprocessing
+    batch = np.zeros((5, 28, 28), np.uint8)
+    assert model_images(batch, spec).shape == (5, 28, 28, 1)  # [N, H, W] is a batch of greys
+    assert model_images(batch[0], spec).shape == (1, 28, 28, 1)  # [H, W] is one grey image
+    assert model_images(batch[..., None], spec).shape == (5, 28, 28, 1)
+    with pytest.raises(pa.UserInputError, match=r"\(the model's input size, grey\)"):
+        model_images(np.zeros((2, 28, 28, 3), np.uint8), spec)

@@ -378,6 +378,7 @@ def _replace_cell(path: Path, line: int, column: str, value: str) -> None:
         ("index.csv", "iw", str(10**8), "image size 16x100000000"),
         ("index.csv", "sw", str(10**12), "sw must be at most"),
         ("index.csv", "ih", "9" * 5000, "malformed number"),
+        ("category.csv", "first", "999", "'color' has first label 999 after its last"),
     ],
 )
 def test_crafted_broden_numbers(
@@ -396,6 +397,24 @@ def test_crafted_broden_numbers(
         *flags,
     )  # fmt: skip
     assert match in line
+    _nothing_written(out, store)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "BMP"])
+def test_segmentation_that_is_not_a_png(tmp_path, dataset, fmt, default_model, capsys):
+    # Pillow opens either by its content; a JPEG's codes are lossy, so neither is a label map
+    mask = sorted((dataset / "images").rglob("*_color.png"))[1]
+    Image.open(mask).convert("RGB").save(mask, format=fmt)
+    match = f"it holds a {fmt} image, not a PNG"
+    ds = BrodenDataset(dataset, cache_dir=tmp_path / "cache")
+    assert match in _refused(lambda: ds.validate())
+    assert match in _cli(capsys, "concepts", "info", str(dataset), "--check")
+    out, store, flags = _outputs(tmp_path)
+    line = _cli(
+        capsys, "dissect", str(default_model), "--dataset", str(dataset), "--layer", "relu5",
+        *flags,
+    )  # fmt: skip
+    assert match in line and mask.name in line
     _nothing_written(out, store)
 
 
@@ -426,6 +445,38 @@ def test_conv_whose_output_exceeds_the_budget(tmp_path, capsys, monkeypatch):
     assert "'c' of node 'c1' (Conv), is [1, 4, 60030, 60030]" in text and "8 GiB" in text
     out, store, flags = _outputs(tmp_path)
     assert "60030" in _cli(capsys, "actmax", str(path), "--layer", "conv1", *flags)
+    _nothing_written(out, store)
+
+
+def _resized_weight(model: onnx.ModelProto, how: str) -> onnx.ModelProto:
+    """The conv weight (4x3x3x3 floats) made to disagree with its dims, or a Constant node's."""
+    w = model.graph.initializer[0]
+    if how == "raw dims":  # 432 bytes of data for shape [1]
+        w.dims[:] = [1]
+    elif how == "huge dims":
+        w.dims[:] = [2**31, 4, 3, 3]
+    elif how == "float_data":  # typed field: 108 values, 1 too few
+        values = numpy_helper.to_array(w).ravel()[:-1]
+        w.ClearField("raw_data")
+        w.float_data[:] = values.tolist()
+    else:  # a Constant node feeding the conv's bias with 3 floats for shape [4]
+        bias = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+        bias.raw_data = bias.raw_data[:12]
+        const = helper.make_node("Constant", [], ["b"], value=bias, name="bias")
+        model.graph.node.insert(0, const)
+        model.graph.node[1].input.append("b")
+    return model
+
+
+@pytest.mark.parametrize("how", ["raw dims", "huge dims", "float_data", "constant"])
+def test_weights_whose_data_disagrees_with_their_shape(tmp_path, how, capsys):
+    # onnx's checker passes these; numpy's reshape or onnxruntime's multi-line error would not
+    path = _save(_resized_weight(_conv_model(["N", 3, 32, 32]), how), tmp_path / "w.onnx")
+    text = _refused(lambda: pa.load_model(path, check_parity=False), ModelError)
+    name = "'b'" if how == "constant" else "'w'"
+    assert f"tensor {name} holds" in text and "needs" in text, text
+    out, store, flags = _outputs(tmp_path)
+    assert "needs" in _cli(capsys, "actmax", str(path), "--layer", "conv1", *flags)
     _nothing_written(out, store)
 
 

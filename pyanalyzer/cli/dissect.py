@@ -176,15 +176,9 @@ def _check_synthetic_concepts(wanted: tuple[str, ...]) -> None:
     dataset: a number, or a name with the closest names suggested)."""
     if not wanted:
         return
-    from types import SimpleNamespace
-
-    from pyanalyzer.data import synthetic
-    from pyanalyzer.data.broden.build import _broden_name  # the dataset's own naming rule
+    from pyanalyzer.data.broden import synth_concept_names
     from pyanalyzer.methods.dissection import concept_number
 
-    vocabulary = synthetic.concepts()
-    names = [""] * (max(c.id for c in vocabulary) + 1)
-    for c in vocabulary:
-        names[c.id] = _broden_name(c.category, c.name)
+    names = synth_concept_names()
     for concept in wanted:
-        concept_number(SimpleNamespace(names=names), concept)  # type: ignore[arg-type]  # needs only .names
+        concept_number(names, concept)

@@ -9,6 +9,7 @@ size rule (:func:`scene_size`), so every method sees the same scenes for the sam
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,7 +117,11 @@ def concept_dataset(
     folder = Path(root) / f"synth-n{n_images}-s{size}-seed{seed}"
     if not (folder / "index.csv").is_file():
         check_synth(root, n_images, size, seed)  # the disk, before the message below
-        print(f"making the synthetic concept dataset {folder} ...", file=sys.stderr)
+        note = f"making the synthetic concept dataset {folder} ..."
+        if progress:  # beside the progress bar; otherwise stderr keeps to the outcome
+            print(note, file=sys.stderr)
+        else:
+            logging.getLogger("pyanalyzer").info(note)
         synth_dataset(
             folder, n_images=n_images, size=size, seed=seed, progress=progress, overwrite=True
         )

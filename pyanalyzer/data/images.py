@@ -204,7 +204,8 @@ def model_images(images: Any, spec: PreprocessSpec) -> np.ndarray:
 
     Args:
         images: an image source (files, a folder...), read through the preprocessing, or an
-            array: one ``[H, W, C]`` image or a batch, already at the input size.
+            array: one ``[H, W, C]`` image or a batch ``[N, H, W, C]``, already at the input
+            size; for a one-channel model also a batch of grey images ``[N, H, W]``.
 
     Raises:
         ImageError: an empty source, an unreadable file (named), or an array of another dtype,
@@ -225,10 +226,15 @@ def model_images(images: Any, spec: PreprocessSpec) -> np.ndarray:
     arr = np.asarray(images)
     h, w = spec.input_size
     if arr.ndim == 3:
-        arr = arr[None]
+        grey_batch = spec.channels == 1 and arr.shape[-1] != 1 and arr.shape[1:] == (h, w)
+        arr = arr[..., None] if grey_batch else arr[None]
+    elif arr.ndim == 2 and spec.channels == 1:
+        arr = arr[None, :, :, None]  # one grey image [H, W]
     if arr.dtype != np.uint8:
         raise ImageError(f"images must be uint8 pixels 0..255, got {arr.dtype}")
-    note = "(the model's input size, RGB)"
+    note = (
+        "(the model's input size, RGB)" if spec.channels == 3 else "(the model's input size, grey)"
+    )
     check_shape("images", arr, "N H W C", note=note, error=ImageError, H=h, W=w, C=spec.channels)
     return np.array(arr, dtype=np.uint8, order="C")
 

@@ -616,10 +616,17 @@ class UnitProjection(ImageAnalysis[ProjectionParams, ProjectionResult]):
     key_excludes: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
 
     def check(self) -> None:
+        from pyanalyzer import budget
+
         p = self.params
         self.info = self.model.spatial_layer(p.layer)
         self.units = select_units(p.units, int(self.info.channels or 0))
         self.projector = Projector(self.model, self.rule, p.device)
+        budget.check(
+            f"projecting {self.info.alias} for {p.batch_size} image(s) at a time",
+            budget.projection_bytes(self.model, self.info, batch=p.batch_size),
+            advice="use a smaller batch size",
+        )
 
     def resolved(self) -> dict[str, Any]:
         out = super().resolved()

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from pyanalyzer.model.model import Model
     from pyanalyzer.store import Checkpoint
 
+PROJECT_BATCH = 16
+"""Top images projected back to pixels together (one reverse walk)."""
+
 __all__ = ["TopPatches", "TopPatchesParams", "TopPatchesResult", "merge_topk", "rgb"]
 
 _NO_IMAGE = np.iinfo(np.int64).max  # sorts after every real image index
@@ -306,6 +309,14 @@ class TopPatches(Analysis[TopPatchesParams, TopPatchesResult]):
         self.projector = (
             None if p.projection == "none" else Projector(self.model, p.projection, p.device)
         )
+        self.model.forward.check_batch([self.layer.name], p.batch_size)
+        if self.projector is not None:
+            from pyanalyzer import budget
+
+            budget.check(
+                f"projecting the top patches of {self.layer.alias}, {PROJECT_BATCH} at a time",
+                budget.projection_bytes(self.model, self.layer, batch=PROJECT_BATCH),
+            )
 
     def resolved(self) -> dict[str, Any]:
         out = super().resolved()
@@ -337,8 +348,9 @@ class TopPatches(Analysis[TopPatchesParams, TopPatchesResult]):
         for u in self.units:
             ids = [int(i) for i in result.images[u] if i >= 0]
             views: list[np.ndarray] = []
-            for s in range(0, len(ids), 16):
-                x = spec.normalize(np.stack([inputs.pixels(i, spec) for i in ids[s : s + 16]]))
+            for s in range(0, len(ids), PROJECT_BATCH):
+                chunk = ids[s : s + PROJECT_BATCH]
+                x = spec.normalize(np.stack([inputs.pixels(i, spec) for i in chunk]))
                 views.extend(projector.project(x, self.layer.name, u, mode="max").images())
             h, w = spec.input_size
             projections[u] = np.stack(views) if views else np.zeros((0, h, w, 3), np.uint8)

@@ -132,3 +132,21 @@ def test_bad_sidecar_and_metadata(tmp_path):
 def test_dynamic_size_model_takes_input_size(tmp_path):
     m = pa.load_model(fac.tf2onnx_style(tmp_path), check_parity=False)
     assert m.preprocessing.input_size == (32, 32)
+
+
+def test_16_bit_and_float_images_are_rescaled_not_clipped():
+    from PIL import Image
+
+    from pyanalyzer.model.preprocessing import PreprocessSpec
+
+    spec = PreprocessSpec(input_size=(4, 64), channels=1)
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (4, 1))
+    got = spec.prepare_image(Image.fromarray(ramp))  # mode I;16
+    np.testing.assert_allclose(got[0, :, 0], np.linspace(0, 255, 64), atol=1)
+    as_int = spec.prepare_image(Image.fromarray(ramp.astype(np.int32)))  # mode I
+    np.testing.assert_array_equal(as_int, got)
+    unit = spec.prepare_image(Image.fromarray((ramp / 65535).astype(np.float32)))  # mode F
+    np.testing.assert_allclose(unit[0, :, 0], np.linspace(0, 255, 64), atol=1)
+    rgb = PreprocessSpec(input_size=(4, 64), channels=3).prepare_image(Image.fromarray(ramp))
+    assert rgb.shape == (4, 64, 3) and (rgb[..., 0] == rgb[..., 1]).all()
+    assert (rgb[0, :, 0] < 250).sum() > 55  # not saturated

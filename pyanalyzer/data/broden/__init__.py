@@ -50,7 +50,12 @@ Modules, each importing only those above it:
 
 from __future__ import annotations
 
-from pyanalyzer.data.broden.build import build_dataset, read_class_names, synth_dataset
+from pyanalyzer.data.broden.build import (
+    build_dataset,
+    read_class_names,
+    synth_concept_names,
+    synth_dataset,
+)
 from pyanalyzer.data.broden.cache import CACHE_FORMAT
 from pyanalyzer.data.broden.cache import CACHE_VERSION as CACHE_VERSION
 from pyanalyzer.data.broden.codec import MAX_PNG_LABEL as MAX_PNG_LABEL
@@ -81,6 +86,7 @@ __all__ = [
     "encode_label_png",
     "read_class_names",
     "resize_labels",
+    "synth_concept_names",
     "synth_dataset",
     "write_broden",
 ]

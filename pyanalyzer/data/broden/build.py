@@ -33,6 +33,18 @@ def _broden_name(category: str, name: str) -> str:
     return {"color": f"{name}-c", "scene": f"{name}-s"}.get(category, name)
 
 
+def synth_concept_names() -> list[str]:
+    """The label names of a synthetic concept dataset, indexed by label number (0 is
+    ``""``), as :func:`synth_dataset` writes them to ``label.csv``."""
+    from pyanalyzer.data import synthetic
+
+    vocabulary = synthetic.concepts()
+    names = [""] * (max(c.id for c in vocabulary) + 1)
+    for c in vocabulary:
+        names[c.id] = _broden_name(c.category, c.name)
+    return names
+
+
 def check_synth(
     out_dir: str | os.PathLike[str], n_images: int, size: int, seed: int = 0
 ) -> tuple[int, int, int]:

@@ -28,8 +28,9 @@ def decode_label_png(path: str | os.PathLike[str]) -> np.ndarray:
         int32 ``[H, W]`` label numbers (0 = unlabelled).
 
     Raises:
-        DatasetError: The file is missing, not a regular file, not a readable image, or larger
-            than :data:`~pyanalyzer.data.images.MAX_IMAGE_PIXELS` or the memory budget.
+        DatasetError: The file is missing, not a regular file, not a readable image, not a
+            PNG (a JPEG's lossy codes are not labels), or larger than
+            :data:`~pyanalyzer.data.images.MAX_IMAGE_PIXELS` or the memory budget.
     """
     from pyanalyzer.data.images import open_image
 
@@ -37,6 +38,11 @@ def decode_label_png(path: str | os.PathLike[str]) -> np.ndarray:
         return DatasetError(message, path)
 
     with open_image(path, "segmentation PNG", error=error) as img:
+        if img.format != "PNG":
+            raise error(
+                f"it holds a {img.format or 'non-PNG'} image, not a PNG (Broden label maps "
+                "must be lossless PNGs)"
+            )
         img.load()
         mode = img.mode
         if mode in ("L", "I", "I;16", "I;16L", "I;16B", "I;16N"):

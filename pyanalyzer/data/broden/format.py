@@ -280,7 +280,8 @@ def read_categories(path: Path) -> dict[str, dict[str, int | None]]:
         cell is blank), in file order.
 
     Raises:
-        DatasetError: A missing file, a bad or duplicate name, a malformed number, no category.
+        DatasetError: A missing file, a bad or duplicate name, a malformed number, a ``first``
+            label after the ``last``, no category.
     """
     header, rows = _read_csv(path, CATEGORY_COLUMNS, "the category list")
     col = {h: k for k, h in enumerate(header)}
@@ -295,6 +296,14 @@ def read_categories(path: Path) -> dict[str, dict[str, int | None]]:
         for key in ("first", "last", "count", "frequency"):
             text = cells[col[key]]
             info[key] = None if text.strip() == "" else _parse_int(text, path, line, key, 0)
+        first, last = info["first"], info["last"]
+        if first is not None and last is not None and first > last:
+            raise DatasetError(
+                f"{_at(path, line)}: category {name!r} has first label {first} after its last, "
+                f"{last}",
+                path,
+                line,
+            )
         categories[name] = info
     if not categories:
         raise DatasetError(f"{path}: no categories listed", path)

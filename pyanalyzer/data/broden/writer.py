@@ -62,7 +62,7 @@ class BrodenRecord:
 
 @contextlib.contextmanager
 def _atomic_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling folder, ``<out_dir>.tmp-<hex>``, that replaces ``out_dir`` when
+    """Yield a temporary sibling folder, ``<out_dir>.tmp-<pid>-<hex>``, that replaces ``out_dir`` when
     the block succeeds; a non-empty ``out_dir`` only with ``overwrite``."""
     out = Path(os.path.abspath(os.fspath(out_dir)))
     if not out.name:
@@ -75,7 +75,9 @@ def _atomic_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Iterator[Pa
                 f"output folder {str(out)!r} is not empty; pass overwrite=True (--overwrite) "
                 "to replace it"
             )
-    with staged_dir(out, out.with_name(f"{out.name}.tmp-{secrets.token_hex(4)}")) as tmp:
+    # the writer's pid in the name lets the next run remove it at once if we are killed
+    temp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    with staged_dir(out, temp) as tmp:
         yield tmp
 
 

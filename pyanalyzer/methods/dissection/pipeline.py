@@ -132,13 +132,14 @@ _TALLY = ("intersection", "unit_area_cat", "unit_area", "top_values", "top_image
 """The per-layer arrays of pass 2 (checkpointed with it)."""
 
 
-def concept_number(dataset: BrodenDataset, concept: int | str) -> int:
-    """A concept of ``dataset`` by label number or name, as its number.
+def concept_number(dataset: BrodenDataset | Sequence[str], concept: int | str) -> int:
+    """A concept of ``dataset`` (or of a list of label names, by number) by label number or
+    name, as its number.
 
     Raises:
         UserInputError: no such label (with the closest names as suggestions).
     """
-    names = list(dataset.names)
+    names = list(dataset) if isinstance(dataset, Sequence) else list(dataset.names)
     if isinstance(concept, int | np.integer) or str(concept).isdigit():
         c = int(concept)
         if 0 < c < len(names) and names[c]:
