@@ -36,8 +36,9 @@ MEMORY_LIMIT = 6 << 30
 TIMEOUT = 60.0
 """Seconds a case may take (wall clock) before it counts as a hang."""
 
-ALLOWED = ("in", "out", "store", "concepts")
-"""What a case may leave in its sandbox: its inputs, outputs, store and concept data."""
+ALLOWED = ("in", "out", "store", "concepts", "cwd")
+"""What a case may leave in its sandbox: its inputs, outputs, store, concept data and the
+working folder (where relative paths given on its command line point)."""
 
 _PRELOAD = ["pyanalyzer.cli", "numpy", "onnx", "onnxruntime", "torch", "onnx2torch", "PIL.Image"]
 
@@ -53,12 +54,15 @@ class Case:
         files: relative path under ``in/`` -> bytes (or a callable that writes the file, given
             its path: for FIFOs and symlinks).
         note: what the case tries, for the report.
+        seed: the seed its generator was given (``FAMILIES[family](random.Random(seed))``
+            makes it again), when known.
     """
 
     family: str
     args: list[str]
     files: Mapping[str, bytes | Callable[[Path], None]] = field(default_factory=dict)
     note: str = ""
+    seed: int | None = None
 
 
 @dataclass
@@ -72,7 +76,8 @@ class Outcome:
 
     def describe(self) -> str:
         return (
-            f"[{self.case.family}] {self.case.note or ''} pyanalyzer {' '.join(self.case.args)}"
+            f"[{self.case.family} seed {self.case.seed}] {self.case.note or ''} "
+            f"pyanalyzer {' '.join(self.case.args)}"
             f" -> {self.code} ({self.escape}); stderr: {self.stderr.strip()[-300:]!r}"
         )
 
@@ -82,7 +87,7 @@ def _child(args: list[str], sandbox: str, memory: int, timeout: float) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     cpu = int(timeout) + 5
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
-    os.chdir(sandbox)
+    os.chdir(os.path.join(sandbox, "cwd"))
     os.environ.update(
         HOME=os.path.join(sandbox, "home"),
         PYANALYZER_STORE=os.path.join(sandbox, "store"),
@@ -210,7 +215,7 @@ def _stray_files(box: Path) -> list[str]:
     for entry in box.iterdir():
         if entry.name in ALLOWED or entry.name in (".stdout", ".stderr"):
             continue
-        if entry.name in ("home", "tmp", "cwd"):
+        if entry.name in ("home", "tmp"):
             stray += [str(p.relative_to(box)) for p in entry.rglob("*") if not p.is_dir()]
             continue
         stray.append(entry.name)
@@ -240,6 +245,7 @@ def write_log(outcomes: Iterable[Outcome], path: str | os.PathLike[str]) -> None
                 json.dumps(
                     {
                         "family": o.case.family,
+                        "seed": o.case.seed,
                         "note": o.case.note,
                         "args": o.case.args,
                         "code": o.code,
