@@ -605,13 +605,26 @@ class ImageAnalysis(Analysis[P, R]):
     missing_inputs: ClassVar[str] = "give the images to analyse"
     """The message when :meth:`run` is called without images."""
 
+    def check_images(self, count: int) -> None:
+        """Refuse ``count`` images where the analysis could not hold them (its memory
+        estimate over the budget); called before an image source is read and again on the
+        images read. Nothing by default.
+
+        Raises:
+            BudgetError: what ``count`` images would need exceeds the memory budget.
+        """
+
     def prepare(self, inputs: Any) -> np.ndarray:
         from pyanalyzer.data.images import model_images
         from pyanalyzer.errors import ImageError
 
         if inputs is None:
             raise ImageError(self.missing_inputs)
-        return model_images(inputs, self.model.preprocessing)
+        if hasattr(inputs, "pixels") and hasattr(inputs, "__len__") and len(inputs):
+            self.check_images(len(inputs))  # an image source: before reading it
+        images = model_images(inputs, self.model.preprocessing)
+        self.check_images(len(images))
+        return images
 
     def identify(self, inputs: np.ndarray) -> Any:
         from pyanalyzer.data.images import array_digest

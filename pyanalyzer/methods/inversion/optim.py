@@ -146,9 +146,9 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
         self.infos = resolve_layers(self.model, self.params.layers)
         p = self.params
         self.lr = p.lr if p.lr is not None else (obj.LR if p.optimizer == "sgd" else obj.ADAM_LR)
-        self._check_memory(1)  # one image now; prepare() checks the images given
+        self.check_images(1)  # one image now; prepare() checks the images given
 
-    def _check_memory(self, images: int) -> None:
+    def check_images(self, images: int) -> None:
         """Refuse ``images x layers`` rows whose optimisation exceeds the memory budget
         (:func:`pyanalyzer.budget.inversion_bytes`), before anything runs."""
         from pyanalyzer import budget
@@ -160,13 +160,6 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
             budget.inversion_bytes(self.model, self.infos, images=images, steps=self.params.steps),
             advice="invert fewer images or layers at once",
         )
-
-    def prepare(self, inputs: Any) -> np.ndarray:
-        if hasattr(inputs, "pixels") and hasattr(inputs, "__len__") and len(inputs):
-            self._check_memory(len(inputs))  # an image source: before reading it
-        images = super().prepare(inputs)
-        self._check_memory(len(images))
-        return images
 
     def lambda_tv_for(self, layer: LayerInfo) -> float:
         """λ_TV used for ``layer``: the given one, else by depth (the authors' tiers)."""

@@ -346,9 +346,9 @@ class UpconvInversion(ImageAnalysis[UpconvParams, InversionResult]):
                 "one first (UpconvTraining)",
                 missing,
             )
-        self._check_memory(1)  # one image now; prepare() checks the images given
+        self.check_images(1)  # one image now; prepare() checks the images given
 
-    def _check_memory(self, images: int) -> None:
+    def check_images(self, images: int) -> None:
         """Refuse a reconstruction whose batches and results exceed the memory budget
         (:func:`pyanalyzer.budget.upconv_bytes`)."""
         budget.check(
@@ -358,13 +358,6 @@ class UpconvInversion(ImageAnalysis[UpconvParams, InversionResult]):
             ),
             advice="give fewer images or use a smaller batch size",
         )
-
-    def prepare(self, inputs: Any) -> np.ndarray:
-        if hasattr(inputs, "pixels") and hasattr(inputs, "__len__") and len(inputs):
-            self._check_memory(len(inputs))  # an image source: before reading it
-        images = super().prepare(inputs)
-        self._check_memory(len(images))
-        return images
 
     def resolved(self) -> dict[str, Any]:
         return {
