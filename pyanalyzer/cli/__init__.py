@@ -73,8 +73,9 @@ def _attach_commands() -> None:
     from pyanalyzer.cli.dissect import dissect
     from pyanalyzer.cli.info import doctor, info
     from pyanalyzer.cli.invert import invert
+    from pyanalyzer.cli.serve import serve
 
-    for command in (info, doctor, dissect, deconv, actmax, invert, cache, concepts):
+    for command in (info, doctor, dissect, deconv, actmax, invert, cache, concepts, serve):
         cli.add_command(command)
 
 

@@ -456,6 +456,7 @@ def load_model(
     *,
     check_parity: bool = True,
     providers: Sequence[str] | None = None,
+    external_data: bool = True,
 ) -> Model:
     """Load, validate and describe an ONNX image model.
 
@@ -469,12 +470,14 @@ def load_model(
             :data:`PARITY_RTOL`. A failed conversion is not an error: forward-only methods
             still work, gradient methods raise naming the ops.
         providers: onnxruntime execution providers (default: CUDA first when available).
+        external_data: whether weights may live in external data files beside the model
+            (False: refused, as for uploads to the service).
 
     Raises:
         ModelError: the file is missing, unreadable, invalid, hostile or not an image model.
         PreprocessingError: the preprocessing spec is impossible for the model.
     """
-    proto, resolved, sha = read_model(path)
+    proto, resolved, sha = read_model(path, external_data=external_data)
     model = Model(proto, resolved, sha, preprocessing, providers=providers)
     if check_parity:
         report = model.check_parity()

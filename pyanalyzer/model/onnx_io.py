@@ -66,7 +66,9 @@ def external_data_files(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
     return list(files)
 
 
-def read_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, Path, str]:
+def read_model(
+    path: str | os.PathLike[str], *, external_data: bool = True
+) -> tuple[onnx.ModelProto, Path, str]:
     """Parse, check and fully load an ONNX file.
 
     The file and its external data must be regular files (a FIFO would block, a symlink to
@@ -74,6 +76,10 @@ def read_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, Path, str
     :data:`MAX_EXTERNAL_BYTES`; their bytes, held twice while parsed, must fit the memory
     budget (:mod:`pyanalyzer.budget`). Every string of the model must be valid UTF-8, and the
     attributes of its nodes sizes a model can have (:func:`~.graph.check_attributes`).
+
+    Args:
+        external_data: whether the model may keep weights in external data files (False for
+            uploads, which come as one file).
 
     Returns:
         ``(model, resolved path, sha256)``; the digest covers the file and its external data.
@@ -118,6 +124,11 @@ def read_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, Path, str
 
     digest = hashlib.sha256(raw)
     del raw
+    if not external_data and _tensors_with_external_data(model):
+        raise ModelError(
+            f"{str(p)!r} references external data files; give a model that holds its weights "
+            "in the one file"
+        )
     files = external_data_files(model, p.parent)
     external = sum(f.stat().st_size for f in files)  # regular files (external_data_files)
     if external > MAX_EXTERNAL_BYTES:

@@ -1,0 +1,106 @@
+"""``pyanalyzer serve``: the analysis service (FastAPI on uvicorn), see :mod:`pyanalyzer.service`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from pyanalyzer.cli.options import open_store, store_option
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@store_option
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes running jobs.",
+)
+@click.option(
+    "--tokens",
+    "tokens_file",
+    type=click.Path(dir_okay=False),
+    help="Bearer tokens, 'name token' per line (also $PYANALYZER_TOKENS as name:token,...).",
+)
+@click.option(
+    "--datasets",
+    type=click.Path(file_okay=False),
+    help="A folder whose Broden-format subfolders jobs may dissect against.",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.IntRange(1, 1 << 20),
+    default=512,
+    show_default=True,
+    help="Largest model or image upload (MiB).",
+)
+@click.option(
+    "--max-queued",
+    type=click.IntRange(1, 1 << 20),
+    default=64,
+    show_default=True,
+    help="Jobs one token may have queued or running at once.",
+)
+def serve(
+    host: str,
+    port: int,
+    store_path: str | None,
+    workers: int,
+    tokens_file: str | None,
+    datasets: str | None,
+    max_upload_mb: int,
+    max_queued: int,
+) -> None:
+    """Run the analysis service: an HTTP job API over every analysis.
+
+    Upload models (POST /v1/models) and images, submit jobs (POST /v1/jobs {model, method,
+    params, inputs}), follow them (GET /v1/jobs/ID, /events) and fetch their results and
+    files; the API is described at /openapi.json, a page at / lists your models and jobs.
+    Jobs run in --workers processes, through the same store as the CLI (a stored result is
+    answered at once). Without --tokens the server binds loopback addresses only. Ctrl-C or
+    SIGTERM stops it: running jobs checkpoint and resume at the next start.
+    """  # fmt: skip
+    import uvicorn
+
+    from pyanalyzer.errors import UserInputError
+    from pyanalyzer.service import create_app
+    from pyanalyzer.service.config import ServiceConfig, is_loopback, read_tokens
+
+    tokens = read_tokens(tokens_file, os.environ.get("PYANALYZER_TOKENS"))
+    if not tokens and not is_loopback(host):
+        raise UserInputError(
+            f"refusing to bind {host} without tokens: give --tokens FILE (or "
+            "$PYANALYZER_TOKENS), or bind a loopback address (127.0.0.1, ::1)"
+        )
+    if datasets is not None and not Path(datasets).is_dir():
+        raise UserInputError(f"--datasets {datasets} is not a folder")
+    store = open_store(store_path)
+    config = ServiceConfig(
+        store=Path(store.path).resolve(),
+        datasets=None if datasets is None else Path(datasets).resolve(),
+        workers=workers,
+        max_upload_mb=max_upload_mb,
+        max_queued=max_queued,
+        tokens=tokens,
+    )
+    config.root.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("pyanalyzer.service").setLevel(logging.INFO)
+    logging.getLogger("pyanalyzer").setLevel(logging.INFO)
+    app = create_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=host.strip("[]"), port=port, access_log=False, log_level="info",
+            timeout_graceful_shutdown=40,
+        )
+    )  # fmt: skip
+    server.run()
+    if not server.started:
+        raise UserInputError(f"could not listen on {host}:{port} (in use, or not allowed)")

@@ -1,0 +1,915 @@
+"""The HTTP API (FastAPI): models, images, datasets, methods, jobs and their results, under
+``/v1``; the OpenAPI document at ``/openapi.json``; a small page at ``/``.
+
+Every error is JSON ``{"detail": "<one line>"}`` (a 500 adds ``request_id``; the log has the
+traceback). Handlers never run an analysis: jobs run in the worker processes of
+:mod:`.pool`; a job whose result the store already holds is answered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from pyanalyzer._version import __version__
+from pyanalyzer.errors import PyanalyzerError, UserInputError, first_line
+from pyanalyzer.service.config import LOCAL_OWNER, ServiceConfig
+from pyanalyzer.service.queue import Job, Queue
+from pyanalyzer.service.runner import JobInputs
+
+LOG = logging.getLogger("pyanalyzer.service")
+
+__all__ = ["create_app"]
+
+COOKIE = "pyanalyzer_token"
+MAX_PREPROCESSING_BYTES = 64 * 1024
+ID_PATTERN = r"^[0-9a-f]{1,64}$"
+
+# ---- response and request bodies (the OpenAPI schema) ----------------------------------------
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="What went wrong, in one line.")
+    request_id: str | None = Field(None, description="Present on 500: find it in the log.")
+
+
+class QueueDepth(BaseModel):
+    queued: int
+    running: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    core: bool = Field(description="The compiled C++ core is loaded.")
+    cuda: bool = Field(description="The CUDA kernels are loaded.")
+    cuda_devices: int
+    onnxruntime_providers: list[str]
+    queue: QueueDepth
+    workers: int = Field(description="Worker processes alive.")
+    auth: bool = Field(description="Whether requests need a bearer token.")
+
+
+class ModelDoc(BaseModel):
+    id: str
+    name: str
+    size: int
+    sha256: str
+    preprocessing: dict[str, Any] | None
+    created: float
+    info: dict[str, Any] = Field(description="What `pyanalyzer info --json` prints.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelDoc]
+
+
+class ImageDoc(BaseModel):
+    id: str
+    name: str
+    size: int
+    created: float
+
+
+class ImageList(BaseModel):
+    images: list[ImageDoc]
+
+
+class DatasetDoc(BaseModel):
+    name: str
+    kind: Literal["synthetic", "broden"]
+    images: int | None
+    description: str
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetDoc]
+
+
+class MethodDoc(BaseModel):
+    method: str
+    summary: str
+    revision: int
+    inputs: str
+    params: dict[str, Any] = Field(description="The params' JSON Schema.")
+
+
+class MethodList(BaseModel):
+    methods: list[MethodDoc]
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(max_length=64, description="An uploaded model's id.")
+    method: str = Field(max_length=64, description="One of GET /v1/methods.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The method's params.")
+    inputs: JobInputs = Field(default_factory=JobInputs)
+
+
+class Progress(BaseModel):
+    stage: str | None
+    fraction: float | None
+    eta_s: float | None
+
+
+class JobDoc(BaseModel):
+    id: str
+    model: str
+    method: str
+    params: dict[str, Any]
+    inputs: dict[str, Any]
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: Progress
+    error: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    links: dict[str, str]
+
+
+class JobList(BaseModel):
+    jobs: list[JobDoc]
+
+
+class FileDoc(BaseModel):
+    path: str
+    url: str
+    size: int
+
+
+class ResultDoc(BaseModel):
+    job: JobDoc
+    method: str
+    from_store: bool
+    resumed: bool
+    summary: Any
+    files: list[FileDoc]
+    arrays_url: str | None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (401, "Missing or unknown bearer token."),
+        (404, "No such resource (or it belongs to another token)."),
+        (413, "The upload is larger than the server's limit."),
+        (422, "Bad input: one line naming the problem."),
+        (429, "Too many queued jobs for this token."),
+        (500, "Internal error; its request id is in the log."),
+    )
+}
+
+
+# ---- the app ---------------------------------------------------------------------------------
+
+
+class _State:
+    """What the handlers share: the config, the queue, the pool and a few loaded models."""
+
+    def __init__(self, config: ServiceConfig, queue: Queue):
+        from pyanalyzer.store import Store
+
+        self.config = config
+        self.queue = queue
+        self.store = Store(config.store)
+        self.pool: Any = None
+        self.models: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self.model_lock = threading.Lock()
+        self.warm = threading.Event()
+        """Set once torch and onnx2torch are imported (by one thread: importing torch from two
+        threads at once can fail)."""
+
+    def warm_imports(self) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                import onnx2torch  # noqa: F401
+
+                import pyanalyzer.model.gradient  # noqa: F401
+        finally:
+            self.warm.set()
+
+    def model(self, row: dict[str, Any]) -> Any:
+        """The loaded model of an uploaded model's row (a few kept loaded)."""
+        from pyanalyzer.model import load_model
+
+        self.warm.wait(300)
+        key = (row["id"], json.dumps(row["preprocessing"], sort_keys=True))
+        with self.model_lock:
+            if key in self.models:
+                self.models.move_to_end(key)
+                return self.models[key]
+            path = self.config.models_dir / f"{row['id']}.onnx"
+            model = load_model(path, row["preprocessing"], check_parity=False, external_data=False)
+            self.models[key] = model
+            while len(self.models) > 4:
+                self.models.popitem(last=False)
+            return model
+
+
+def create_app(config: ServiceConfig, *, start_workers: bool = True) -> FastAPI:
+    """The service's ASGI app. Its lifespan makes the service folders, queues again the jobs a
+    killed server left running, starts the worker pool, and on shutdown stops it (running
+    jobs checkpoint and go back to the queue)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        config.make_dirs()
+        for leftover in config.tmp_dir.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        queue = Queue(config.db_path)
+        again = queue.requeue_running()
+        if again:
+            LOG.info("%d job(s) that were running are queued again", again)
+        state = _State(config, queue)
+        app.state.service = state
+        if start_workers:
+            from pyanalyzer.service.pool import WorkerPool
+
+            state.pool = WorkerPool(config, queue, config.workers)
+            state.pool.start()
+        threading.Thread(target=state.warm_imports, name="warm-imports", daemon=True).start()
+        try:
+            yield
+        finally:
+            if state.pool is not None:
+                await asyncio.to_thread(state.pool.stop)
+            queue.close()
+
+    app = FastAPI(
+        title="pyanalyzer",
+        version=__version__,
+        description="See what an image CNN saved as ONNX has learned: the analyses of "
+        "pyanalyzer as an HTTP job API.",
+        lifespan=lifespan,
+        docs_url=None,  # the interactive docs load assets from the internet
+        redoc_url=None,
+    )
+    app.add_middleware(_RequestLog)
+    app.add_middleware(_UploadLimit, limit=config.max_upload_mb * 1024 * 1024)
+    _handlers(app)
+    app.include_router(_api_router())
+    app.include_router(_page_router())
+    return app
+
+
+def _state(request: Request) -> _State:
+    state: _State = request.app.state.service
+    return state
+
+
+_bearer = HTTPBearer(auto_error=False, description="A token of the server's --tokens file.")
+
+
+def _owner(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The token's name (the owner of what it uploads and submits)."""
+    config = _state(request).config
+    if not config.tokens:
+        return LOCAL_OWNER
+    token = credentials.credentials if credentials is not None else request.cookies.get(COOKIE)
+    if not token:
+        raise HTTPException(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+    owner = config.owner_of(token)
+    if owner is None:
+        raise HTTPException(401, "unknown token", {"WWW-Authenticate": "Bearer"})
+    return owner
+
+
+Owner = Annotated[str, Depends(_owner)]
+Sv = Annotated[_State, Depends(_state)]
+
+
+# ---- errors and the request log --------------------------------------------------------------
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": _one_line(str(exc.detail))}, exc.status_code, headers=exc.headers
+        )
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": _one_line(str(exc.detail))}, exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_line(exc)}, 422)
+
+    @app.exception_handler(UserInputError)
+    async def user_error(request: Request, exc: UserInputError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(str(exc))}, 422)
+
+    @app.exception_handler(PyanalyzerError)
+    async def service_error(request: Request, exc: PyanalyzerError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(str(exc))}, 503)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        rid = _request_id(request.scope)
+        import traceback
+
+        LOG.error("request %s failed: %s", rid, "".join(traceback.format_exception(exc)))
+        return JSONResponse(
+            {"detail": f"internal error (request id {rid})", "request_id": rid}, 500
+        )
+
+
+def _validation_line(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "request"
+        msg = str(err.get("msg", "invalid"))
+        for prefix in ("Value error, ", "Assertion failed, "):
+            msg = msg.removeprefix(prefix)
+        parts.append(f"{loc}: {msg}")
+    return _one_line("; ".join(parts)) or "invalid request"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:1000]
+
+
+def _request_id(scope: MutableMapping[str, Any]) -> str:
+    state = scope.setdefault("state", {})
+    if "request_id" not in state:
+        state["request_id"] = secrets.token_hex(6)
+    return str(state["request_id"])
+
+
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+class _RequestLog:
+    """One log line per request (method, path, status, milliseconds, request id), and the
+    request id in an ``X-Request-ID`` response header."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = _request_id(scope)
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_logged(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            ms = (time.perf_counter() - start) * 1000
+            LOG.info("%s %s %d %.1fms %s", scope["method"], scope["path"], status[0], ms, rid)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _UploadLimit:
+    """413 for a request body over the limit: by its Content-Length before reading, and by
+    counting while it streams (chunked uploads)."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps(
+            {"detail": f"the upload is larger than the server's limit of "
+             f"{self.limit // (1024 * 1024)} MiB (--max-upload-mb)"}
+        ).encode()  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.limit:
+                    await self._refuse(send)
+                    return
+        seen = [0]
+        started = [False]
+
+        async def counted() -> MutableMapping[str, Any]:
+            message: MutableMapping[str, Any] = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > self.limit:
+                    raise _TooLarge()
+            return message
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                started[0] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _TooLarge:
+            if not started[0]:
+                await self._refuse(send)
+
+
+# ---- documents -------------------------------------------------------------------------------
+
+
+def _job_doc(job: Job) -> JobDoc:
+    base = f"/v1/jobs/{job.id}"
+    return JobDoc(
+        id=job.id, model=job.model, method=job.method, params=job.params, inputs=job.inputs,
+        state=job.state,
+        progress=Progress(stage=job.stage, fraction=job.fraction, eta_s=job.eta),
+        error=job.error, created=job.created, started=job.started, finished=job.finished,
+        links={"self": base, "events": f"{base}/events", "result": f"{base}/result"},
+    )  # fmt: skip
+
+
+def _model_doc(row: dict[str, Any]) -> ModelDoc:
+    return ModelDoc(**{k: row[k] for k in ModelDoc.model_fields})
+
+
+def _job_or_404(sv: _State, job_id: str, owner: str) -> Job:
+    job = sv.queue.job(job_id, owner)
+    if job is None:
+        raise HTTPException(404, f"unknown job {job_id!r}")
+    return job
+
+
+def _files_dir(sv: _State, job_id: str) -> Path:
+    return sv.config.jobs_dir / job_id / "files"
+
+
+# ---- /v1 -------------------------------------------------------------------------------------
+
+
+def _api_router() -> APIRouter:
+    r = APIRouter(prefix="/v1", responses=_ERRORS)
+
+    @r.get("/health", response_model=Health, tags=["service"])
+    def health(sv: Sv) -> Health:
+        """Version, compiled kernels, onnxruntime providers, queue depth (no token needed)."""
+        import onnxruntime
+
+        from pyanalyzer import _backend
+
+        info = _backend.info()
+        return Health(
+            status="ok", version=__version__, core=bool(info["core_loaded"]),
+            cuda=bool(info["cuda_module_loaded"]) and info["cuda_devices"] > 0,
+            cuda_devices=int(info["cuda_devices"]),
+            onnxruntime_providers=list(onnxruntime.get_available_providers()),
+            queue=QueueDepth(queued=sv.queue.count("queued"), running=sv.queue.count("running")),
+            workers=len(sv.pool.pids()) if sv.pool is not None else 0,
+            auth=bool(sv.config.tokens),
+        )  # fmt: skip
+
+    # ---- models ----
+    @r.post("/models", response_model=ModelDoc, status_code=201, tags=["models"])
+    def upload_model(
+        sv: Sv,
+        owner: Owner,
+        response: Response,
+        model: Annotated[UploadFile, File(description="The ONNX file (weights inside).")],
+        preprocessing: Annotated[
+            str | None, Form(description="Preprocessing JSON (as `info` describes it).")
+        ] = None,
+        name: Annotated[str | None, Form(max_length=200)] = None,
+    ) -> ModelDoc:
+        """Upload an ONNX model, checked as `load_model` checks an untrusted file; the same
+        bytes (and preprocessing) give the same id."""
+        prep = _parse_preprocessing(preprocessing)
+        shown = _display_name(name or model.filename or "model.onnx")
+        work = sv.config.tmp_dir / f"upload-{secrets.token_hex(8)}"
+        work.mkdir(parents=True)
+        try:
+            path = work / "model.onnx"
+            sha, size = _save(model, path)
+            canonical = "" if prep is None else json.dumps(prep, sort_keys=True)
+            model_id = hashlib.sha256(f"{sha}\0{canonical}".encode()).hexdigest()[:32]
+            existing = sv.queue.model(owner, model_id)
+            if existing is not None:
+                response.status_code = 200
+                response.headers["Location"] = f"/v1/models/{model_id}"
+                return _model_doc(existing)
+            from pyanalyzer.model import load_model
+
+            sv.warm.wait(300)
+            loaded = load_model(path, prep, check_parity=False, external_data=False)
+            info = loaded.summary()
+            info["path"] = shown
+            final = sv.config.models_dir / f"{model_id}.onnx"
+            if not final.exists():
+                os.replace(path, final)
+            sv.queue.add_model(
+                owner, model_id, name=shown, size=size, sha256=sha, preprocessing=prep, info=info
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        row = sv.queue.model(owner, model_id)
+        assert row is not None
+        response.headers["Location"] = f"/v1/models/{model_id}"
+        return _model_doc(row)
+
+    @r.get("/models", response_model=ModelList, tags=["models"])
+    def list_models(sv: Sv, owner: Owner) -> ModelList:
+        """This token's models."""
+        return ModelList(models=[_model_doc(m) for m in sv.queue.models(owner)])
+
+    @r.get("/models/{model_id}", response_model=ModelDoc, tags=["models"])
+    def get_model(sv: Sv, owner: Owner, model_id: str) -> ModelDoc:
+        """One model: what `pyanalyzer info --json` prints about it."""
+        row = sv.queue.model(owner, model_id)
+        if row is None:
+            raise HTTPException(404, f"unknown model {model_id!r}")
+        return _model_doc(row)
+
+    @r.delete("/models/{model_id}", status_code=204, tags=["models"])
+    def delete_model(sv: Sv, owner: Owner, model_id: str) -> Response:
+        """Forget a model (its stored results stay in the store)."""
+        if not sv.queue.remove_model(owner, model_id):
+            raise HTTPException(404, f"unknown model {model_id!r}")
+        if sv.queue.model_users(model_id) == 0:
+            with contextlib.suppress(FileNotFoundError):
+                (sv.config.models_dir / f"{model_id}.onnx").unlink()
+        return Response(status_code=204)
+
+    # ---- images and datasets ----
+    @r.post("/images", response_model=ImageDoc, status_code=201, tags=["inputs"])
+    def upload_image(
+        sv: Sv,
+        owner: Owner,
+        response: Response,
+        image: Annotated[UploadFile, File(description="A PNG, JPEG, ... image.")],
+    ) -> ImageDoc:
+        """Upload an image for deconv, invert and patches jobs (content-addressed)."""
+        from pyanalyzer.data.images import load_image
+
+        shown = _display_name(image.filename or "image")
+        work = sv.config.tmp_dir / f"image-{secrets.token_hex(8)}"
+        work.mkdir(parents=True)
+        try:
+            path = work / "upload"
+            sha, size = _save(image, path)
+            img = load_image(path)
+            suffix = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif",
+                      "TIFF": ".tif", "WEBP": ".webp"}.get(str(img.format), ".img")  # fmt: skip
+            image_id = sha[:32]
+            final = sv.config.images_dir / f"{image_id}{suffix}"
+            if not final.exists():
+                os.replace(path, final)
+            if sv.queue.image(owner, image_id) is None:
+                sv.queue.add_image(owner, image_id, name=shown, size=size, suffix=suffix)
+            else:
+                response.status_code = 200
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        row = sv.queue.image(owner, image_id)
+        assert row is not None
+        response.headers["Location"] = f"/v1/images/{image_id}"
+        return ImageDoc(id=row["id"], name=row["name"], size=row["size"], created=row["created"])
+
+    @r.get("/images", response_model=ImageList, tags=["inputs"])
+    def list_images(sv: Sv, owner: Owner) -> ImageList:
+        """This token's images."""
+        return ImageList(
+            images=[
+                ImageDoc(id=i["id"], name=i["name"], size=i["size"], created=i["created"])
+                for i in sv.queue.images(owner)
+            ]
+        )
+
+    @r.get("/datasets", response_model=DatasetList, tags=["inputs"])
+    def datasets(sv: Sv, owner: Owner) -> DatasetList:
+        """Concept datasets jobs may dissect against: the synthetic one and the Broden-format
+        folders under --datasets."""
+        from pyanalyzer.service.runner import DEFAULT_CONCEPT_IMAGES, list_datasets
+
+        found = [
+            DatasetDoc(
+                name="synthetic", kind="synthetic", images=DEFAULT_CONCEPT_IMAGES,
+                description="Synthetic scenes made on first use (inputs.n_images, "
+                "inputs.seed), with object, part, colour and texture concepts.",
+            )
+        ]  # fmt: skip
+        for name in list_datasets(sv.config):
+            n = _count_lines(sv.config.datasets / name / "index.csv")  # type: ignore[operator]
+            found.append(
+                DatasetDoc(name=name, kind="broden", images=n, description="Broden-format folder")
+            )
+        return DatasetList(datasets=found)
+
+    @r.get("/methods", response_model=MethodList, tags=["jobs"])
+    def methods(owner: Owner) -> MethodList:
+        """Every analysis with its params' JSON Schema."""
+        from pyanalyzer.methods import analyses
+
+        return MethodList(methods=[MethodDoc(**a.describe()) for a in analyses().values()])
+
+    # ---- jobs ----
+    @r.post(
+        "/jobs",
+        response_model=JobDoc,
+        status_code=202,
+        tags=["jobs"],
+        responses={200: {"model": JobDoc, "description": "Answered from the store."}},
+    )
+    def submit(sv: Sv, owner: Owner, body: JobRequest, response: Response) -> JobDoc:
+        """Submit a job: 202 with its Location, or 200 with the finished job when the store
+        already holds the result."""
+        from pyanalyzer.service.runner import NotStored, prepare_job, run_prepared
+
+        active = sv.queue.count("queued", owner) + sv.queue.count("running", owner)
+        if active >= sv.config.max_queued:
+            raise HTTPException(
+                429, f"{active} jobs are queued or running for this token (at most "
+                f"{sv.config.max_queued}); wait for some to finish"
+            )  # fmt: skip
+        row = sv.queue.model(owner, body.model)
+        if row is None:
+            raise HTTPException(404, f"unknown model {body.model!r}")
+        inputs = body.inputs.model_dump(exclude_unset=True)
+        prepared = prepare_job(
+            sv.model(row), body.method, body.params, inputs, config=sv.config, store=sv.store,
+            image_path=lambda i: _image_path(sv, owner, i),
+        )  # fmt: skip
+        job_id = secrets.token_hex(8)
+        files = _files_dir(sv, job_id)
+        try:
+            doc = run_prepared(prepared, files, stored_only=True)
+        except NotStored:
+            shutil.rmtree(files.parent, ignore_errors=True)
+            job = sv.queue.submit(
+                owner, body.model, body.method, body.params, inputs, job_id=job_id
+            )
+        else:
+            from pyanalyzer.service.worker import write_arrays
+
+            write_arrays(prepared.analysis, files.parent / "arrays.h5")
+            job = sv.queue.submit(
+                owner, body.model, body.method, body.params, inputs, job_id=job_id,
+                state="done", result=doc,
+            )  # fmt: skip
+            response.status_code = 200
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return _job_doc(job)
+
+    @r.get("/jobs", response_model=JobList, tags=["jobs"])
+    def list_jobs(sv: Sv, owner: Owner) -> JobList:
+        """This token's jobs, newest first."""
+        return JobList(jobs=[_job_doc(j) for j in sv.queue.jobs(owner)])
+
+    @r.get("/jobs/{job_id}", response_model=JobDoc, tags=["jobs"])
+    def get_job(sv: Sv, owner: Owner, job_id: str) -> JobDoc:
+        """A job's state and progress (stage, fraction, ETA), or its error line."""
+        return _job_doc(_job_or_404(sv, job_id, owner))
+
+    @r.delete("/jobs/{job_id}", response_model=JobDoc, tags=["jobs"])
+    def cancel_job(sv: Sv, owner: Owner, job_id: str) -> JobDoc:
+        """Cancel a job: a queued one at once, a running one at its next progress step (what
+        it checkpointed stays in the store)."""
+        job = sv.queue.cancel(job_id, owner)
+        if job is None:
+            raise HTTPException(404, f"unknown job {job_id!r}")
+        return _job_doc(job)
+
+    @r.get(
+        "/jobs/{job_id}/events",
+        tags=["jobs"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "Progress."}},
+    )
+    async def events(sv: Sv, owner: Owner, job_id: str, request: Request) -> StreamingResponse:
+        """The job's state and progress as server-sent events (``event: job``), until it
+        ends."""
+        _job_or_404(sv, job_id, owner)
+
+        async def stream() -> AsyncIterator[bytes]:
+            last, beat = "", time.monotonic()
+            while True:
+                job = sv.queue.job(job_id, owner)
+                if job is None:
+                    return
+                text = _job_doc(job).model_dump_json()
+                if text != last:
+                    last, beat = text, time.monotonic()
+                    yield f"event: job\ndata: {text}\n\n".encode()
+                elif time.monotonic() - beat > 10:
+                    beat = time.monotonic()
+                    yield b": keep-alive\n\n"
+                if job.finished_state or await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.25)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @r.get("/jobs/{job_id}/result", response_model=ResultDoc, tags=["results"])
+    def result(sv: Sv, owner: Owner, job_id: str) -> ResultDoc:
+        """A finished job's summary (what the CLI's --json prints) and its files' URLs."""
+        job = _job_or_404(sv, job_id, owner)
+        if job.state != "done" or job.result is None:
+            detail = f"job {job_id} is {job.state}"
+            raise HTTPException(409 if not job.finished_state else 422, detail + (
+                f": {job.error}" if job.error else "; its result is not ready"))  # fmt: skip
+        base = f"/v1/jobs/{job.id}"
+        folder = _files_dir(sv, job.id)
+        files = [
+            FileDoc(path=p, url=f"{base}/files/{p}", size=_size(folder / p))
+            for p in job.result.get("files", [])
+        ]
+        arrays = sv.config.jobs_dir / job.id / "arrays.h5"
+        return ResultDoc(
+            job=_job_doc(job), method=job.result["method"],
+            from_store=bool(job.result["from_store"]), resumed=bool(job.result["resumed"]),
+            summary=job.result["summary"], files=files,
+            arrays_url=f"{base}/arrays.h5" if arrays.is_file() else None,
+        )  # fmt: skip
+
+    @r.get(
+        "/jobs/{job_id}/files/{path:path}",
+        tags=["results"],
+        response_class=FileResponse,
+        responses={200: {"content": {"application/octet-stream": {}}, "description": "A file."}},
+    )
+    def job_file(sv: Sv, owner: Owner, job_id: str, path: str) -> FileResponse:
+        """A file the job wrote (PNG, CSV, JSON, HTML); confined to the job's folder."""
+        _job_or_404(sv, job_id, owner)
+        target = _confined(_files_dir(sv, job_id), path)
+        return FileResponse(target)
+
+    @r.get(
+        "/jobs/{job_id}/arrays.h5",
+        tags=["results"],
+        response_class=FileResponse,
+        responses={200: {"content": {"application/x-hdf5": {}}, "description": "HDF5."}},
+    )
+    def job_arrays(sv: Sv, owner: Owner, job_id: str) -> FileResponse:
+        """The result's arrays as one HDF5 file."""
+        job = _job_or_404(sv, job_id, owner)
+        path = sv.config.jobs_dir / job.id / "arrays.h5"
+        if job.state != "done" or not path.is_file():
+            raise HTTPException(404, f"job {job_id} has no arrays (it is {job.state})")
+        return FileResponse(
+            path, media_type="application/x-hdf5", filename=f"{job.method}-{job.id}.h5"
+        )
+
+    return r
+
+
+def _page_router() -> APIRouter:
+    r = APIRouter(include_in_schema=False)
+
+    @r.get("/", response_class=HTMLResponse)
+    def index(request: Request) -> HTMLResponse:
+        from pyanalyzer.service.page import login_page, render_index
+
+        sv = _state(request)
+        try:
+            owner = _owner(request, None)
+        except HTTPException:
+            return HTMLResponse(login_page(), status_code=401)
+        return HTMLResponse(render_index(sv.queue, owner, sv.config.jobs_dir))
+
+    @r.post("/login")
+    def login(request: Request, token: Annotated[str, Form(max_length=512)]) -> Response:
+        sv = _state(request)
+        if sv.config.tokens and sv.config.owner_of(token) is None:
+            from pyanalyzer.service.page import login_page
+
+            return HTMLResponse(login_page("unknown token"), status_code=401)
+        response = Response(status_code=303, headers={"Location": "/"})
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    return r
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _parse_preprocessing(text: str | None) -> dict[str, Any] | None:
+    if text is None or not text.strip():
+        return None
+    if len(text) > MAX_PREPROCESSING_BYTES:
+        raise UserInputError(f"preprocessing: more than {MAX_PREPROCESSING_BYTES} bytes")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UserInputError(f"preprocessing is not valid JSON: {first_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise UserInputError("preprocessing must be a JSON object")
+    return data
+
+
+def _display_name(name: str) -> str:
+    base = os.path.basename(name.replace("\\", "/")) or "upload"
+    return "".join(c if c.isprintable() else "?" for c in base)[:200]
+
+
+def _save(upload: UploadFile, path: Path) -> tuple[str, int]:
+    """Copy an upload to ``path``; its sha256 and size."""
+    h, size = hashlib.sha256(), 0
+    upload.file.seek(0)
+    with open(path, "wb") as out:
+        while chunk := upload.file.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    if size == 0:
+        raise UserInputError("the upload is empty")
+    return h.hexdigest(), size
+
+
+def _image_path(sv: _State, owner: str, image_id: str) -> Path:
+    row = sv.queue.image(owner, image_id)
+    if row is None:
+        raise UserInputError(f"unknown image {image_id!r} (upload it with POST /v1/images)")
+    return sv.config.images_dir / f"{image_id}{row['suffix']}"
+
+
+def _confined(root: Path, relative: str) -> Path:
+    """``root/relative`` when it is a regular file inside ``root`` reached without ``..`` or
+    symbolic links; 404 otherwise."""
+    parts = relative.split("/")
+    if (
+        not relative
+        or "\0" in relative
+        or "\\" in relative
+        or relative.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise HTTPException(404, "no such file")
+    target = root.joinpath(*parts)
+    probe = root
+    for p in parts:
+        probe = probe / p
+        if probe.is_symlink():
+            raise HTTPException(404, "no such file")
+    if not target.is_file():
+        raise HTTPException(404, "no such file")
+    return target
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _count_lines(path: Path) -> int | None:
+    try:
+        with open(path, "rb") as fh:
+            return max(0, sum(1 for _ in fh) - 1)
+    except OSError:
+        return None
