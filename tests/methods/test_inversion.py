@@ -190,7 +190,9 @@ def test_batch_equals_one_by_one(model, images, optimizer, jitter):
     for i in range(2):
         for j, layer in enumerate(layers):
             alone = invert_optim(model, images[i : i + 1], layer, **kw)
-            np.testing.assert_allclose(together.images[i, j], alone.images[0, 0], atol=1e-4)
+            # within a quarter of one 8-bit grey level (1/255): the kernels' rounding, which
+            # Adam amplifies, depends on the CPU (3.3e-4 seen on an AVX2 machine)
+            np.testing.assert_allclose(together.images[i, j], alone.images[0, 0], atol=1e-3)
             np.testing.assert_allclose(together.history[:, i, j], alone.history[:, 0, 0],
                                        rtol=1e-4, atol=1e-6)  # fmt: skip
             assert together.pixel_error[i, j] == pytest.approx(alone.pixel_error[0, 0], abs=1e-5)
