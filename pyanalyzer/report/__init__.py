@@ -35,6 +35,7 @@ from pyanalyzer.report.montage import grid, overlay_mask, save_png, upscale
 
 __all__ = [
     "grid",
+    "has_writer",
     "header_text",
     "overlay_mask",
     "save_png",
@@ -54,6 +55,12 @@ _WRITERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "ActmaxResult": ("actmax", "write_actmax", ()),
     "InversionResult": ("inversion", "write_inversion", ()),
 }
+
+
+def has_writer(result: Any) -> bool:
+    """Whether a result has a report writer (a trained decoder, e.g., has none: it lives in
+    the store)."""
+    return type(result).__name__ in _WRITERS
 
 
 def write_result(result: Any, out_dir: str | os.PathLike[str], **context: Any) -> Any:

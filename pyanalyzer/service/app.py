@@ -30,7 +30,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from pyanalyzer._version import __version__
-from pyanalyzer.errors import PyanalyzerError, UserInputError, first_line
+from pyanalyzer.errors import (
+    BackendUnavailableError,
+    PyanalyzerError,
+    UserInputError,
+    first_line,
+)
 from pyanalyzer.service.config import LOCAL_OWNER, ServiceConfig
 from pyanalyzer.service.queue import Job, Queue
 from pyanalyzer.service.runner import JobInputs
@@ -166,15 +171,27 @@ class ResultDoc(BaseModel):
     arrays_url: str | None
 
 
+_FILE_TYPES = {
+    ".png": "image/png",
+    ".csv": "text/csv",
+    ".json": "application/json",
+    ".html": "text/html",
+    "": "application/octet-stream",
+}
+"""The media type of a job's file by its suffix (any other suffix: octet-stream); the
+OpenAPI document lists them all."""
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
+        (400, "Malformed request: a body that cannot be parsed (broken multipart, not UTF-8)."),
         (401, "Missing or unknown bearer token."),
         (404, "No such resource (or it belongs to another token)."),
         (413, "The upload is larger than the server's limit."),
         (422, "Bad input: one line naming the problem."),
         (429, "Too many queued jobs for this token."),
         (500, "Internal error; its request id is in the log."),
+        (503, "The server cannot do it now (e.g. its store is unreadable); one line says why."),
     )
 }
 
@@ -190,6 +207,9 @@ class _State:
 
         self.config = config
         self.queue = queue
+        self.reads = Queue(config.db_path)
+        """A connection of its own for the reads of async handlers (status polling, events):
+        in WAL mode a reader never waits for a writer, so the event loop never blocks."""
         self.store = Store(config.store)
         self.pool: Any = None
         self.models: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -253,6 +273,7 @@ def create_app(config: ServiceConfig, *, start_workers: bool = True) -> FastAPI:
             if state.pool is not None:
                 await asyncio.to_thread(state.pool.stop)
             queue.close()
+            state.reads.close()
 
     app = FastAPI(
         title="pyanalyzer",
@@ -271,20 +292,29 @@ def create_app(config: ServiceConfig, *, start_workers: bool = True) -> FastAPI:
     return app
 
 
-def _state(request: Request) -> _State:
+def _service(request: Request) -> _State:
     state: _State = request.app.state.service
     return state
+
+
+async def _state(request: Request) -> _State:
+    """The shared state (async: a dependency without a thread hand-off)."""
+    return _service(request)
 
 
 _bearer = HTTPBearer(auto_error=False, description="A token of the server's --tokens file.")
 
 
-def _owner(
+async def _owner(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """The token's name (the owner of what it uploads and submits)."""
-    config = _state(request).config
+    return _owner_of(request, credentials)
+
+
+def _owner_of(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
+    config = _service(request).config
     if not config.tokens:
         return LOCAL_OWNER
     token = credentials.credentials if credentials is not None else request.cookies.get(COOKIE)
@@ -326,6 +356,12 @@ def _handlers(app: FastAPI) -> None:
     async def user_error(request: Request, exc: UserInputError) -> JSONResponse:
         return JSONResponse({"detail": _one_line(str(exc))}, 422)
 
+    @app.exception_handler(BackendUnavailableError)
+    async def backend_error(request: Request, exc: BackendUnavailableError) -> JSONResponse:
+        # params asked for a device this server lacks (device='cuda' without CUDA): the
+        # request can ask for another, so 422, not the 503 of a server-side failure
+        return JSONResponse({"detail": _one_line(str(exc))}, 422)
+
     @app.exception_handler(PyanalyzerError)
     async def service_error(request: Request, exc: PyanalyzerError) -> JSONResponse:
         return JSONResponse({"detail": _one_line(str(exc))}, 503)
@@ -337,7 +373,9 @@ def _handlers(app: FastAPI) -> None:
 
         LOG.error("request %s failed: %s", rid, "".join(traceback.format_exception(exc)))
         return JSONResponse(
-            {"detail": f"internal error (request id {rid})", "request_id": rid}, 500
+            {"detail": f"internal error (request id {rid})", "request_id": rid},
+            500,
+            headers={"X-Request-ID": rid},  # sent outside the request log's middleware
         )
 
 
@@ -479,8 +517,8 @@ def _model_doc(row: dict[str, Any]) -> ModelDoc:
     return ModelDoc(**{k: row[k] for k in ModelDoc.model_fields})
 
 
-def _job_or_404(sv: _State, job_id: str, owner: str) -> Job:
-    job = sv.queue.job(job_id, owner)
+def _job_or_404(sv: _State, job_id: str, owner: str, *, reads: bool = False) -> Job:
+    job = (sv.reads if reads else sv.queue).job(job_id, owner)
     if job is None:
         raise HTTPException(404, f"unknown job {job_id!r}")
     return job
@@ -515,7 +553,13 @@ def _api_router() -> APIRouter:
         )  # fmt: skip
 
     # ---- models ----
-    @r.post("/models", response_model=ModelDoc, status_code=201, tags=["models"])
+    @r.post(
+        "/models",
+        response_model=ModelDoc,
+        status_code=201,
+        tags=["models"],
+        responses={200: {"model": ModelDoc, "description": "Uploaded before: that model."}},
+    )
     def upload_model(
         sv: Sv,
         owner: Owner,
@@ -585,7 +629,13 @@ def _api_router() -> APIRouter:
         return Response(status_code=204)
 
     # ---- images and datasets ----
-    @r.post("/images", response_model=ImageDoc, status_code=201, tags=["inputs"])
+    @r.post(
+        "/images",
+        response_model=ImageDoc,
+        status_code=201,
+        tags=["inputs"],
+        responses={200: {"model": ImageDoc, "description": "Uploaded before: that image."}},
+    )
     def upload_image(
         sv: Sv,
         owner: Owner,
@@ -705,14 +755,14 @@ def _api_router() -> APIRouter:
         return _job_doc(job)
 
     @r.get("/jobs", response_model=JobList, tags=["jobs"])
-    def list_jobs(sv: Sv, owner: Owner) -> JobList:
+    async def list_jobs(sv: Sv, owner: Owner) -> JobList:
         """This token's jobs, newest first."""
-        return JobList(jobs=[_job_doc(j) for j in sv.queue.jobs(owner)])
+        return JobList(jobs=[_job_doc(j) for j in sv.reads.jobs(owner)])
 
     @r.get("/jobs/{job_id}", response_model=JobDoc, tags=["jobs"])
-    def get_job(sv: Sv, owner: Owner, job_id: str) -> JobDoc:
+    async def get_job(sv: Sv, owner: Owner, job_id: str) -> JobDoc:
         """A job's state and progress (stage, fraction, ETA), or its error line."""
-        return _job_doc(_job_or_404(sv, job_id, owner))
+        return _job_doc(_job_or_404(sv, job_id, owner, reads=True))
 
     @r.delete("/jobs/{job_id}", response_model=JobDoc, tags=["jobs"])
     def cancel_job(sv: Sv, owner: Owner, job_id: str) -> JobDoc:
@@ -732,12 +782,12 @@ def _api_router() -> APIRouter:
     async def events(sv: Sv, owner: Owner, job_id: str, request: Request) -> StreamingResponse:
         """The job's state and progress as server-sent events (``event: job``), until it
         ends."""
-        _job_or_404(sv, job_id, owner)
+        _job_or_404(sv, job_id, owner, reads=True)
 
         async def stream() -> AsyncIterator[bytes]:
             last, beat = "", time.monotonic()
             while True:
-                job = sv.queue.job(job_id, owner)
+                job = sv.reads.job(job_id, owner)
                 if job is None:
                     return
                 text = _job_doc(job).model_dump_json()
@@ -753,13 +803,18 @@ def _api_router() -> APIRouter:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    @r.get("/jobs/{job_id}/result", response_model=ResultDoc, tags=["results"])
+    @r.get(
+        "/jobs/{job_id}/result",
+        response_model=ResultDoc,
+        tags=["results"],
+        responses={409: {"model": ErrorBody, "description": "The job has no result (yet)."}},
+    )
     def result(sv: Sv, owner: Owner, job_id: str) -> ResultDoc:
         """A finished job's summary (what the CLI's --json prints) and its files' URLs."""
         job = _job_or_404(sv, job_id, owner)
         if job.state != "done" or job.result is None:
             detail = f"job {job_id} is {job.state}"
-            raise HTTPException(409 if not job.finished_state else 422, detail + (
+            raise HTTPException(409, detail + (
                 f": {job.error}" if job.error else "; its result is not ready"))  # fmt: skip
         base = f"/v1/jobs/{job.id}"
         folder = _files_dir(sv, job.id)
@@ -779,13 +834,16 @@ def _api_router() -> APIRouter:
         "/jobs/{job_id}/files/{path:path}",
         tags=["results"],
         response_class=FileResponse,
-        responses={200: {"content": {"application/octet-stream": {}}, "description": "A file."}},
+        responses={
+            200: {"content": {t: {} for t in _FILE_TYPES.values()}, "description": "A file."}
+        },
     )
     def job_file(sv: Sv, owner: Owner, job_id: str, path: str) -> FileResponse:
         """A file the job wrote (PNG, CSV, JSON, HTML); confined to the job's folder."""
         _job_or_404(sv, job_id, owner)
         target = _confined(_files_dir(sv, job_id), path)
-        return FileResponse(target)
+        media_type = _FILE_TYPES.get(target.suffix.lower(), _FILE_TYPES[""])
+        return FileResponse(target, media_type=media_type)
 
     @r.get(
         "/jobs/{job_id}/arrays.h5",
@@ -813,16 +871,16 @@ def _page_router() -> APIRouter:
     def index(request: Request) -> HTMLResponse:
         from pyanalyzer.service.page import login_page, render_index
 
-        sv = _state(request)
+        sv = _service(request)
         try:
-            owner = _owner(request, None)
+            owner = _owner_of(request, None)
         except HTTPException:
             return HTMLResponse(login_page(), status_code=401)
         return HTMLResponse(render_index(sv.queue, owner, sv.config.jobs_dir))
 
     @r.post("/login")
     def login(request: Request, token: Annotated[str, Form(max_length=512)]) -> Response:
-        sv = _state(request)
+        sv = _service(request)
         if sv.config.tokens and sv.config.owner_of(token) is None:
             from pyanalyzer.service.page import login_page
 
@@ -891,12 +949,15 @@ def _confined(root: Path, relative: str) -> Path:
         raise HTTPException(404, "no such file")
     target = root.joinpath(*parts)
     probe = root
-    for p in parts:
-        probe = probe / p
-        if probe.is_symlink():
+    try:  # a name too long for the file system (ENAMETOOLONG) is no such file either
+        for p in parts:
+            probe = probe / p
+            if probe.is_symlink():
+                raise HTTPException(404, "no such file")
+        if not target.is_file():
             raise HTTPException(404, "no such file")
-    if not target.is_file():
-        raise HTTPException(404, "no such file")
+    except OSError:
+        raise HTTPException(404, "no such file") from None
     return target
 
 

@@ -212,7 +212,8 @@ def run_prepared(job: PreparedJob, out_dir: Path, *, stored_only: bool = False) 
         the job's result document: method, from_store, resumed, files (relative to
         ``out_dir``) and the result's summary (what the CLI's ``--json`` prints).
     """
-    from pyanalyzer.report import write_result
+    from pyanalyzer._io import write_json
+    from pyanalyzer.report import has_writer, write_result
 
     analysis = job.analysis
     if job.inputs is None and job.make_dataset is not None:
@@ -243,7 +244,11 @@ def run_prepared(job: PreparedJob, out_dir: Path, *, stored_only: bool = False) 
         )  # fmt: skip
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    write_result(result, out_dir, **context)
+    if has_writer(result):
+        write_result(result, out_dir, **context)
+    else:  # e.g. a trained decoder: it lives in the store; its summary is the file
+        out_dir.mkdir(parents=True)
+        write_json(out_dir / "summary.json", result.summary())
     files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
     return {
         "method": analysis.method,

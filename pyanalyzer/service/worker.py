@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         datasets=None if data.get("datasets") is None else Path(data["datasets"]),
     )
     _die_with_parent()
+    with contextlib.suppress(OSError):
+        os.nice(10)  # below the server: status requests stay fast while a job computes
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops us
     logging.basicConfig(level=logging.INFO, format="worker %(process)d: %(message)s")
