@@ -42,6 +42,7 @@ __all__ = [
     "BadRequestError",
     "Client",
     "JobCancelledError",
+    "JobEndedError",
     "JobFailedError",
     "NotFoundError",
     "NotReadyError",
@@ -115,8 +116,8 @@ class TooManyJobsError(ServiceError):
     (``--max-queued``); wait for some to finish."""
 
 
-class JobFailedError(ServiceError):
-    """The job ended in ``failed``; the message is the job's error line.
+class JobEndedError(ServiceError):
+    """The job ended other than ``done`` (base of the two below).
 
     Attributes:
         job: the job document as the server last returned it.
@@ -127,16 +128,12 @@ class JobFailedError(ServiceError):
         self.job = job
 
 
-class JobCancelledError(ServiceError):
-    """The job ended in ``cancelled`` (what it checkpointed stays in the server's store).
+class JobFailedError(JobEndedError):
+    """The job ended in ``failed``; the message is the job's error line."""
 
-    Attributes:
-        job: the job document as the server last returned it.
-    """
 
-    def __init__(self, message: str, *, job: dict[str, Any]):
-        super().__init__(message)
-        self.job = job
+class JobCancelledError(JobEndedError):
+    """The job ended in ``cancelled`` (what it checkpointed stays in the server's store)."""
 
 
 _BY_STATUS: dict[int, type[ServiceError]] = {

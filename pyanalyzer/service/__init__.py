@@ -3,9 +3,10 @@
 ``pyanalyzer serve`` runs it (FastAPI on uvicorn); :class:`pyanalyzer.client.Client` talks to
 it. The parts:
 
-* :mod:`.app` — the API under ``/v1`` (models, images, datasets, methods, jobs, results), its
-  errors (one line of JSON), tokens, the request log and the upload limit; :mod:`.page` — the
-  HTML page at ``/``;
+* :mod:`.app` — the API under ``/v1`` (models, images, datasets, methods, jobs, results) and
+  its tokens; :mod:`.schemas` — its request and answer bodies; :mod:`.middleware` — the error
+  answers (one line of JSON), the request log and the upload limit; :mod:`.page` — the HTML
+  page at ``/``;
 * :mod:`.queue` — models, images and the job queue in SQLite beside the store;
 * :mod:`.pool` and :mod:`.worker` — the worker processes that run jobs, and their supervisor;
 * :mod:`.runner` — one job: the analysis and its inputs from ``{method, params, inputs}``, run

@@ -19,26 +19,43 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
 
 from pyanalyzer._version import __version__
 from pyanalyzer.errors import (
-    BackendUnavailableError,
-    PyanalyzerError,
     UserInputError,
     first_line,
 )
 from pyanalyzer.service.config import LOCAL_OWNER, ServiceConfig
+from pyanalyzer.service.middleware import RequestLog, UploadLimit, install_handlers
 from pyanalyzer.service.queue import Job, Queue
-from pyanalyzer.service.runner import JobInputs
+from pyanalyzer.service.schemas import (
+    ERRORS,
+    FILE_TYPES,
+    DatasetDoc,
+    DatasetList,
+    ErrorBody,
+    FileDoc,
+    Health,
+    ImageDoc,
+    ImageList,
+    JobDoc,
+    JobList,
+    JobRequest,
+    MethodDoc,
+    MethodList,
+    ModelDoc,
+    ModelList,
+    Progress,
+    QueueDepth,
+    ResultDoc,
+)
 
 LOG = logging.getLogger("pyanalyzer.service")
 
@@ -46,155 +63,6 @@ __all__ = ["create_app"]
 
 COOKIE = "pyanalyzer_token"
 MAX_PREPROCESSING_BYTES = 64 * 1024
-ID_PATTERN = r"^[0-9a-f]{1,64}$"
-
-# ---- response and request bodies (the OpenAPI schema) ----------------------------------------
-
-
-class ErrorBody(BaseModel):
-    detail: str = Field(description="What went wrong, in one line.")
-    request_id: str | None = Field(None, description="Present on 500: find it in the log.")
-
-
-class QueueDepth(BaseModel):
-    queued: int
-    running: int
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-    version: str
-    core: bool = Field(description="The compiled C++ core is loaded.")
-    cuda: bool = Field(description="The CUDA kernels are loaded.")
-    cuda_devices: int
-    onnxruntime_providers: list[str]
-    queue: QueueDepth
-    workers: int = Field(description="Worker processes alive.")
-    auth: bool = Field(description="Whether requests need a bearer token.")
-
-
-class ModelDoc(BaseModel):
-    id: str
-    name: str
-    size: int
-    sha256: str
-    preprocessing: dict[str, Any] | None
-    created: float
-    info: dict[str, Any] = Field(description="What `pyanalyzer info --json` prints.")
-
-
-class ModelList(BaseModel):
-    models: list[ModelDoc]
-
-
-class ImageDoc(BaseModel):
-    id: str
-    name: str
-    size: int
-    created: float
-
-
-class ImageList(BaseModel):
-    images: list[ImageDoc]
-
-
-class DatasetDoc(BaseModel):
-    name: str
-    kind: Literal["synthetic", "broden"]
-    images: int | None
-    description: str
-
-
-class DatasetList(BaseModel):
-    datasets: list[DatasetDoc]
-
-
-class MethodDoc(BaseModel):
-    method: str
-    summary: str
-    revision: int
-    inputs: str
-    params: dict[str, Any] = Field(description="The params' JSON Schema.")
-
-
-class MethodList(BaseModel):
-    methods: list[MethodDoc]
-
-
-class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(max_length=64, description="An uploaded model's id.")
-    method: str = Field(max_length=64, description="One of GET /v1/methods.")
-    params: dict[str, Any] = Field(default_factory=dict, description="The method's params.")
-    inputs: JobInputs = Field(default_factory=JobInputs)
-
-
-class Progress(BaseModel):
-    stage: str | None
-    fraction: float | None
-    eta_s: float | None
-
-
-class JobDoc(BaseModel):
-    id: str
-    model: str
-    method: str
-    params: dict[str, Any]
-    inputs: dict[str, Any]
-    state: Literal["queued", "running", "done", "failed", "cancelled"]
-    progress: Progress
-    error: str | None
-    created: float
-    started: float | None
-    finished: float | None
-    links: dict[str, str]
-
-
-class JobList(BaseModel):
-    jobs: list[JobDoc]
-
-
-class FileDoc(BaseModel):
-    path: str
-    url: str
-    size: int
-
-
-class ResultDoc(BaseModel):
-    job: JobDoc
-    method: str
-    from_store: bool
-    resumed: bool
-    summary: Any
-    files: list[FileDoc]
-    arrays_url: str | None
-
-
-_FILE_TYPES = {
-    ".png": "image/png",
-    ".csv": "text/csv",
-    ".json": "application/json",
-    ".html": "text/html",
-    "": "application/octet-stream",
-}
-"""The media type of a job's file by its suffix (any other suffix: octet-stream); the
-OpenAPI document lists them all."""
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (400, "Malformed request: a body that cannot be parsed (broken multipart, not UTF-8)."),
-        (401, "Missing or unknown bearer token."),
-        (404, "No such resource (or it belongs to another token)."),
-        (413, "The upload is larger than the server's limit."),
-        (422, "Bad input: one line naming the problem."),
-        (429, "Too many queued jobs for this token."),
-        (500, "Internal error; its request id is in the log."),
-        (503, "The server cannot do it now (e.g. its store is unreadable); one line says why."),
-    )
-}
-
 
 # ---- the app ---------------------------------------------------------------------------------
 
@@ -284,9 +152,9 @@ def create_app(config: ServiceConfig, *, start_workers: bool = True) -> FastAPI:
         docs_url=None,  # the interactive docs load assets from the internet
         redoc_url=None,
     )
-    app.add_middleware(_RequestLog)
-    app.add_middleware(_UploadLimit, limit=config.max_upload_mb * 1024 * 1024)
-    _handlers(app)
+    app.add_middleware(RequestLog)
+    app.add_middleware(UploadLimit, limit=config.max_upload_mb * 1024 * 1024)
+    install_handlers(app)
     app.include_router(_api_router())
     app.include_router(_page_router())
     return app
@@ -330,175 +198,6 @@ Owner = Annotated[str, Depends(_owner)]
 Sv = Annotated[_State, Depends(_state)]
 
 
-# ---- errors and the request log --------------------------------------------------------------
-
-
-def _handlers(app: FastAPI) -> None:
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"detail": _one_line(str(exc.detail))}, exc.status_code, headers=exc.headers
-        )
-
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    @app.exception_handler(StarletteHTTPException)
-    async def starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"detail": _one_line(str(exc.detail))}, exc.status_code, headers=exc.headers
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_line(exc)}, 422)
-
-    @app.exception_handler(UserInputError)
-    async def user_error(request: Request, exc: UserInputError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(str(exc))}, 422)
-
-    @app.exception_handler(BackendUnavailableError)
-    async def backend_error(request: Request, exc: BackendUnavailableError) -> JSONResponse:
-        # params asked for a device this server lacks (device='cuda' without CUDA): the
-        # request can ask for another, so 422, not the 503 of a server-side failure
-        return JSONResponse({"detail": _one_line(str(exc))}, 422)
-
-    @app.exception_handler(PyanalyzerError)
-    async def service_error(request: Request, exc: PyanalyzerError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(str(exc))}, 503)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        rid = _request_id(request.scope)
-        import traceback
-
-        LOG.error("request %s failed: %s", rid, "".join(traceback.format_exception(exc)))
-        return JSONResponse(
-            {"detail": f"internal error (request id {rid})", "request_id": rid},
-            500,
-            headers={"X-Request-ID": rid},  # sent outside the request log's middleware
-        )
-
-
-def _validation_line(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "request"
-        msg = str(err.get("msg", "invalid"))
-        for prefix in ("Value error, ", "Assertion failed, "):
-            msg = msg.removeprefix(prefix)
-        parts.append(f"{loc}: {msg}")
-    return _one_line("; ".join(parts)) or "invalid request"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:1000]
-
-
-def _request_id(scope: MutableMapping[str, Any]) -> str:
-    state = scope.setdefault("state", {})
-    if "request_id" not in state:
-        state["request_id"] = secrets.token_hex(6)
-    return str(state["request_id"])
-
-
-ASGIApp = Callable[..., Awaitable[None]]
-
-
-class _RequestLog:
-    """One log line per request (method, path, status, milliseconds, request id), and the
-    request id in an ``X-Request-ID`` response header."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        rid = _request_id(scope)
-        start = time.perf_counter()
-        status = [500]
-
-        async def send_logged(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_logged)
-        finally:
-            ms = (time.perf_counter() - start) * 1000
-            LOG.info("%s %s %d %.1fms %s", scope["method"], scope["path"], status[0], ms, rid)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _UploadLimit:
-    """413 for a request body over the limit: by its Content-Length before reading, and by
-    counting while it streams (chunked uploads)."""
-
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app = app
-        self.limit = limit
-
-    async def _refuse(self, send: Any) -> None:
-        body = json.dumps(
-            {"detail": f"the upload is larger than the server's limit of "
-             f"{self.limit // (1024 * 1024)} MiB (--max-upload-mb)"}
-        ).encode()  # fmt: skip
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.limit:
-                    await self._refuse(send)
-                    return
-        seen = [0]
-        started = [False]
-
-        async def counted() -> MutableMapping[str, Any]:
-            message: MutableMapping[str, Any] = await receive()
-            if message["type"] == "http.request":
-                seen[0] += len(message.get("body", b""))
-                if seen[0] > self.limit:
-                    raise _TooLarge()
-            return message
-
-        async def tracked(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                started[0] = True
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except _TooLarge:
-            if not started[0]:
-                await self._refuse(send)
-
-
 # ---- documents -------------------------------------------------------------------------------
 
 
@@ -532,7 +231,7 @@ def _files_dir(sv: _State, job_id: str) -> Path:
 
 
 def _api_router() -> APIRouter:
-    r = APIRouter(prefix="/v1", responses=_ERRORS)
+    r = APIRouter(prefix="/v1", responses=ERRORS)
 
     @r.get("/health", response_model=Health, tags=["service"])
     def health(sv: Sv) -> Health:
@@ -570,15 +269,12 @@ def _api_router() -> APIRouter:
         ] = None,
         name: Annotated[str | None, Form(max_length=200)] = None,
     ) -> ModelDoc:
-        """Upload an ONNX model, checked as `load_model` checks an untrusted file; the same
-        bytes (and preprocessing) give the same id."""
+        """Upload an ONNX model, checked as `load_model` checks an untrusted file (external
+        data refused), with the onnxruntime/torch parity checked as `pyanalyzer info` does; the
+        same bytes (and preprocessing) give the same id."""
         prep = _parse_preprocessing(preprocessing)
         shown = _display_name(name or model.filename or "model.onnx")
-        work = sv.config.tmp_dir / f"upload-{secrets.token_hex(8)}"
-        work.mkdir(parents=True)
-        try:
-            path = work / "model.onnx"
-            sha, size = _save(model, path)
+        with _received(sv, model, shown) as (path, sha, size):
             canonical = "" if prep is None else json.dumps(prep, sort_keys=True)
             model_id = hashlib.sha256(f"{sha}\0{canonical}".encode()).hexdigest()[:32]
             existing = sv.queue.model(owner, model_id)
@@ -590,6 +286,7 @@ def _api_router() -> APIRouter:
 
             sv.warm.wait(300)
             loaded = load_model(path, prep, check_parity=False, external_data=False)
+            loaded.check_parity()  # as `pyanalyzer info` does; the report is in the info
             info = loaded.summary()
             info["path"] = shown
             final = sv.config.models_dir / f"{model_id}.onnx"
@@ -598,8 +295,6 @@ def _api_router() -> APIRouter:
             sv.queue.add_model(
                 owner, model_id, name=shown, size=size, sha256=sha, preprocessing=prep, info=info
             )
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         row = sv.queue.model(owner, model_id)
         assert row is not None
         response.headers["Location"] = f"/v1/models/{model_id}"
@@ -646,11 +341,7 @@ def _api_router() -> APIRouter:
         from pyanalyzer.data.images import load_image
 
         shown = _display_name(image.filename or "image")
-        work = sv.config.tmp_dir / f"image-{secrets.token_hex(8)}"
-        work.mkdir(parents=True)
-        try:
-            path = work / "upload"
-            sha, size = _save(image, path)
+        with _received(sv, image, shown) as (path, sha, size):
             img = load_image(path)
             suffix = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "GIF": ".gif",
                       "TIFF": ".tif", "WEBP": ".webp"}.get(str(img.format), ".img")  # fmt: skip
@@ -662,8 +353,6 @@ def _api_router() -> APIRouter:
                 sv.queue.add_image(owner, image_id, name=shown, size=size, suffix=suffix)
             else:
                 response.status_code = 200
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         row = sv.queue.image(owner, image_id)
         assert row is not None
         response.headers["Location"] = f"/v1/images/{image_id}"
@@ -835,14 +524,14 @@ def _api_router() -> APIRouter:
         tags=["results"],
         response_class=FileResponse,
         responses={
-            200: {"content": {t: {} for t in _FILE_TYPES.values()}, "description": "A file."}
+            200: {"content": {t: {} for t in FILE_TYPES.values()}, "description": "A file."}
         },
     )
     def job_file(sv: Sv, owner: Owner, job_id: str, path: str) -> FileResponse:
         """A file the job wrote (PNG, CSV, JSON, HTML); confined to the job's folder."""
         _job_or_404(sv, job_id, owner)
         target = _confined(_files_dir(sv, job_id), path)
-        media_type = _FILE_TYPES.get(target.suffix.lower(), _FILE_TYPES[""])
+        media_type = FILE_TYPES.get(target.suffix.lower(), FILE_TYPES[""])
         return FileResponse(target, media_type=media_type)
 
     @r.get(
@@ -912,6 +601,23 @@ def _parse_preprocessing(text: str | None) -> dict[str, Any] | None:
 def _display_name(name: str) -> str:
     base = os.path.basename(name.replace("\\", "/")) or "upload"
     return "".join(c if c.isprintable() else "?" for c in base)[:200]
+
+
+@contextlib.contextmanager
+def _received(sv: _State, upload: UploadFile, shown: str) -> Iterator[tuple[Path, str, int]]:
+    """An upload saved to a private temporary folder: ``(path, sha256, size)``; the folder is
+    removed at the end. Messages of bad input name the upload, not the server's path."""
+    work = sv.config.tmp_dir / f"upload-{secrets.token_hex(8)}"
+    work.mkdir(parents=True)
+    path = work / "upload"
+    try:
+        sha, size = _save(upload, path)
+        yield path, sha, size
+    except UserInputError as exc:
+        message = str(exc).replace(repr(str(path)), repr(shown)).replace(str(path), shown)
+        raise UserInputError(message) from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _save(upload: UploadFile, path: Path) -> tuple[str, int]:
