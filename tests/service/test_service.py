@@ -451,6 +451,24 @@ def test_tenants_see_only_their_own(start_server: Any, default_model: Path, tmp_
         assert anon.get("/v1/health").status_code == 200  # no token needed
 
 
+def test_the_page_signs_in_with_a_token_cookie(start_server: Any, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("carol carol-token-0123456789\n")
+    server = start_server("--tokens", str(tokens))
+    with httpx.Client(base_url=server.url, timeout=60) as browser:
+        first = browser.get("/")
+        assert first.status_code == 401 and "<form method='post' action='/login'>" in first.text
+        wrong = browser.post("/login", data={"token": "carol-token-012345678X"})
+        assert wrong.status_code == 401 and "unknown token" in wrong.text
+        signed = browser.post("/login", data={"token": "carol-token-0123456789"})
+        assert signed.status_code == 303 and signed.headers["location"] == "/"
+        cookie = signed.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        page = browser.get("/")  # the cookie now stands for the token
+        assert page.status_code == 200 and "Signed in as <b>carol</b>" in page.text
+        assert browser.get("/v1/jobs").json() == {"jobs": []}
+
+
 def test_no_tokens_means_loopback_only(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "pyanalyzer", "serve", "--host", "0.0.0.0", "--store",
