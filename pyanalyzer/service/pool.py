@@ -57,6 +57,9 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.restarts = 0
+        self._started: dict[int, float] = {}  # pid -> when it was started
+        self._backoff = 0.0  # seconds before replacing a worker that died young and idle
+        self._respawn_at: dict[int, float] = {}  # slot -> when to start its next worker
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         payload = json.dumps(
@@ -66,11 +69,13 @@ class WorkerPool:
             }
         )
         env = dict(os.environ, PYANALYZER_PROGRESS="0")
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "pyanalyzer.service.worker", payload],
             stdin=subprocess.DEVNULL,
             env=env,
         )
+        self._started[proc.pid] = time.monotonic()
+        return proc
 
     def start(self) -> None:
         with self._lock:
@@ -86,18 +91,33 @@ class WorkerPool:
         while not self._stopping.wait(0.2):
             with self._lock:
                 for i, proc in enumerate(self.procs):
+                    if i in self._respawn_at:  # a replacement is due later (backoff)
+                        if time.monotonic() >= self._respawn_at[i]:
+                            del self._respawn_at[i]
+                            self.procs[i] = self._spawn()
+                        continue
                     code = proc.poll()
                     if code is None or self._stopping.is_set():
                         continue
+                    lived = time.monotonic() - self._started.pop(proc.pid, 0.0)
                     job = self.queue.running_in(proc.pid)
+                    self.restarts += 1
                     if job is not None:
                         message = describe_exit(code)
                         self.queue.finish(job.id, "failed", error=message, worker=proc.pid)
                         LOG.error("job %s failed: %s", job.id, message)
+                    elif lived < 10.0:  # died young without a job: a broken install? back off
+                        self._backoff = min(60.0, max(1.0, 2 * self._backoff))
+                        LOG.error(
+                            "worker %d exited (%s) %.1f s after it started; the next in %.0f s",
+                            proc.pid, code, lived, self._backoff,
+                        )  # fmt: skip
+                        self._respawn_at[i] = time.monotonic() + self._backoff
+                        continue
                     else:
                         LOG.warning("worker %d exited (%s); starting another", proc.pid, code)
+                    self._backoff = 0.0
                     self.procs[i] = self._spawn()
-                    self.restarts += 1
 
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM every worker (running jobs checkpoint and go back to the queue), wait up to

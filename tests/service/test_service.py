@@ -385,6 +385,18 @@ def test_a_dead_worker_fails_its_job_and_the_server_goes_on(
         assert worker not in server.worker_pids()
 
 
+def test_a_worker_dying_idle_is_replaced_after_a_pause(start_server: Any) -> None:
+    server = start_server()
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        _wait_for(lambda: client.get("/v1/health").json()["workers"] == 1, 60, "a worker")
+        (first,) = server.worker_pids()
+        os.kill(first, signal.SIGKILL)  # young and idle: what a broken install looks like
+        _wait_for(lambda: server.worker_pids() not in ([], [first]), 60, "a new worker")
+        assert client.get("/v1/health").json()["status"] == "ok"
+    assert f"worker {first} exited (-9)" in server.log()
+    assert "the next in 1 s" in server.log()
+
+
 def test_cancel_and_queue_cap(start_server: Any, default_model: Path) -> None:
     server = start_server("--max-queued", "2")
     with httpx.Client(base_url=server.url, timeout=120) as client:
