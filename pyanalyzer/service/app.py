@@ -82,6 +82,7 @@ class _State:
         self.pool: Any = None
         self.models: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.model_lock = threading.Lock()
+        self.submit_lock = threading.Lock()
         self.warm = threading.Event()
         """Set once torch and onnx2torch are imported (by one thread: importing torch from two
         threads at once can fail)."""
@@ -418,16 +419,23 @@ def _api_router() -> APIRouter:
         if row is None:
             raise HTTPException(404, f"unknown model {body.model!r}")
         inputs = body.inputs.model_dump(exclude_unset=True)
-        prepared = prepare_job(
-            sv.model(row), body.method, body.params, inputs, config=sv.config, store=sv.store,
-            image_path=lambda i: _image_path(sv, owner, i),
-        )  # fmt: skip
         job_id = secrets.token_hex(8)
         files = _files_dir(sv, job_id)
-        try:
-            doc = run_prepared(prepared, files, stored_only=True)
-        except NotStored:
-            shutil.rmtree(files.parent, ignore_errors=True)
+        # One submission at a time: the loaded models are shared, and their lazily built parts
+        # (the torch twin) are not made for threads.
+        with sv.submit_lock:
+            prepared = prepare_job(
+                sv.model(row), body.method, body.params, inputs, config=sv.config,
+                store=sv.store, image_path=lambda i: _image_path(sv, owner, i),
+            )  # fmt: skip
+            try:
+                doc = run_prepared(prepared, files, stored_only=True)
+            except BaseException as exc:
+                shutil.rmtree(files.parent, ignore_errors=True)  # nothing half-written stays
+                if not isinstance(exc, NotStored):
+                    raise
+                doc = None
+        if doc is None:
             job = sv.queue.submit(
                 owner, body.model, body.method, body.params, inputs, job_id=job_id
             )
