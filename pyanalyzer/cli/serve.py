@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 import click
@@ -15,7 +16,13 @@ __all__ = ["serve"]
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on (0: a free one, printed at start).",
+)
 @store_option
 @click.option(
     "--workers",
@@ -83,6 +90,7 @@ def serve(
     if datasets is not None and not Path(datasets).is_dir():
         raise UserInputError(f"--datasets {datasets} is not a folder")
     store = open_store(store_path)
+    sock = _listen(host.strip("[]"), port)  # before anything is created: a port in use is one line
     config = ServiceConfig(
         store=Path(store.path).resolve(),
         datasets=None if datasets is None else Path(datasets).resolve(),
@@ -97,10 +105,36 @@ def serve(
     app = create_app(config)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=host.strip("[]"), port=port, access_log=False, log_level="info",
-            timeout_graceful_shutdown=40,
+            app, host=host.strip("[]"), port=sock.getsockname()[1], access_log=False,
+            log_level="info", timeout_graceful_shutdown=40,
         )
     )  # fmt: skip
-    server.run()
-    if not server.started:
-        raise UserInputError(f"could not listen on {host}:{port} (in use, or not allowed)")
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    logging.getLogger("pyanalyzer.service").info(
+        "listening on http://%s:%d (Ctrl-C to stop)", shown, bound[1]
+    )
+    server.run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for uvicorn to serve on.
+
+    Raises:
+        UserInputError: the address cannot be bound (in use, not this machine's, not allowed).
+    """
+    from pyanalyzer.errors import UserInputError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserInputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise UserInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock

@@ -495,6 +495,25 @@ def test_no_tokens_means_loopback_only(tmp_path: Path) -> None:
     assert not (tmp_path / "store").exists()
 
 
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "pyanalyzer", "serve", "--port", str(port), "--store",
+             str(tmp_path / "store")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no store, no service folder
+
+
 def _external_data_model(folder: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
