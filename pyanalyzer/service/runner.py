@@ -5,16 +5,16 @@ store key and files as the CLI command with the same parameters.
 
 Inputs by what the analysis takes (:attr:`~pyanalyzer.analysis.Analysis.inputs`):
 
-==============  ===========================================================================
-``concepts``    ``dataset``: ``"synthetic"`` (default: the synthetic concept scenes, with
-                ``n_images``, default 1000, and ``seed``, default 0) or the name of a
-                Broden-format folder under the server's ``--datasets``
-``images``      ``images``: uploaded image ids (required)
-``image-source````images`` (uploaded ids), else synthetic scenes (``n_images``: the method's
-                default count when absent)
-``reference``   ``images``: optional reference images
-``none``        nothing
-==============  ===========================================================================
+================  =========================================================================
+``concepts``      ``dataset``: ``"synthetic"`` (default: the synthetic concept scenes, with
+                  ``n_images``, default 1000, and ``seed``, default 0) or the name of a
+                  Broden-format folder under the server's ``--datasets``
+``images``        ``images``: uploaded image ids (required)
+``image-source``  ``images`` (uploaded ids), else synthetic scenes (``n_images``: the
+                  method's default count when absent)
+``reference``     ``images``: optional reference images
+``none``          nothing
+================  =========================================================================
 """
 
 from __future__ import annotations
