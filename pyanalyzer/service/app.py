@@ -18,7 +18,6 @@ import secrets
 import shutil
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,6 +34,7 @@ from pyanalyzer.errors import (
 from pyanalyzer.service.config import LOCAL_OWNER, ServiceConfig
 from pyanalyzer.service.middleware import RequestLog, UploadLimit, install_handlers
 from pyanalyzer.service.queue import Job, Queue
+from pyanalyzer.service.runner import LoadedModels
 from pyanalyzer.service.schemas import (
     ERRORS,
     FILE_TYPES,
@@ -80,8 +80,7 @@ class _State:
         in WAL mode a reader never waits for a writer, so the event loop never blocks."""
         self.store = Store(config.store)
         self.pool: Any = None
-        self.models: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self.model_lock = threading.Lock()
+        self.models = LoadedModels(config.models_dir, keep=4)
         self.submit_lock = threading.Lock()
         self.warm = threading.Event()
         """Set once torch and onnx2torch are imported (by one thread: importing torch from two
@@ -98,20 +97,8 @@ class _State:
 
     def model(self, row: dict[str, Any]) -> Any:
         """The loaded model of an uploaded model's row (a few kept loaded)."""
-        from pyanalyzer.model import load_model
-
         self.warm.wait(300)
-        key = (row["id"], json.dumps(row["preprocessing"], sort_keys=True))
-        with self.model_lock:
-            if key in self.models:
-                self.models.move_to_end(key)
-                return self.models[key]
-            path = self.config.models_dir / f"{row['id']}.onnx"
-            model = load_model(path, row["preprocessing"], check_parity=False, external_data=False)
-            self.models[key] = model
-            while len(self.models) > 4:
-                self.models.popitem(last=False)
-            return model
+        return self.models.get(row["id"], row["preprocessing"])
 
 
 def create_app(config: ServiceConfig, *, start_workers: bool = True) -> FastAPI:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from pyanalyzer.service.config import ServiceConfig
     from pyanalyzer.store import Store
 
-__all__ = ["JobInputs", "NotStored", "PreparedJob", "prepare_job", "run_prepared"]
+__all__ = ["JobInputs", "LoadedModels", "NotStored", "PreparedJob", "prepare_job", "run_prepared"]
 
 DEFAULT_CONCEPT_IMAGES = 1000
 """Scenes of the default synthetic concept dataset (the CLI's ``dissect --n-images``)."""
@@ -58,6 +58,38 @@ class JobInputs(BaseModel):
     images: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
         None, max_length=10_000, description="Uploaded image ids."
     )
+
+
+class LoadedModels:
+    """The last few uploaded models loaded (server and workers keep some; loading checks the
+    file again each time). Thread-safe."""
+
+    def __init__(self, models_dir: Path, keep: int):
+        import threading
+        from collections import OrderedDict
+
+        self.models_dir = models_dir
+        self.keep = keep
+        self._loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model_id: str, preprocessing: Mapping[str, Any] | None) -> Model:
+        """The model ``model_id`` (``<models_dir>/<id>.onnx``) with its preprocessing."""
+        import json
+
+        from pyanalyzer.model import load_model
+
+        key = (model_id, json.dumps(preprocessing, sort_keys=True))
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            path = self.models_dir / f"{model_id}.onnx"
+            model = load_model(path, preprocessing, check_parity=False, external_data=False)
+            self._loaded[key] = model
+            while len(self._loaded) > self.keep:
+                self._loaded.popitem(last=False)
+            return model
 
 
 class NotStored(Exception):

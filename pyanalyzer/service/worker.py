@@ -22,12 +22,12 @@ import signal
 import sys
 import time
 import traceback
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from pyanalyzer.service.config import ServiceConfig
 from pyanalyzer.service.queue import Job, Queue
+from pyanalyzer.service.runner import LoadedModels
 
 LOG = logging.getLogger("pyanalyzer.service.worker")
 
@@ -79,25 +79,15 @@ class Worker:
         self.queue = Queue(config.db_path)
         self.store = Store(config.store)
         self.pid = os.getpid()
-        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._models = LoadedModels(config.models_dir, keep=2)
 
     def model(self, job: Job) -> Any:
         from pyanalyzer.errors import UserInputError
-        from pyanalyzer.model import load_model
 
         row = self.queue.model(job.owner, job.model)
-        path = self.config.models_dir / f"{job.model}.onnx"
-        if row is None or not path.is_file():
+        if row is None or not (self.config.models_dir / f"{job.model}.onnx").is_file():
             raise UserInputError(f"model {job.model} was deleted before the job ran")
-        key = (job.model, json.dumps(row["preprocessing"], sort_keys=True))
-        if key in self._models:
-            self._models.move_to_end(key)
-            return self._models[key]
-        model = load_model(path, row["preprocessing"], check_parity=False, external_data=False)
-        self._models[key] = model
-        while len(self._models) > 2:
-            self._models.popitem(last=False)
-        return model
+        return self._models.get(job.model, row["preprocessing"])
 
     def run(self) -> None:
         global _running
