@@ -67,6 +67,10 @@ _EXPORTS = {
     "UpconvTraining": "pyanalyzer.methods.inversion",
     "UpconvDecoder": "pyanalyzer.methods.inversion",
     "InversionResult": "pyanalyzer.methods.inversion",
+    "Atlas": "pyanalyzer.methods.atlas",
+    "AtlasInputs": "pyanalyzer.methods.atlas",
+    "AtlasResult": "pyanalyzer.methods.atlas",
+    "write_atlas": "pyanalyzer.report.atlas",
     "BrodenDataset": "pyanalyzer.data.broden",
     "SyntheticImages": "pyanalyzer.data.defaults",
     "write_result": "pyanalyzer.report",
@@ -77,6 +81,9 @@ __all__ = [
     "ActivationMaximization",
     "ActmaxResult",
     "Analysis",
+    "Atlas",
+    "AtlasInputs",
+    "AtlasResult",
     "BrodenDataset",
     "DeconvNet",
     "Dissection",
@@ -100,6 +107,7 @@ __all__ = [
     "UpconvTraining",
     "analyses",
     "analysis",
+    "write_atlas",
     "write_result",
     "ArraySource",
     "GradientUnavailableError",
@@ -155,6 +163,7 @@ if TYPE_CHECKING:
     )
     from pyanalyzer.methods import analyses, analysis
     from pyanalyzer.methods.actmax import ActivationMaximization, ActmaxResult
+    from pyanalyzer.methods.atlas import Atlas, AtlasInputs, AtlasResult
     from pyanalyzer.methods.deconvnet import (
         DeconvNet,
         GuidedBackprop,
@@ -186,4 +195,5 @@ if TYPE_CHECKING:
         load_model,
     )
     from pyanalyzer.report import write_result
+    from pyanalyzer.report.atlas import write_atlas
     from pyanalyzer.store import Key, Store

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-__all__ = ["Listener", "progress_bar", "progress_enabled", "set_listener"]
+__all__ = ["Listener", "note", "progress_bar", "progress_enabled", "set_listener"]
 
 Listener = Callable[[str, int, int], None]
 """``listener(label, done, total)``: called when a bar starts (done = 0) and at each step; it
@@ -54,6 +54,13 @@ def progress_enabled(requested: bool = True) -> bool:
     if not requested or os.environ.get("PYANALYZER_PROGRESS") == "0":
         return False
     return sys.stderr.isatty() or os.environ.get("PYANALYZER_PROGRESS") == "1"
+
+
+def note(text: str, *, enabled: bool = True) -> None:
+    """One line on stderr saying which step of a long job starts, where bars are shown
+    (:func:`progress_enabled`)."""
+    if progress_enabled(enabled):
+        print(text, file=sys.stderr, flush=True)
 
 
 @contextmanager

@@ -69,6 +69,7 @@ __all__ = [
     "Layers",
     "Params",
     "ParamsError",
+    "NotStored",
     "Result",
     "StoredRun",
     "Units",
@@ -78,6 +79,11 @@ __all__ = [
 
 class ParamsError(UserInputError):
     """Parameters that do not validate (one line naming each bad field)."""
+
+
+class NotStored(Exception):  # noqa: N818  # not an error: the answer "compute it first"
+    """Raised by :meth:`Analysis.run` with ``stored_only`` set when the store does not hold the
+    result (nothing is computed)."""
 
 
 def _message(exc: ValidationError, title: str) -> str:
@@ -512,6 +518,9 @@ class Analysis(ABC, Generic[P, R]):
             )
         self.checkpoint_every: float = float(checkpoint_every)
         self.last: Cached[R] | None = None
+        self.stored_only: bool = False
+        """Answer from the store or raise :class:`NotStored`, never compute (the service's
+        request handlers answer what is stored at once, and queue the rest)."""
         self.check()
 
     # ---- what subclasses provide -------------------------------------------------------------
@@ -550,17 +559,26 @@ class Analysis(ABC, Generic[P, R]):
         Returns:
             the result (:attr:`result_type`); :attr:`last` says whether it came from the
             store or resumed a checkpoint.
+
+        Raises:
+            NotStored: :attr:`stored_only` is set and the store does not hold the result.
         """
         from pyanalyzer.store import cached
 
         prepared = self.prepare(inputs)
+        compute = self.compute
+        if self.stored_only:
+
+            def compute(inputs: Any, checkpoint: Checkpoint) -> R:
+                raise NotStored()
+
         run = cached(
             self.store,
             model_sha256=self.model.sha256,
             method=self.method,
             params=self.key_params(prepared),
             revision=self.revision,
-            compute=lambda ckpt: self.compute(prepared, ckpt),
+            compute=lambda ckpt: compute(prepared, ckpt),
             result_type=self.result_type,
             model_file=self.model.path.name,
             preprocessing=self.model.preprocessing.to_dict(),

@@ -67,6 +67,7 @@ def cli(verbose: bool) -> None:
 
 def _attach_commands() -> None:
     from pyanalyzer.cli.actmax import actmax
+    from pyanalyzer.cli.atlas import atlas
     from pyanalyzer.cli.cache import cache
     from pyanalyzer.cli.concepts import concepts
     from pyanalyzer.cli.deconv import deconv
@@ -75,7 +76,7 @@ def _attach_commands() -> None:
     from pyanalyzer.cli.invert import invert
     from pyanalyzer.cli.serve import serve
 
-    for command in (info, doctor, dissect, deconv, actmax, invert, cache, concepts, serve):
+    for command in (info, doctor, dissect, deconv, actmax, invert, atlas, cache, concepts, serve):
         cli.add_command(command)
 
 

@@ -16,6 +16,7 @@ name                analysis
 ``invert-optim``    :class:`~.inversion.OptimInversion` (Mahendran & Vedaldi 2015)
 ``invert-upconv``   :class:`~.inversion.UpconvInversion` (Dosovitskiy & Brox 2016)
 ``train-upconv``    :class:`~.inversion.UpconvTraining` (Dosovitskiy & Brox 2016)
+``atlas``           :class:`~.atlas.Atlas` (the four joined unit by unit, for a static site)
 ==================  ===========================================================================
 """
 
@@ -40,6 +41,7 @@ _REGISTRY = {
     "invert-optim": ("pyanalyzer.methods.inversion", "OptimInversion"),
     "invert-upconv": ("pyanalyzer.methods.inversion", "UpconvInversion"),
     "train-upconv": ("pyanalyzer.methods.inversion", "UpconvTraining"),
+    "atlas": ("pyanalyzer.methods.atlas", "Atlas"),
 }
 
 

@@ -339,8 +339,16 @@ class TopPatches(Analysis[TopPatchesParams, TopPatchesResult]):
         return source_identity(inputs)
 
     def compute(self, inputs: ImageSource, checkpoint: Checkpoint) -> TopPatchesResult:
-        result = scan(self.model, self.layer, inputs, self.params.k, self.params.batch_size,
-                      self.progress)  # fmt: skip
+        if self.projector is not None and self.store is not None:
+            # the scan is its own store entry (the same for every choice of units), so that
+            # projecting more units of a layer does not scan the images again
+            result = TopPatches(
+                self.model, self.params.replace(projection="none"), store=self.store,
+                progress=self.progress, checkpoint_every=self.checkpoint_every,
+            ).run(inputs)  # fmt: skip
+        else:
+            result = scan(self.model, self.layer, inputs, self.params.k, self.params.batch_size,
+                          self.progress)  # fmt: skip
         if self.projector is None:
             return result
         spec, projector = self.model.preprocessing, self.projector

@@ -11,6 +11,7 @@ projections (``ProjectionResult``)       :func:`~.deconv.write_projections`
 top-k patches (``TopPatchesResult``)     :func:`~.patches.write_patches`
 activation maximization                 :func:`~.actmax.write_actmax`
 inversion (``InversionResult``)          :func:`~.inversion.write_inversion`
+the model atlas (``AtlasResult``)         :func:`~.atlas.write_atlas` (a static site)
 ======================================  =================================================
 
 Writers import their method's result types, never the other way round; the montage helpers
@@ -54,6 +55,7 @@ _WRITERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "TopPatchesResult": ("patches", "write_patches", ("source",)),
     "ActmaxResult": ("actmax", "write_actmax", ()),
     "InversionResult": ("inversion", "write_inversion", ()),
+    "AtlasResult": ("atlas", "write_atlas", ("model", "dataset", "source")),
 }
 
 
@@ -70,7 +72,8 @@ def write_result(result: Any, out_dir: str | os.PathLike[str], **context: Any) -
         result: a result of an analysis.
         out_dir: the folder (created if needed).
         **context: what a writer needs beyond the result: ``source`` (the scanned images) for
-            top-k patches; ``model``, ``dataset`` and ``extra`` for a dissection report.
+            top-k patches; ``model``, ``dataset`` and ``extra`` for a dissection report;
+            ``model``, ``dataset`` (and ``source`` when it is not the dataset) for an atlas.
             Arguments a writer does not take are ignored.
 
     Returns:

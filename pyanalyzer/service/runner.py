@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pyanalyzer.analysis import NotStored
 from pyanalyzer.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -90,10 +91,6 @@ class LoadedModels:
             while len(self._loaded) > self.keep:
                 self._loaded.popitem(last=False)
             return model
-
-
-class NotStored(Exception):
-    """The store does not hold the job's result (raised instead of computing it)."""
 
 
 @dataclasses.dataclass
@@ -253,12 +250,7 @@ def run_prepared(job: PreparedJob, out_dir: Path, *, stored_only: bool = False) 
             raise NotStored()
         job.dataset = job.inputs = job.make_dataset()
         analysis.prepare(job.inputs)
-    if stored_only:
-
-        def refuse(inputs: Any, checkpoint: Any) -> Any:
-            raise NotStored()
-
-        analysis.compute = refuse  # type: ignore[method-assign]  # a miss must not compute
+    analysis.stored_only = stored_only  # a miss raises NotStored: nothing is computed
     result = analysis.run(job.inputs)
     context = dict(job.write_context)
     if job.dataset is not None:

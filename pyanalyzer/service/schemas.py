@@ -137,6 +137,8 @@ FILE_TYPES = {
     ".csv": "text/csv",
     ".json": "application/json",
     ".html": "text/html",
+    ".css": "text/css",
+    ".js": "text/javascript",
     "": "application/octet-stream",
 }
 """The media type of a job's file by its suffix (any other suffix: octet-stream); the

@@ -160,6 +160,18 @@ def test_model_upload_is_content_addressed(shared: Any, default_model: Path) -> 
         ("patches", {"layer": "relu5", "units": "0-3", "k": 4}, {"n_images": 24}),
         ("actmax", {"layer": "relu5", "units": "0-1", "steps": 6}, {}),
         ("invert-optim", {"layers": ["relu5"], "steps": 5}, "image"),
+        (
+            "atlas",
+            {
+                "layers": ["relu6"],
+                "units": "0-1",
+                "samples": 1,
+                "actmax": {"steps": 2},
+                "invert": {"steps": 2},
+                "patches": {"k": 2},
+            },
+            {"n_images": SCENES},
+        ),
     ],
 )
 def test_each_method_equals_the_library(
@@ -171,7 +183,7 @@ def test_each_method_equals_the_library(
                             "params": params, "inputs": body_inputs})  # fmt: skip
     assert got["from_store"] is False and got["job"]["state"] == "done"
     # the library, on a store of its own
-    if method == "dissect":
+    if method in ("dissect", "atlas"):
         from pyanalyzer.data.defaults import concept_dataset
 
         source: Any = concept_dataset(shared["root"] / "concepts", SCENES, 64, 0, progress=False)
@@ -194,6 +206,13 @@ def test_each_method_equals_the_library(
     for f in got["files"][:5]:
         r = client.get(f["url"])
         assert r.status_code == 200 and len(r.content) == f["size"]
+    if method == "atlas":  # the site is browsable through the service
+        urls = {f["path"]: f["url"] for f in got["files"]}
+        assert "layers/relu6/units/1.html" in urls
+        for path, kind in (("index.html", "text/html"), ("atlas.css", "text/css"),
+                           ("atlas.js", "text/javascript")):  # fmt: skip
+            r = client.get(urls[path])
+            assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
     h5 = client.get(got["arrays_url"])
     assert h5.status_code == 200
     import h5py
