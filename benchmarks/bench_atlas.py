@@ -6,8 +6,9 @@
    concept-data folder: everything computed, the synthetic dataset made) and warm (the same
    command again: every part from the store, the site rewritten). Wall time of the whole
    process, imports included.
-2. A layer of 2,048 units (a generated model: one 3x3 convolution of 2,048 channels on 32x32
-   inputs; cheap settings: 2 actmax steps, the top patch only, no projection, no inversion):
+2. A layer of 2,048 units (a generated model: one 3x3 convolution of 2,048 channels, stride 2,
+   on 32x32 inputs; cheap settings: 2 pixel-space actmax steps without transforms, the top
+   patch only, no projection, no inversion):
    the time to write its site, then in headless Chromium (Playwright, a 1280x800 window) the
    layer page's size, its time to the load event, how many of its images are fetched at load
    (lazy loading) and the time to sort its cards by IoU and to filter them.
@@ -66,7 +67,9 @@ def wide_model(path: Path, channels: int) -> Path:
     b = rng.normal(0, 0.1, channels).astype(np.float32)
     fc = rng.normal(0, 0.05, (4, channels)).astype(np.float32)
     nodes = [
-        helper.make_node("Conv", ["image", "w"], ["conv"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node(
+            "Conv", ["image", "w"], ["conv"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv"
+        ),
         helper.make_node("Add", ["conv", "b"], ["pre"], name="bias"),
         helper.make_node("Relu", ["pre"], ["wide"], name="wide"),
         helper.make_node("GlobalAveragePool", ["wide"], ["gap"], name="gap"),
@@ -98,7 +101,8 @@ def wide(units: int) -> None:
         alias = model.layer("wide").alias
         ds = BrodenDataset(synth_dataset(work / "ds", n_images=40, size=32, progress=False))
         atlas = pa.Atlas(
-            model, layers=[alias], samples=0, actmax={"steps": 2},
+            model, layers=[alias], samples=0,
+            actmax={"steps": 2, "param": "pixel", "regularizers": "none"},
             patches={"k": 1, "projection": "none"}, store=pa.Store(work / "store"),
             progress=False,
         )  # fmt: skip

@@ -12,7 +12,9 @@ import click
 from pyanalyzer.cli.options import (
     FiniteFloat,
     Outputs,
+    concept_data_options,
     concepts_dir,
+    device_option,
     json_option,
     layers_option,
     model_options,
@@ -45,25 +47,7 @@ _SETTINGS = (
     metavar="N|A-B|all",
     help="Units of the given layers (added to those the site already shows).",
 )
-@click.option(
-    "--dataset",
-    type=click.Path(),
-    help="A Broden-format concept dataset (default: synthetic concepts made on the fly).",
-)
-@click.option(
-    "--n-images",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Images of the default synthetic concept dataset.",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Seed of the default synthetic concept dataset.",
-)
+@concept_data_options
 @click.option(
     "--images",
     type=click.Path(),
@@ -102,13 +86,7 @@ _SETTINGS = (
     "--iou-threshold", type=FiniteFloat(), default=0.04, show_default=True,
     help="Dissection: a unit is a detector when its best IoU exceeds this.",
 )  # fmt: skip
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the IoU tally and the unpooling kernel run.",
-)
+@device_option("Where the IoU tally and the unpooling kernel run.")
 @progress_option
 @json_option
 @store_option

@@ -10,6 +10,7 @@ import click
 
 from pyanalyzer.cli.options import (
     Outputs,
+    device_option,
     json_option,
     layers_option,
     model_options,
@@ -60,13 +61,7 @@ __all__ = ["deconv"]
     help="Synthetic scenes scanned when neither --image nor --images is given.",
 )
 @out_option("Folder for the PNGs.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the unpooling kernel runs.",
-)
+@device_option("Where the unpooling kernel runs.")
 @progress_option
 @json_option
 @store_option

@@ -9,7 +9,9 @@ import click
 from pyanalyzer.cli.options import (
     FiniteFloat,
     Outputs,
+    concept_data_options,
     concepts_dir,
+    device_option,
     json_option,
     layers_option,
     model_options,
@@ -25,11 +27,7 @@ __all__ = ["dissect"]
 
 
 @click.command()
-@click.option(
-    "--dataset",
-    type=click.Path(),
-    help="A Broden-format dataset folder (default: synthetic concepts made on the fly).",
-)
+@concept_data_options
 @layers_option(help="Layer to dissect (alias or ONNX name); repeatable.")
 @out_option("Folder for the CSV, JSON and HTML reports.")
 @click.option(
@@ -50,33 +48,13 @@ __all__ = ["dissect"]
 @click.option(
     "--top-k", type=int, default=10, show_default=True, help="Strongest images kept per unit."
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the IoU tally runs.",
-)
+@device_option("Where the IoU tally runs.")
 @click.option(
     "--net2vec",
     "net2vec",
     multiple=True,
     metavar="CONCEPT",
     help="Learn a Net2Vec filter combination for this concept (name or number); repeatable.",
-)
-@click.option(
-    "--n-images",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Images of the default synthetic dataset.",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Seed of the default synthetic dataset.",
 )
 @click.option(
     "--checkpoint-every",

@@ -143,6 +143,47 @@ def units_option(
     return click.option(*names, "units", required=required, metavar="N|A-B|all", help=help, **extra)
 
 
+def device_option(help: str) -> Callable[[F], F]:
+    """``--device auto|cpu|cuda``: where the compiled kernels run."""
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help=help,
+    )
+
+
+def concept_data_options(f: F) -> F:
+    """``--dataset DIR``, or the default synthetic concept dataset's ``--n-images`` and
+    ``--seed``."""
+    return _apply(
+        f,
+        [
+            click.option(
+                "--dataset",
+                type=click.Path(),
+                help="A Broden-format dataset folder (default: synthetic concepts made on the "
+                "fly).",
+            ),
+            click.option(
+                "--n-images",
+                type=click.IntRange(min=1),
+                default=1000,
+                show_default=True,
+                help="Images of the default synthetic dataset.",
+            ),
+            click.option(
+                "--seed",
+                type=click.IntRange(min=0),
+                default=0,
+                show_default=True,
+                help="Seed of the default synthetic dataset.",
+            ),
+        ],
+    )
+
+
 def progress_option(f: F) -> F:
     """``--no-progress``: hide progress bars (they go to stderr, only on a terminal)."""
     return click.option("--no-progress", is_flag=True, help="Hide progress bars.")(f)

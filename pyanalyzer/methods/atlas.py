@@ -21,6 +21,7 @@ The site itself is written by :mod:`pyanalyzer.report.atlas`.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -244,6 +245,27 @@ class AtlasLayer:
     def alias(self) -> str:
         return self.info.alias
 
+    # The dissection's per-unit views, computed once (each is a pass over the [U, C] IoUs).
+    @functools.cached_property
+    def iou(self) -> np.ndarray:
+        """float64 ``[U, C]``: :attr:`LayerDissection.iou`."""
+        return self.dissection.iou
+
+    @functools.cached_property
+    def best_concept(self) -> np.ndarray:
+        """int64 ``[U]``: :attr:`LayerDissection.best_concept`."""
+        return self.dissection.best_concept
+
+    @functools.cached_property
+    def best_iou(self) -> np.ndarray:
+        """float64 ``[U]``: :attr:`LayerDissection.best_iou`."""
+        return self.dissection.best_iou
+
+    @functools.cached_property
+    def detectors(self) -> np.ndarray:
+        """bool ``[U]``: :attr:`LayerDissection.detectors`."""
+        return self.dissection.detectors
+
     def actmax_index(self, unit: int) -> int:
         """The row of ``unit`` in :attr:`actmax`."""
         return self.units.index(int(unit))
@@ -251,7 +273,7 @@ class AtlasLayer:
     def top_concepts(self, unit: int, n: int = 5) -> list[tuple[str, str, float]]:
         """The unit's ``n`` best concepts: ``(name, category, IoU)``, best first (IoU > 0)."""
         d = self.dissection
-        iou = d.iou[int(unit)]
+        iou = self.iou[int(unit)]
         order = np.argsort(-iou, kind="stable")
         out = []
         for c in order[:n]:
@@ -263,7 +285,7 @@ class AtlasLayer:
 
     def summary(self) -> dict[str, Any]:
         d = self.dissection
-        best, iou, det = d.best_concept, d.best_iou, d.detectors
+        best, iou, det = self.best_concept, self.best_iou, self.detectors
         units = []
         for u in self.units:
             b = int(best[u])
@@ -352,11 +374,10 @@ class AtlasResult(Result):
         out: dict[str, np.ndarray] = {"samples": self.samples}
         for layer in self.layers:
             units = np.asarray(layer.units, np.int64)
-            d = layer.dissection
             a = layer.alias
             out[f"{a}/units"] = units
-            out[f"{a}/best_iou"] = d.best_iou[units]
-            out[f"{a}/best_concept"] = d.best_concept[units]
+            out[f"{a}/best_iou"] = layer.best_iou[units]
+            out[f"{a}/best_concept"] = layer.best_concept[units]
             out[f"{a}/actmax_images"] = layer.actmax.images
             out[f"{a}/actmax_reached"] = layer.actmax.reached
             out[f"{a}/top_values"] = layer.patches.values[units]

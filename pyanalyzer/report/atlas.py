@@ -121,7 +121,7 @@ def _png(path: Path, image: np.ndarray) -> tuple[int, int]:
     """Save uint8 ``[H, W]`` or ``[H, W, C]`` as PNG (deterministic bytes); returns (w, h)."""
     img = Image.fromarray(_as_rgb(np.asarray(image), "image"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG", optimize=False)
+    img.save(path, format="PNG")
     return img.width, img.height
 
 
@@ -264,9 +264,9 @@ class _Site:
         for layer in r.layers:
             info, d = layer.info, layer.dissection
             stem = self.stems[layer.alias]
-            det = d.detectors
+            det = layer.detectors
             labels = Counter(
-                d.concept_names[int(b)] for b in d.best_concept[det] if int(b)
+                d.concept_names[int(b)] for b in layer.best_concept[det] if int(b)
             ).most_common(3)
             top = ", ".join(f"{_e(name)} ({n})" for name, n in labels) or "–"
             size = (
@@ -278,7 +278,7 @@ class _Site:
                 f"<td><code>{_e(info.name)}</code></td><td>{_e(info.op)}</td><td>{size}</td>"
                 f'<td class="num">{len(layer.units)}</td>'
                 f'<td class="num">{int(det.sum())}/{d.units}</td>'
-                f'<td class="num">{len({int(b) for b in d.best_concept[det]})}</td>'
+                f'<td class="num">{len({int(b) for b in layer.best_concept[det]})}</td>'
                 f"<td>{top}</td></tr>"
             )
         table = (
@@ -435,10 +435,10 @@ class _Site:
             if concepts
             else '<p class="muted">It overlaps no concept of the dataset.</p>'
         )
-        best = int(d.best_concept[u])
+        best = int(layer.best_concept[u])
         label = d.concept_names[best] if best else None
-        iou = float(d.best_iou[u])
-        detector = bool(d.detectors[u])
+        iou = float(layer.best_iou[u])
+        detector = bool(layer.detectors[u])
         title = f"{alias} unit {u}" + (f": {label}" if label else "")
         nav = ['<nav class="pager" aria-label="units">']
         nav.append(f'<a href="{prev_u}.html" rel="prev">← unit {prev_u}</a>' if prev_u is not None
@@ -477,8 +477,13 @@ class _Site:
             + f"<figcaption>channel mean {reached:.4g} (start {start:.4g}); "
             f"{int(layer.actmax.curve.shape[0])} steps</figcaption></figure></div>"
             + f"<h2>What it detects</h2>{concept_table}"
-            + f"<h2>Where it fires: top {len(figures)} patches and their "
-            f"{_e(patches.projection)} projections</h2>"
+            + f"<h2>Where it fires: top {len(figures)} patches"
+            + (
+                ""
+                if patches.projection == "none"
+                else f" and their {_e(patches.projection)} projections"
+            )  # fmt: skip
+            + "</h2>"
             + f'<p class="muted">Over {patches.n_images} images; strongest activation '
             f"{_fmt(top_value, 4)}.</p>"
             + f'<div class="figs" id="patches">{"".join(figures)}</div>'
@@ -494,11 +499,11 @@ class _Site:
 
     def _card(self, layer: AtlasLayer, u: int, thumbs: Mapping[str, Any]) -> str:
         d = layer.dissection
-        best = int(d.best_concept[u])
+        best = int(layer.best_concept[u])
         label = d.concept_names[best] if best else ""
         cat = d.categories[int(d.concept_category[best])] if best else ""
-        iou = float(d.best_iou[u])
-        detector = bool(d.detectors[u])
+        iou = float(layer.best_iou[u])
+        detector = bool(layer.detectors[u])
         src, size = thumbs["actmax"]
         images = [
             f'<a href="units/{u}.html">'
@@ -553,10 +558,10 @@ class _Site:
 
     def _layer_page(self, layer: AtlasLayer, cards: list[str], inversion: str) -> str:
         d, info = layer.dissection, layer.info
-        cats = sorted({d.categories[int(d.concept_category[int(d.best_concept[u])])]
-                       for u in layer.units if int(d.best_concept[u])})  # fmt: skip
+        cats = sorted({d.categories[int(d.concept_category[int(layer.best_concept[u])])]
+                       for u in layer.units if int(layer.best_concept[u])})  # fmt: skip
         options = "".join(f'<option value="{_e(c)}">{_e(c)}</option>' for c in cats)
-        det = d.detectors
+        det = layer.detectors
         toolbar = (
             '<div class="toolbar" id="toolbar" hidden>'
             '<label>Sort by <select id="sort"><option value="unit">unit</option>'
@@ -575,7 +580,7 @@ class _Site:
             + f'<h1>{_e(layer.alias)} <span class="muted">({_e(info.op)} {size}, '
             f"<code>{_e(info.name)}</code>)</span></h1>"
             + f"<p>{int(det.sum())} of {d.units} units are detectors (IoU &gt; "
-            f"{d.iou_threshold:g}), covering {len({int(b) for b in d.best_concept[det]})} "
+            f"{d.iou_threshold:g}), covering {len({int(b) for b in layer.best_concept[det]})} "
             f"concepts; {len(layer.units)} unit(s) shown. Each card: the image the unit "
             "prefers, the patch that excites it most, its best concept.</p></header>\n"
             f"<main>{toolbar}"

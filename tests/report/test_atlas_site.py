@@ -369,3 +369,51 @@ def test_cli_refuses_other_folders(site, tmp_path):
     proc = atlas_cli(str(MODEL), "--out", str(tmp_path / "new"), check=False)
     assert proc.returncode == 2 and "give at least one --layer" in proc.stderr
     assert not (tmp_path / "new").exists()
+    # the same network in another file (another digest) may not write into this site
+    import onnx
+
+    proto = onnx.load(MODEL)
+    proto.doc_string = "a copy"
+    onnx.save(proto, tmp_path / "copy.onnx")
+    before = tree_digest(site["out"])
+    proc = atlas_cli(str(tmp_path / "copy.onnx"), "--out", str(site["out"]), "--layer", "relu5",
+                     "--store", str(site["store"]), check=False)  # fmt: skip
+    assert proc.returncode == 2 and "holds the atlas of another model" in proc.stderr
+    assert tree_digest(site["out"]) == before
+
+
+def test_an_interrupted_atlas_keeps_its_finished_parts(tmp_path):
+    """Ctrl-C in the middle: exit 130, no site written, and the next run takes the finished
+    parts from the store."""
+    import signal
+    import time
+
+    store, out = tmp_path / "store", tmp_path / "site"
+    args = [sys.executable, "-m", "pyanalyzer", "atlas", str(MODEL), "--layer", "relu5",
+            "--units", "0-3", "--store", str(store), "--out", str(out), "--n-images", "60",
+            "--steps", "4000", "--samples", "0", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # until the top patches are stored
+            if proc.poll() is not None:
+                break
+            methods = [e.key.method for e in pa.Store(store).entries() if not e.key.is_partial]
+            if methods.count("patches") == 2:  # the scan and the projections
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(1.0)  # into the activation maximization (4,000 steps)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert not (out / "index.html").exists()
+    again = atlas_cli(str(MODEL), "--layer", "relu5", "--units", "0-3", "--store", str(store),
+                      "--out", str(out), "--n-images", "60", "--steps", "4", "--samples", "0",
+                      "--json")  # fmt: skip
+    parts = {p["method"]: p["from_store"] for p in json.loads(again.stdout)["summary"]["parts"]}
+    assert parts == {"dissect": True, "patches": True, "actmax": False}
+    assert (out / "layers" / "relu5" / "units" / "3.html").is_file()
