@@ -134,7 +134,8 @@ def run_covering(
             break
         have = stored.params.get(field_name)
         if (
-            stored.revision != cls.revision
+            stored.info.key.is_partial  # a checkpoint: resumed only by the same request
+            or stored.revision != cls.revision
             or not isinstance(have, list)
             or _normal(stored.inputs) != want["inputs"]
             or _normal(stored.preprocessing) != want["preprocessing"]
@@ -154,14 +155,6 @@ def run_covering(
 
 
 # ---- parameters and inputs -----------------------------------------------------------------
-
-
-def _check_sub(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise UserInputError(f"expected a mapping of parameters, got {type(value).__name__}")
-    return dict(value)
 
 
 class AtlasParams(Params):

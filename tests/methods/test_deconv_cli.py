@@ -31,8 +31,8 @@ def test_patches_and_projections_from_a_folder(
     assert code == 0, err
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["relu6.png", "relu6_unit0000.png", "relu6_unit0001.png", "relu6_unit0002.png"]
-    (entry,) = Store(store).entries()
-    assert entry.key.method == "patches"
+    # two entries: the scan (kept on its own, the same for any units) and the projections
+    assert [e.key.method for e in Store(store).entries()] == ["patches", "patches"]
     first = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     # The rerun answers from the store: no image is scanned (no forward pass at all) and
     # nothing is projected again; the files are the same.
