@@ -56,6 +56,7 @@ from pyanalyzer.errors import UserInputError
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from pyanalyzer.executor import Executor
     from pyanalyzer.model.model import Model
     from pyanalyzer.store import Cached, Checkpoint, EntryInfo, Store
 
@@ -470,6 +471,9 @@ class Analysis(ABC, Generic[P, R]):
             long runs checkpoint into it and resume. None: nothing is cached.
         progress: progress bars on stderr.
         checkpoint_every: seconds between checkpoints of long runs (0: at every opportunity).
+        executor: where the shards run (:class:`~pyanalyzer.executor.RayExecutor` on a Ray
+            cluster) for the analyses that split their work (dissection); the results are
+            the same as without one. None: in this process, the analysis' own way.
 
     Raises:
         ParamsError: parameters that do not validate (one line).
@@ -501,9 +505,13 @@ class Analysis(ABC, Generic[P, R]):
         store: Store | None = None,
         progress: bool = True,
         checkpoint_every: float = 2.0,
+        executor: Executor | None = None,
         **options: Any,
     ):
         self.model = model
+        self.executor = executor
+        """Where the shards of an analysis that splits its work run
+        (:mod:`pyanalyzer.executor`); None: the analysis' own local path."""
         self.params: P = typing.cast(P, self.params_type.parse(params, **options))
         self.store = store
         self.progress = progress

@@ -12,6 +12,7 @@ from pyanalyzer.cli.options import (
     concept_data_options,
     concepts_dir,
     device_option,
+    engine_options,
     json_option,
     layers_option,
     model_options,
@@ -63,6 +64,7 @@ __all__ = ["dissect"]
     show_default=True,
     help="Seconds between resumable checkpoints in the store (0: every batch).",
 )
+@engine_options
 @progress_option
 @json_option
 @store_option
@@ -81,6 +83,8 @@ def dissect(
     n_images: int,
     seed: int,
     checkpoint_every: float,
+    engine: str,
+    ray_address: str | None,
     no_progress: bool,
     as_json: bool,
     store_path: str | None,
@@ -96,6 +100,7 @@ def dissect(
     """  # fmt: skip
     from pyanalyzer.data.broden import BrodenDataset
     from pyanalyzer.data.defaults import concept_dataset, scene_size
+    from pyanalyzer.errors import UserInputError
     from pyanalyzer.methods.dissection import Dissection
     from pyanalyzer.report.dissection import write_dissection
 
@@ -105,6 +110,10 @@ def dissect(
     outputs.folder(out_dir, "output folder", work_dirs=True)
     store = open_store(store_path)
     m = open_model(model, kw)
+    if engine == "local" and ray_address:
+        raise UserInputError("--ray-address applies to --engine ray")
+    if engine == "ray" and net2vec:
+        raise UserInputError("--net2vec runs on the local engine only")
     method = Dissection(
         m, layers=list(layers), quantile=quantile, iou_threshold=iou_threshold,
         batch_size=batch_size, top_k=top_k, device=device, net2vec=list(net2vec),
@@ -122,7 +131,14 @@ def dissect(
         if ds is None:
             size = scene_size(m.preprocessing)
             ds = concept_dataset(concepts, n_images, size, seed, progress=progress)
-        results = method.run(ds)
+        if engine == "ray":
+            from pyanalyzer.executor import executor
+
+            with executor(engine, ray_address) as ex:
+                method.executor = ex
+                results = method.run(ds)
+        else:
+            results = method.run(ds)
         extra = {
             "model_file": str(m.path), "model_sha256": m.sha256, "dataset": str(ds.root),
             "dataset_digest": ds.digest, "preprocessing": m.preprocessing.to_dict(),
@@ -143,6 +159,11 @@ def dissect(
                 f"(best single unit {item['best_unit']}: {item['best_unit_iou']:.3f})"
             )
     source = "answered from the store" if method.from_store else "computed"
+    if engine == "ray" and not method.from_store:
+        source += (
+            f" on Ray ({getattr(method, 'shards', 0)} shards; activations "
+            f"{'spilled on the workers' if getattr(method, 'activations', '') == 'spill' else 'recomputed in pass 2'})"
+        )
     lines.append(f"{source}; reports in {out_dir} ({len(paths)} files)")
     report(method, results, as_json=as_json, lines=lines, out_dir=out_dir,
            files=list(paths.values()))  # fmt: skip

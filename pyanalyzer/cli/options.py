@@ -184,6 +184,27 @@ def concept_data_options(f: F) -> F:
     )
 
 
+def engine_options(f: F) -> F:
+    """``--engine local|ray`` and ``--ray-address ADDR``: where the work's shards run."""
+    return _apply(
+        f,
+        [
+            click.option(
+                "--engine",
+                type=click.Choice(["local", "ray"]),
+                default="local",
+                show_default=True,
+                help="Run in this process, or sharded over a Ray cluster (same results).",
+            ),
+            click.option(
+                "--ray-address",
+                metavar="ADDR",
+                help="The Ray cluster of --engine ray (default: start a local Ray here).",
+            ),
+        ],
+    )
+
+
 def progress_option(f: F) -> F:
     """``--no-progress``: hide progress bars (they go to stderr, only on a terminal)."""
     return click.option("--no-progress", is_flag=True, help="Hide progress bars.")(f)

@@ -21,6 +21,7 @@ with identical results; the finished result replaces the checkpoint.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -289,7 +290,8 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
             raise UserInputError("the concept dataset has no images")
         self.concepts = [concept_number(inputs, c) for c in self.params.net2vec]
         self._check_memory(inputs)
-        self._check_disk(len(inputs))
+        if self.executor is None:  # sharded runs spill or recompute by the disk budget
+            self._check_disk(len(inputs))
         return inputs
 
     def identify(self, inputs: BrodenDataset) -> Any:
@@ -297,6 +299,8 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
 
     # ---- running -----------------------------------------------------------------------------
     def compute(self, inputs: BrodenDataset, checkpoint: Checkpoint) -> DissectionResult:
+        if self.executor is not None:
+            return self._compute_sharded(inputs, checkpoint)
         ds = inputs
         # Decode (or find cached) every label map first: a defective PNG is reported before
         # anything is written.
@@ -336,6 +340,129 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         for st in states:
             st.spill = None  # the scratch folder goes with the stored result
         return DissectionResult(layers=layers, timings=dict(self.timings))
+
+    def _compute_sharded(self, ds: BrodenDataset, checkpoint: Checkpoint) -> DissectionResult:
+        """The two passes over shards on :attr:`executor` (:mod:`.shards`): the same result
+        as the local path, bit for bit; each finished shard is checkpointed."""
+        import hashlib
+        import os
+
+        from pyanalyzer import budget
+        from pyanalyzer.methods.dissection import shards as sh
+
+        ex = self.executor
+        assert ex is not None
+        p = self.params
+        if self.concepts:
+            raise UserInputError(
+                "--net2vec runs on the local engine only (it reads every activation again)"
+            )
+        ds.prepare_cache(progress=self.progress)
+        n, q = len(ds), p.quantile
+        self.top_k = int(min(p.top_k, n))
+        layers = sh.layers_of(self.infos)
+        sizes = {i.alias: int(i.height or 1) * int(i.width or 1) for i in self.infos}
+        ks = tuple(topk_size(n * sizes[a], q) for _, a in layers)
+        c, g = len(ds.names), len(ds.categories)
+        meta, state = checkpoint.meta, checkpoint.state
+        if state is not None and meta.get("sharded") and meta.get("images") == n:
+            shards = [sh.Shard(*x) for x in meta["plan"]]
+            done1, done2 = list(meta["done1"]), list(meta["done2"])
+            arrays = {k: np.array(v) for k, v in state.items()}
+            self.resumed_from = (2 if len(done1) == len(shards) else 1, len(done1) + len(done2))
+        else:
+            shards = sh.plan(n, p.batch_size, ex.workers)
+            done1, done2 = [], []
+            arrays = {"concept_area": np.zeros(c, np.int64)}
+            for (_, alias), k, info in zip(layers, ks, self.infos, strict=True):
+                u = int(info.channels or 0)
+                arrays[f"{alias}/topk"] = _backend.topk_empty(u, k)
+                arrays[f"{alias}/intersection"] = np.zeros((u, c), np.int64)
+                arrays[f"{alias}/unit_area_cat"] = np.zeros((u, g), np.int64)
+                arrays[f"{alias}/unit_area"] = np.zeros(u, np.int64)
+                arrays[f"{alias}/top_values"] = np.full((u, self.top_k), -np.inf, np.float32)
+                arrays[f"{alias}/top_images"] = np.full((u, self.top_k), -1, np.int64)
+        run = hashlib.sha256(
+            f"{self.model.sha256} {ds.digest} {layers} {p.batch_size}".encode()
+        ).hexdigest()[:16]
+        estimate = budget.dissection_spill_bytes(self.infos, n)
+        self.activations = sh.spill_mode(estimate)
+        spill_dir = (
+            os.path.join(tempfile.gettempdir(), "pyanalyzer-spill", run)
+            if self.activations == "spill"
+            else None
+        )
+        self.shards, self.engine = len(shards), ex.engine
+
+        def save() -> None:
+            checkpoint.save(arrays, {
+                "sharded": True, "phase": 0, "images": n, "done1": done1, "done2": done2,
+                "plan": [[x.index, x.start, x.stop] for x in shards],
+            }, force=True)  # fmt: skip
+
+        t0 = time.perf_counter()
+        jobs1 = [sh.Pass1(x, layers, ks, p.batch_size, spill_dir) for x in shards
+                 if x.index not in done1]  # fmt: skip
+
+        def merged1(i: int, states: dict[str, np.ndarray]) -> None:
+            for _, alias in layers:
+                key = f"{alias}/topk"
+                arrays[key] = _backend.topk_merge_states(arrays[key], states[alias])
+            done1.append(jobs1[i].shard.index)
+            save()
+
+        ex.map(sh.pass1, self.model, ds, jobs1, merged1, label="dissect: forward",
+               progress=self.progress)  # fmt: skip
+        thresholds = tuple(
+            thresholds_from_topk(arrays[f"{alias}/topk"], n * sizes[alias], q)
+            for _, alias in layers
+        )
+        self.timings["forward"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        jobs2 = [sh.Pass2(x, layers, thresholds, p.batch_size, self.top_k, p.device, spill_dir)
+                 for x in shards if x.index not in done2]  # fmt: skip
+
+        def merged2(i: int, counts: dict[str, np.ndarray]) -> None:
+            arrays["concept_area"] = arrays["concept_area"] + counts["concept_area"]
+            for _, alias in layers:
+                for name in ("intersection", "unit_area_cat", "unit_area"):
+                    key = f"{alias}/{name}"
+                    arrays[key] = arrays[key] + counts[key]
+                tv, ti = f"{alias}/top_values", f"{alias}/top_images"
+                arrays[tv], arrays[ti] = sh.merge_top(
+                    arrays[tv], arrays[ti], counts[tv], counts[ti], self.top_k
+                )
+            done2.append(jobs2[i].shard.index)
+            save()
+
+        ex.map(sh.pass2, self.model, ds, jobs2, merged2, label="dissect: tally",
+               progress=self.progress)  # fmt: skip
+        self.timings["tally"] = time.perf_counter() - t1
+        if spill_dir is not None:
+            shutil.rmtree(spill_dir, ignore_errors=True)  # a worker on this machine's leftovers
+        return DissectionResult(
+            layers=[
+                LayerDissection(
+                    layer=name,
+                    alias=alias,
+                    thresholds=thr,
+                    intersection=arrays[f"{alias}/intersection"],
+                    unit_area_cat=arrays[f"{alias}/unit_area_cat"],
+                    unit_area=arrays[f"{alias}/unit_area"],
+                    concept_area=arrays["concept_area"],
+                    concept_names=list(ds.names),
+                    concept_category=ds.concept_category.astype(np.int64),
+                    categories=list(ds.categories),
+                    top_images=arrays[f"{alias}/top_images"],
+                    top_values=arrays[f"{alias}/top_values"],
+                    quantile=p.quantile,
+                    iou_threshold=p.iou_threshold,
+                    n_images=n,
+                )  # fmt: skip
+                for (name, alias), thr in zip(layers, thresholds, strict=True)
+            ],
+            timings=dict(self.timings),
+        )
 
     def _open_spill(
         self, checkpoint: Checkpoint, st: _LayerState, n: int, fresh: bool
