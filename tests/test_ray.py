@@ -178,3 +178,40 @@ def test_cli_engine_ray_writes_the_local_reports(capsys, default_model, tmp_path
     ):
         code, out, err = run_cli(capsys, *common, "--out", str(tmp_path / "x"), *bad)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def _actmax(model, executor=None, store=None, **kw):
+    a = pa.ActivationMaximization(model, layer="relu5", units="0-9", steps=6, batch_size=4,
+                                  progress=False, executor=executor, store=store, **kw)  # fmt: skip
+    return a, a.run()
+
+
+def test_actmax_groups_on_executors_equal_local(setup, ray_executor):
+    """Units rendered group by group on workers: the same batches and seeds as locally."""
+    model, _, _ = setup
+    _, local = _actmax(model)
+    _, inproc = _actmax(model, LocalExecutor())
+    np.testing.assert_array_equal(inproc.images, local.images)
+    np.testing.assert_array_equal(inproc.curve, local.curve)
+    ray_executor.release()
+    _, on_ray = _actmax(model, ray_executor)
+    np.testing.assert_array_equal(on_ray.units, local.units)
+    np.testing.assert_array_equal(on_ray.images, local.images)
+    np.testing.assert_array_equal(on_ray.reached, local.reached)
+    np.testing.assert_array_equal(on_ray.curve, local.curve)
+
+
+def test_cli_actmax_engine_ray_writes_the_same_pngs(capsys, default_model, tmp_path, ray_executor):
+    from cli_helpers import run_cli
+
+    ray_executor.release()
+    common = ["actmax", str(default_model), "--layer", "relu5", "--units", "0-5", "--steps",
+              "4", "--batch-size", "3", "--no-progress"]  # fmt: skip
+    outs = {}
+    for engine in ("ray", "local"):
+        out = tmp_path / engine
+        code, _, err = run_cli(capsys, *common, "--out", str(out), "--store",
+                               str(tmp_path / f"s-{engine}"), "--engine", engine)  # fmt: skip
+        assert code == 0, err
+        outs[engine] = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert outs["ray"] == outs["local"] and len(outs["ray"]) == 7  # 6 units + the montage

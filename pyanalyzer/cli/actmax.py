@@ -8,6 +8,7 @@ import click
 
 from pyanalyzer.cli.options import (
     Outputs,
+    engine_options,
     json_option,
     layers_option,
     model_options,
@@ -19,6 +20,7 @@ from pyanalyzer.cli.options import (
     store_option,
     units_option,
 )
+from pyanalyzer.cli.options import engine as run_on
 
 __all__ = ["actmax"]
 
@@ -90,6 +92,7 @@ COLOR_IMAGES = 1000
     "--one-by-one", is_flag=True, help="Optimise units one after another instead of in batches."
 )
 @out_option("Folder for the PNGs.")
+@engine_options
 @progress_option
 @json_option
 @store_option
@@ -111,6 +114,8 @@ def actmax(
     batch_size: int,
     one_by_one: bool,
     out_dir: str,
+    engine: str,
+    ray_address: str | None,
     no_progress: bool,
     as_json: bool,
     store_path: str | None,
@@ -167,7 +172,8 @@ def actmax(
             ImageFolder(color_from), m.preprocessing, max_images=COLOR_IMAGES
         )
         method = ActivationMaximization(m, color=color, **options)
-    with outputs.writing():
+    with outputs.writing(), run_on(engine, ray_address) as ex:
+        method.executor = ex
         result = method.run(source)
         files = write_actmax(result, out_dir)
     rel = result.relative

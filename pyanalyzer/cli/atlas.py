@@ -15,6 +15,7 @@ from pyanalyzer.cli.options import (
     concept_data_options,
     concepts_dir,
     device_option,
+    engine_options,
     json_option,
     layers_option,
     model_options,
@@ -25,6 +26,7 @@ from pyanalyzer.cli.options import (
     report,
     store_option,
 )
+from pyanalyzer.cli.options import engine as run_on
 
 __all__ = ["atlas"]
 
@@ -87,6 +89,7 @@ _SETTINGS = (
     help="Dissection: a unit is a detector when its best IoU exceeds this.",
 )  # fmt: skip
 @device_option("Where the IoU tally and the unpooling kernel run.")
+@engine_options
 @progress_option
 @json_option
 @store_option
@@ -97,6 +100,8 @@ def atlas(
     units: str,
     out_dir: str,
     device: str,
+    engine: str,
+    ray_address: str | None,
     no_progress: bool,
     as_json: bool,
     store_path: str | None,
@@ -189,7 +194,9 @@ def atlas(
             ds = concept_dataset(
                 concepts, settings["n_images"], size, settings["seed"], progress=progress
             )
-        result = method.run(AtlasInputs(ds, images))
+        with run_on(engine, ray_address) as ex:  # the dissection and actmax parts' shards
+            method.executor = ex
+            result = method.run(AtlasInputs(ds, images))
         written = write_atlas(
             result, out_dir, model=m, dataset=ds, source=images, settings=settings,
             progress=progress,

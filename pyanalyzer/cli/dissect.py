@@ -23,6 +23,7 @@ from pyanalyzer.cli.options import (
     report,
     store_option,
 )
+from pyanalyzer.cli.options import engine as run_on
 
 __all__ = ["dissect"]
 
@@ -110,8 +111,6 @@ def dissect(
     outputs.folder(out_dir, "output folder", work_dirs=True)
     store = open_store(store_path)
     m = open_model(model, kw)
-    if engine == "local" and ray_address:
-        raise UserInputError("--ray-address applies to --engine ray")
     if engine == "ray" and net2vec:
         raise UserInputError("--net2vec runs on the local engine only")
     method = Dissection(
@@ -131,13 +130,8 @@ def dissect(
         if ds is None:
             size = scene_size(m.preprocessing)
             ds = concept_dataset(concepts, n_images, size, seed, progress=progress)
-        if engine == "ray":
-            from pyanalyzer.executor import executor
-
-            with executor(engine, ray_address) as ex:
-                method.executor = ex
-                results = method.run(ds)
-        else:
+        with run_on(engine, ray_address) as ex:
+            method.executor = ex
             results = method.run(ds)
         extra = {
             "model_file": str(m.path), "model_sha256": m.sha256, "dataset": str(ds.root),

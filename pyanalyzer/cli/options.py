@@ -27,6 +27,7 @@ import click
 
 if TYPE_CHECKING:
     from pyanalyzer.analysis import Analysis
+    from pyanalyzer.executor import Executor
     from pyanalyzer.model.model import Model
     from pyanalyzer.store import Store
 
@@ -203,6 +204,23 @@ def engine_options(f: F) -> F:
             ),
         ],
     )
+
+
+@contextlib.contextmanager
+def engine(name: str, address: str | None) -> Iterator[Executor | None]:
+    """The executor of ``--engine``/``--ray-address`` for the block (None: the local engine,
+    the analysis' own path); a Ray started for it is stopped after it."""
+    from pyanalyzer.errors import UserInputError
+
+    if name == "local":
+        if address:
+            raise UserInputError("--ray-address applies to --engine ray")
+        yield None
+        return
+    from pyanalyzer.executor import executor
+
+    with executor(name, address) as ex:
+        yield ex
 
 
 def progress_option(f: F) -> F:

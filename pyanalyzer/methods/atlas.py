@@ -98,6 +98,7 @@ def run_covering(
     progress: bool = True,
     checkpoint_every: float = 2.0,
     stored_only: bool = False,
+    executor: Any = None,
 ) -> list[Piece]:
     """Run analysis ``cls`` for the items ``wanted`` of its list field ``field_name`` (units or
     layers), reusing every stored run that holds some of them.
@@ -109,6 +110,7 @@ def run_covering(
 
     Args:
         stored_only: raise :class:`~pyanalyzer.analysis.NotStored` rather than compute.
+        executor: where the analyses that shard their work run them (:mod:`pyanalyzer.executor`).
 
     Returns:
         the pieces, together answering for every wanted item (resolved), each item once.
@@ -116,7 +118,7 @@ def run_covering(
 
     def make(items: Any) -> Analysis:
         analysis = cls(model, {**params, field_name: items}, store=store, progress=progress,
-                       checkpoint_every=checkpoint_every)  # fmt: skip
+                       checkpoint_every=checkpoint_every, executor=executor)  # fmt: skip
         analysis.stored_only = stored_only
         return analysis
 
@@ -557,7 +559,7 @@ class Atlas(Analysis[AtlasParams, AtlasResult]):
                 pieces = run_covering(
                     cls, self.model, params, data, name, wanted, store=self.store,
                     progress=self.progress, checkpoint_every=self.checkpoint_every,
-                    stored_only=self.stored_only,
+                    stored_only=self.stored_only, executor=self.executor,
                 )  # fmt: skip
                 found[part] = pieces
                 for piece in pieces:

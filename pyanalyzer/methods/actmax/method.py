@@ -453,6 +453,49 @@ class ActivationMaximization(Analysis[ActmaxParams, ActmaxResult]):
         n_groups = -(-len(self.units) // per_batch)
         return [g.tolist() for g in np.array_split(np.asarray(self.units), n_groups)]
 
+    def render_group(self, group: list[int], on_step: Any = None) -> Rendering:
+        """One batch: the images of the units of ``group`` (a group of :meth:`_groups`)."""
+        p = self.params
+        return render(
+            self.model,
+            method_objective(p.objective, p.layer, group, self.directions),
+            len(group),
+            keys=group,
+            on_step=on_step,
+            param=p.param,
+            regularizers=self.regs,
+            steps=p.steps,
+            size=self.size,
+            seed=p.seed,
+            lr=p.lr,
+            start=self.start,
+            redirect_steps=p.redirect_steps,
+            color=self.color,
+        )
+
+    def _render_sharded(
+        self, groups: list[list[int]], parts: list[Rendering], checkpoint: Checkpoint
+    ) -> list[Rendering]:
+        """The groups rendered on :attr:`executor`, one group a shard (the same batches as
+        locally); the finished prefix of groups is checkpointed as it grows."""
+        assert self.executor is not None
+        done: dict[int, Rendering] = {}
+        jobs = [(self.params, group) for group in groups]
+        saved = 0
+
+        def finished(i: int, rendering: Rendering) -> None:
+            nonlocal parts, saved
+            done[i] = rendering
+            while saved in done:  # the groups finished in order so far
+                parts = [concat_renderings([*parts, done.pop(saved)])]
+                saved += 1
+                if len(parts[0].pixels) < len(self.units):
+                    checkpoint.save(_arrays(parts[0]), force=True)
+
+        self.executor.map(render_shard, self.model, None, jobs, finished,
+                          label=f"actmax {self.target.alias}", progress=self.progress)  # fmt: skip
+        return parts
+
     def compute(self, inputs: ImageSource | None, checkpoint: Checkpoint) -> ActmaxResult:
         from pyanalyzer._progress import progress_bar
 
@@ -469,31 +512,17 @@ class ActivationMaximization(Analysis[ActmaxParams, ActmaxResult]):
                 groups = groups[ends.index(len(resume.pixels)) + 1 :]
                 self.resumed_units = len(resume.pixels)
         t0 = time.perf_counter()
-        with progress_bar(
-            p.steps * len(groups), label=f"actmax {tref.alias}", enabled=self.progress
-        ) as bar:
-            for group in groups:
-                parts.append(
-                    render(
-                        self.model,
-                        method_objective(p.objective, p.layer, group, self.directions),
-                        len(group),
-                        keys=group,
-                        on_step=lambda: bar.update(1),
-                        param=p.param,
-                        regularizers=self.regs,
-                        steps=p.steps,
-                        size=self.size,
-                        seed=p.seed,
-                        lr=p.lr,
-                        start=self.start,
-                        redirect_steps=p.redirect_steps,
-                        color=self.color,
-                    )
-                )
-                parts = [concat_renderings(parts)]
-                if len(parts[0].pixels) < len(self.units):  # the last one is the result
-                    checkpoint.save(_arrays(parts[0]), force=True)
+        if self.executor is not None and groups:
+            parts = self._render_sharded(groups, parts, checkpoint)
+        else:
+            with progress_bar(
+                p.steps * len(groups), label=f"actmax {tref.alias}", enabled=self.progress
+            ) as bar:
+                for group in groups:
+                    parts.append(self.render_group(group, lambda: bar.update(1)))
+                    parts = [concat_renderings(parts)]
+                    if len(parts[0].pixels) < len(self.units):  # the last one is the result
+                        checkpoint.save(_arrays(parts[0]), force=True)
         done = parts[0]
         pixels = done.pixels
         if pixels.shape[-1] == 1:
@@ -530,6 +559,15 @@ class ActivationMaximization(Analysis[ActmaxParams, ActmaxResult]):
 
 
 _RENDERING = ("pixels", "start", "reached", "curve")
+
+
+def render_shard(model: Model, data: Any, job: tuple[ActmaxParams, list[int]]) -> Rendering:
+    """A worker's shard: one group of units rendered as :meth:`ActivationMaximization.compute`
+    renders it (the same batch, the same seeds)."""
+    params, group = job
+    torch.set_num_threads(max(1, int(model.forward.threads or torch.get_num_threads())))
+    analysis = ActivationMaximization(model, params.replace(units=group), progress=False)
+    return analysis.render_group(group)
 
 
 def _arrays(r: Rendering) -> dict[str, np.ndarray]:
