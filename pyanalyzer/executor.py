@@ -30,10 +30,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENGINES",
+    "SHARDS_PER_WORKER",
     "Executor",
     "LocalExecutor",
     "ModelRef",
     "RayExecutor",
+    "Shard",
+    "SourceRange",
+    "batch_shards",
     "data_ref",
     "executor",
     "open_data",
@@ -48,6 +52,45 @@ STARTUP_TIMEOUT = 300.0
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+SHARDS_PER_WORKER = 4
+"""Shards per worker: enough to balance the load and to lose little to a killed worker."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Images ``start..stop-1`` of an image source (``start`` a multiple of the batch size)."""
+
+    index: int
+    start: int
+    stop: int
+
+
+def batch_shards(n: int, batch_size: int, workers: int) -> list[Shard]:
+    """Contiguous shards of whole batches of ``n`` images, about :data:`SHARDS_PER_WORKER` per
+    worker: every forward batch of a shard holds the images a local run's batch holds, so
+    onnxruntime computes the same floats."""
+    batches = -(-n // batch_size)
+    per = max(1, -(-batches // (SHARDS_PER_WORKER * max(1, workers))))
+    starts = range(0, batches, per)
+    return [Shard(i, b * batch_size, min(n, (b + per) * batch_size)) for i, b in enumerate(starts)]
+
+
+class SourceRange:
+    """Images ``start..stop-1`` of an image source, as an image source of their own."""
+
+    def __init__(self, source: Any, start: int, stop: int):
+        self.source, self.start, self.stop = source, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def pixels(self, index: int, spec: Any) -> Any:
+        return self.source.pixels(self.start + index, spec)
+
+    def name(self, index: int) -> str:
+        return str(self.source.name(self.start + index))
 
 
 ShardFn = Callable[[Any, Any, Any], Any]
@@ -215,8 +258,14 @@ class RayExecutor(Executor):
                              log_to_driver=False, configure_logging=False)  # fmt: skip
             except Exception as exc:  # noqa: BLE001  # Ray's many connection errors
                 where = f"at {address}" if address else "here"
+                hint = (
+                    "; a cluster with token authentication needs RAY_AUTH_MODE=token and its "
+                    "token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+                    if address and os.environ.get("RAY_AUTH_MODE") != "token"
+                    else ""
+                )
                 raise BackendUnavailableError(
-                    f"cannot start Ray {where}: {_first_line(exc)}"
+                    f"cannot start Ray {where}: {_first_line(exc)}{hint}"
                 ) from None
             self.started = True
         self._actor_cls = ray.remote(num_cpus=1, max_restarts=0)(_Worker)

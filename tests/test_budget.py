@@ -7,7 +7,6 @@ import os
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,20 +294,28 @@ def test_cli_override_by_environment(monkeypatch, capsys, default_model, tmp_pat
     assert code == 2 and len(err.strip().splitlines()) == 1 and "is not a size" in err
 
 
-def test_dissection_refuses_a_spill_the_disk_cannot_hold(model, concepts, tmp_path, monkeypatch):
+def test_dissection_without_room_for_its_spill_recomputes(model, concepts, tmp_path, monkeypatch):
+    """The disk budget chooses: no room for the spill files, so pass 2 runs the forward pass
+    again (the same result); Net2Vec, which reads every activation again, still refuses."""
     import collections
 
+    normal = pa.Dissection(model, layers=["relu5"], batch_size=2, progress=False).run(concepts)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(budget.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 100, 100))
     store = pa.Store(tmp_path / "store")
     dissection = pa.Dissection(model, layers=["relu5"], batch_size=2, store=store, progress=False)
-    caches = set(Path(concepts.cache_dir).glob("*.h5"))
+    result = dissection.run(concepts)
+    assert dissection.activations == "recompute"
+    for name in ("thresholds", "intersection", "unit_area_cat", "unit_area", "top_images"):
+        np.testing.assert_array_equal(getattr(result[0], name), getattr(normal[0], name))
+    entries = list(store.entries())
+    with_net2vec = pa.Dissection(model, layers=["relu5"], batch_size=2, net2vec=["circle"],
+                                 store=store, progress=False)  # fmt: skip
     with pytest.raises(BudgetError) as info:
-        dissection.run(concepts)
+        with_net2vec.run(concepts)
     text = _one_line(info.value)
     assert "spill files" in text and "of disk" in text and "100 bytes free" in text
-    assert list(store.entries()) == []
-    assert set(Path(concepts.cache_dir).glob("*.h5")) == caches  # not even the label cache
+    assert list(store.entries()) == entries
 
 
 def test_units_are_checked_before_they_are_listed():

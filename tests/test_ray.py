@@ -215,3 +215,20 @@ def test_cli_actmax_engine_ray_writes_the_same_pngs(capsys, default_model, tmp_p
         assert code == 0, err
         outs[engine] = {p.name: p.read_bytes() for p in out.iterdir()}
     assert outs["ray"] == outs["local"] and len(outs["ray"]) == 7  # 6 units + the montage
+
+
+def test_top_patches_on_executors_equal_local(setup, ray_executor):
+    """The scan in shards of whole batches (candidates merged) and one unit's projections a
+    shard: the same values, images, positions and projections."""
+    model, ds, _ = setup
+    kw = {"layer": "relu5", "units": [0, 3, 7], "k": 5, "projection": "deconv",
+          "batch_size": 16, "progress": False}  # fmt: skip
+    local = pa.TopPatches(model, **kw).run(ds)
+    ray_executor.release()
+    for ex in (LocalExecutor(), ray_executor):
+        other = pa.TopPatches(model, executor=ex, **kw).run(ds)
+        for name in ("values", "images", "positions"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(local, name))
+        assert list(other.projections) == [0, 3, 7]
+        for u in (0, 3, 7):
+            np.testing.assert_array_equal(other.projections[u], local.projections[u])

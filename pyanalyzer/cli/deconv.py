@@ -11,6 +11,7 @@ import click
 from pyanalyzer.cli.options import (
     Outputs,
     device_option,
+    engine_options,
     json_option,
     layers_option,
     model_options,
@@ -22,6 +23,7 @@ from pyanalyzer.cli.options import (
     store_option,
     units_option,
 )
+from pyanalyzer.cli.options import engine as run_on
 
 __all__ = ["deconv"]
 
@@ -62,6 +64,7 @@ __all__ = ["deconv"]
 )
 @out_option("Folder for the PNGs.")
 @device_option("Where the unpooling kernel runs.")
+@engine_options
 @progress_option
 @json_option
 @store_option
@@ -78,6 +81,8 @@ def deconv(
     n_images: int,
     out_dir: str,
     device: str,
+    engine: str,
+    ray_address: str | None,
     no_progress: bool,
     as_json: bool,
     store_path: str | None,
@@ -123,7 +128,10 @@ def deconv(
             source = ImageFolder(images)
         else:
             source = SyntheticImages.for_model(m.preprocessing, n_images)
-    with outputs.writing():
+    if image and engine != "local":
+        raise UserInputError("--engine ray applies to the top-k scan (--images), not to --image")
+    with outputs.writing(), run_on(engine, ray_address) as ex:
+        analysis.executor = ex
         result = analysis.run(source)
         if image:
             written = write_result(result, out_dir)

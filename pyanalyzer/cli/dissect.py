@@ -153,6 +153,8 @@ def dissect(
                 f"(best single unit {item['best_unit']}: {item['best_unit_iou']:.3f})"
             )
     source = "answered from the store" if method.from_store else "computed"
+    if engine == "local" and not method.from_store and method.activations == "recompute":
+        source += " (activations recomputed in pass 2: the disk had no room for the spill)"
     if engine == "ray" and not method.from_store:
         source += (
             f" on Ray ({getattr(method, 'shards', 0)} shards; activations "

@@ -56,6 +56,12 @@ __all__ = ["serve"]
     show_default=True,
     help="Jobs one token may have queued or running at once.",
 )
+@click.option(
+    "--ray-address",
+    metavar="ADDR",
+    help="Run the shards of the jobs that split their work (dissect, actmax, patches, atlas) "
+    "on this Ray cluster (started with `ray start --head`); each worker connects once.",
+)
 def serve(
     host: str,
     port: int,
@@ -65,6 +71,7 @@ def serve(
     datasets: str | None,
     max_upload_mb: int,
     max_queued: int,
+    ray_address: str | None,
 ) -> None:
     """Run the analysis service: an HTTP job API over every analysis.
 
@@ -87,6 +94,11 @@ def serve(
             f"refusing to bind {host} without tokens: give --tokens FILE (or "
             "$PYANALYZER_TOKENS), or bind a loopback address (127.0.0.1, ::1)"
         )
+    if ray_address:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise UserInputError("--ray-address needs Ray: pip install 'pyanalyzer[ray]'")
     if datasets is not None and not Path(datasets).is_dir():
         raise UserInputError(f"--datasets {datasets} is not a folder")
     store = open_store(store_path)
@@ -98,6 +110,7 @@ def serve(
         max_upload_mb=max_upload_mb,
         max_queued=max_queued,
         tokens=tokens,
+        ray_address=ray_address or None,
     )
     config.root.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("pyanalyzer.service").setLevel(logging.INFO)

@@ -39,6 +39,7 @@ from pyanalyzer.model.receptive import ReceptiveField, crop_box, receptive_field
 from pyanalyzer.units import select_units
 
 if TYPE_CHECKING:
+    from pyanalyzer.executor import Executor
     from pyanalyzer.model.forward import ImageSource
     from pyanalyzer.model.model import Model
     from pyanalyzer.store import Checkpoint
@@ -338,6 +339,19 @@ class TopPatches(Analysis[TopPatchesParams, TopPatchesResult]):
 
         return source_identity(inputs)
 
+    def project_unit(self, source: ImageSource, unit: int, ids: list[int]) -> np.ndarray:
+        """uint8 ``[len(ids), H, W, 3]``: ``unit``'s strongest activation on each image
+        projected back to pixels, :data:`PROJECT_BATCH` images at a time."""
+        assert self.projector is not None
+        spec = self.model.preprocessing
+        views: list[np.ndarray] = []
+        for s in range(0, len(ids), PROJECT_BATCH):
+            chunk = ids[s : s + PROJECT_BATCH]
+            x = spec.normalize(np.stack([source.pixels(i, spec) for i in chunk]))
+            views.extend(self.projector.project(x, self.layer.name, unit, mode="max").images())
+        h, w = spec.input_size
+        return np.stack(views) if views else np.zeros((0, h, w, 3), np.uint8)
+
     def compute(self, inputs: ImageSource, checkpoint: Checkpoint) -> TopPatchesResult:
         if self.projector is not None and self.store is not None:
             # the scan is its own store entry (the same for every choice of units), so that
@@ -345,29 +359,46 @@ class TopPatches(Analysis[TopPatchesParams, TopPatchesResult]):
             result = TopPatches(
                 self.model, self.params.replace(projection="none"), store=self.store,
                 progress=self.progress, checkpoint_every=self.checkpoint_every,
+                executor=self.executor,
             ).run(inputs)  # fmt: skip
         else:
             result = scan(self.model, self.layer, inputs, self.params.k, self.params.batch_size,
-                          self.progress)  # fmt: skip
+                          self.progress, self.executor)  # fmt: skip
         if self.projector is None:
             return result
-        spec, projector = self.model.preprocessing, self.projector
         projections: dict[int, np.ndarray] = {}
-        for u in self.units:
-            ids = [int(i) for i in result.images[u] if i >= 0]
-            views: list[np.ndarray] = []
-            for s in range(0, len(ids), PROJECT_BATCH):
-                chunk = ids[s : s + PROJECT_BATCH]
-                x = spec.normalize(np.stack([inputs.pixels(i, spec) for i in chunk]))
-                views.extend(projector.project(x, self.layer.name, u, mode="max").images())
-            h, w = spec.input_size
-            projections[u] = np.stack(views) if views else np.zeros((0, h, w, 3), np.uint8)
+        jobs = [(self.params, u, [int(i) for i in result.images[u] if i >= 0])
+                for u in self.units]  # fmt: skip
+        if self.executor is None:
+            for job in jobs:
+                projections[job[1]] = self.project_unit(inputs, job[1], job[2])
+        else:
+
+            def done(i: int, views: np.ndarray) -> None:
+                projections[jobs[i][1]] = views
+
+            self.executor.map(project_shard, self.model, inputs, jobs, done,
+                              label=f"projections {self.layer.alias}",
+                              progress=self.progress)  # fmt: skip
+            projections = {u: projections[u] for u in self.units}  # in unit order
         return TopPatchesResult(
             layer=result.layer, values=result.values, images=result.images,
             positions=result.positions, field=result.field, field_error=result.field_error,
             spec=result.spec, n_images=result.n_images, projection=self.params.projection,
             projections=projections,
         )  # fmt: skip
+
+
+def project_shard(
+    model: Model, source: ImageSource, job: tuple[TopPatchesParams, int, list[int]]
+) -> np.ndarray:
+    """A worker's shard: one unit's top images projected (:meth:`TopPatches.project_unit`)."""
+    import torch
+
+    params, unit, ids = job
+    torch.set_num_threads(max(1, int(model.forward.threads or torch.get_num_threads())))
+    analysis = TopPatches(model, params.replace(units=[unit]), progress=False)
+    return analysis.project_unit(source, unit, ids)
 
 
 def scan(
@@ -377,10 +408,67 @@ def scan(
     k: int,
     batch_size: int = 32,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> TopPatchesResult:
     """One forward pass over ``source``: each unit's ``k`` strongest activations, at most one
-    per image, and the layer's receptive field (no projection)."""
+    per image, and the layer's receptive field (no projection). With an ``executor``, the
+    source is scanned in shards of whole batches whose candidates are merged: the same
+    result."""
     n = len(source)
+    if executor is None:
+        values, images, positions = scan_topk(model, layer, source, k, batch_size, progress)
+    else:
+        from pyanalyzer.executor import batch_shards
+
+        units = int(layer.channels or 0)
+        state: list[np.ndarray] = [
+            np.full((units, k), -np.inf, np.float32),
+            np.full((units, k), -1, np.int64),
+            np.full((units, k, 2), -1, np.int64),
+        ]
+
+        def merged(i: int, part: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+            state[:] = merge_topk(state[0], state[1], state[2], *part)
+
+        shards = batch_shards(n, batch_size, executor.workers)
+        jobs = [(layer.name, k, batch_size, x) for x in shards]
+        executor.map(scan_shard, model, source, jobs, merged,
+                     label=f"top patches {layer.alias}", progress=progress)  # fmt: skip
+        values, images, positions = state
+    try:
+        rf, error = receptive_field(model, layer.name), None
+    except UserInputError as exc:
+        rf, error = None, str(exc)
+    return TopPatchesResult(
+        layer=layer, values=values, images=images, positions=positions, field=rf,
+        field_error=error, spec=model.preprocessing, n_images=n,
+    )  # fmt: skip
+
+
+def scan_shard(
+    model: Model, source: ImageSource, job: tuple[str, int, int, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A worker's shard of :func:`scan`: the top-k candidates of images
+    ``shard.start..shard.stop-1`` (image indices of the whole source)."""
+    from pyanalyzer.executor import SourceRange
+
+    name, k, batch_size, shard = job
+    layer = model.spatial_layer(name)
+    part = SourceRange(source, shard.start, shard.stop)
+    values, images, positions = scan_topk(model, layer, part, k, batch_size, progress=False)
+    return values, np.where(images >= 0, images + shard.start, images), positions
+
+
+def scan_topk(
+    model: Model,
+    layer: LayerInfo,
+    source: ImageSource,
+    k: int,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The forward pass of :func:`scan`: ``values [U, k]``, ``images [U, k]``, ``positions
+    [U, k, 2]``."""
     units = int(layer.channels or 0)
     values = np.full((units, k), -np.inf, np.float32)
     images = np.full((units, k), -1, np.int64)
@@ -401,11 +489,4 @@ def scan(
             values, images, positions, best.T, np.ascontiguousarray(new_img.T),
             new_pos.transpose(1, 0, 2),
         )  # fmt: skip
-    try:
-        rf, error = receptive_field(model, layer.name), None
-    except UserInputError as exc:
-        rf, error = None, str(exc)
-    return TopPatchesResult(
-        layer=layer, values=values, images=images, positions=positions, field=rf,
-        field_error=error, spec=model.preprocessing, n_images=n,
-    )  # fmt: skip
+    return values, images, positions

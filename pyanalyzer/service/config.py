@@ -27,6 +27,8 @@ class ServiceConfig:
         max_upload_mb: the largest model or image upload, in MiB (413 above).
         max_queued: jobs one token may have queued at once (429 above).
         tokens: token name → token; empty: no authentication (loopback only).
+        ray_address: a Ray cluster the workers run the shards of their jobs on (None: in
+            the worker processes).
     """
 
     store: Path
@@ -35,6 +37,7 @@ class ServiceConfig:
     max_upload_mb: int = 512
     max_queued: int = 64
     tokens: dict[str, str] = field(default_factory=dict)
+    ray_address: str | None = None
 
     @property
     def root(self) -> Path:

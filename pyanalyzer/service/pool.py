@@ -66,6 +66,7 @@ class WorkerPool:
             {
                 "store": str(self.config.store),
                 "datasets": None if self.config.datasets is None else str(self.config.datasets),
+                "ray_address": self.config.ray_address,
             }
         )
         env = dict(os.environ, PYANALYZER_PROGRESS="0")

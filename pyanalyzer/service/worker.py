@@ -80,6 +80,20 @@ class Worker:
         self.store = Store(config.store)
         self.pid = os.getpid()
         self._models = LoadedModels(config.models_dir, keep=2)
+        self._executor: Any = None
+
+    def executor(self) -> Any:
+        """The Ray cluster of ``--ray-address``, connected on the first job (None: none)."""
+        if self.config.ray_address and self._executor is None:
+            from pyanalyzer.executor import RayExecutor
+
+            self._executor = RayExecutor(self.config.ray_address)
+            LOG.info(
+                "connected to the Ray cluster at %s (%d CPUs)",
+                self.config.ray_address,
+                self._executor.workers,
+            )
+        return self._executor
 
     def model(self, job: Job) -> Any:
         from pyanalyzer.errors import UserInputError
@@ -122,6 +136,7 @@ class Worker:
                 model, job.method, job.params, job.inputs, config=self.config,
                 store=self.store, image_path=lambda i: self.image_path(job, i),
             )  # fmt: skip
+            prepared.analysis.executor = self.executor()  # shards on Ray, if configured
             doc = run_prepared(prepared, self.config.jobs_dir / job.id / "files")
             write_arrays(prepared.analysis, self.config.jobs_dir / job.id / "arrays.h5")
         except Cancelled:
@@ -203,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ServiceConfig(
         store=Path(data["store"]),
         datasets=None if data.get("datasets") is None else Path(data["datasets"]),
+        ray_address=data.get("ray_address"),
     )
     _die_with_parent()
     with contextlib.suppress(OSError):

@@ -290,8 +290,18 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
             raise UserInputError("the concept dataset has no images")
         self.concepts = [concept_number(inputs, c) for c in self.params.net2vec]
         self._check_memory(inputs)
-        if self.executor is None:  # sharded runs spill or recompute by the disk budget
-            self._check_disk(len(inputs))
+        self.activations = "spill"
+        """How pass 2 gets the activations: read back from the spill files ("spill") or by
+        the forward pass again ("recompute", when the disk budget has no room for them)."""
+        if self.executor is None:
+            from pyanalyzer.budget import BudgetError
+
+            try:
+                self._check_disk(len(inputs))
+            except BudgetError:
+                if self.concepts:  # Net2Vec reads every activation again: it needs the spill
+                    raise
+                self.activations = "recompute"
         return inputs
 
     def identify(self, inputs: BrodenDataset) -> Any:
@@ -299,7 +309,7 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
 
     # ---- running -----------------------------------------------------------------------------
     def compute(self, inputs: BrodenDataset, checkpoint: Checkpoint) -> DissectionResult:
-        if self.executor is not None:
+        if self.executor is not None or self.activations == "recompute":
             return self._compute_sharded(inputs, checkpoint)
         ds = inputs
         # Decode (or find cached) every label map first: a defective PNG is reported before
@@ -342,16 +352,18 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         return DissectionResult(layers=layers, timings=dict(self.timings))
 
     def _compute_sharded(self, ds: BrodenDataset, checkpoint: Checkpoint) -> DissectionResult:
-        """The two passes over shards on :attr:`executor` (:mod:`.shards`): the same result
-        as the local path, bit for bit; each finished shard is checkpointed."""
+        """The two passes over shards on :attr:`executor` (:mod:`.shards`), or here without
+        a spill: the same result as the local path, bit for bit; each finished shard is
+        checkpointed."""
         import hashlib
         import os
 
         from pyanalyzer import budget
+        from pyanalyzer.executor import LocalExecutor
         from pyanalyzer.methods.dissection import shards as sh
 
-        ex = self.executor
-        assert ex is not None
+        # no executor: the local engine without room for the spill, so recomputing
+        ex = self.executor if self.executor is not None else LocalExecutor()
         p = self.params
         if self.concepts:
             raise UserInputError(
@@ -386,7 +398,8 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
             f"{self.model.sha256} {ds.digest} {layers} {p.batch_size}".encode()
         ).hexdigest()[:16]
         estimate = budget.dissection_spill_bytes(self.infos, n)
-        self.activations = sh.spill_mode(estimate)
+        if self.executor is not None:
+            self.activations = sh.spill_mode(estimate)
         spill_dir = (
             os.path.join(tempfile.gettempdir(), "pyanalyzer-spill", run)
             if self.activations == "spill"

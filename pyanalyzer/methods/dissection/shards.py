@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pyanalyzer import _backend
+from pyanalyzer import executor as _executor
 from pyanalyzer.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -40,41 +41,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Shard", "ShardRange", "merge_top", "pass1", "pass2", "plan", "spill_mode"]
 
-SHARDS_PER_WORKER = 4
-"""Shards per worker: enough to balance the load and to lose little to a killed worker."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    """Images ``start..stop-1`` of the dataset (``start`` a multiple of the batch size)."""
-
-    index: int
-    start: int
-    stop: int
+Shard = _executor.Shard
+ShardRange = _executor.SourceRange
 
 
 def plan(n: int, batch_size: int, workers: int) -> list[Shard]:
-    """Contiguous shards of whole batches, about :data:`SHARDS_PER_WORKER` per worker."""
-    batches = math.ceil(n / batch_size)
-    per = max(1, math.ceil(batches / (SHARDS_PER_WORKER * max(1, workers))))
-    starts = range(0, batches, per)
-    return [Shard(i, b * batch_size, min(n, (b + per) * batch_size)) for i, b in enumerate(starts)]
-
-
-class ShardRange:
-    """Images ``start..stop-1`` of an image source, as an image source of their own."""
-
-    def __init__(self, source: Any, start: int, stop: int):
-        self.source, self.start, self.stop = source, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def pixels(self, index: int, spec: Any) -> np.ndarray:
-        return self.source.pixels(self.start + index, spec)
-
-    def name(self, index: int) -> str:
-        return self.source.name(self.start + index)
+    """Contiguous shards of whole batches (:func:`pyanalyzer.executor.batch_shards`)."""
+    return _executor.batch_shards(n, batch_size, workers)
 
 
 def spill_mode(estimate: int, folder: str | os.PathLike[str] | None = None) -> str:
