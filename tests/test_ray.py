@@ -232,3 +232,24 @@ def test_top_patches_on_executors_equal_local(setup, ray_executor):
         assert list(other.projections) == [0, 3, 7]
         for u in (0, 3, 7):
             np.testing.assert_array_equal(other.projections[u], local.projections[u])
+
+
+def test_inversion_batches_on_executors_equal_local(setup, ray_executor):
+    """images_per_batch: each batch inverted as a run of its own (the same noise and jitter),
+    here or on workers: the same reconstructions."""
+    model, ds, _ = setup
+    images = np.stack([ds.pixels(i, model.preprocessing) for i in range(4)])
+    kw = {"layers": ["relu5"], "steps": 4, "progress": False}
+    local = pa.OptimInversion(model, images_per_batch=2, **kw).run(images)
+    alone = pa.OptimInversion(model, **kw).run(images[2:])
+    np.testing.assert_array_equal(local.images[2:], alone.images)
+    np.testing.assert_array_equal(local.history[:, 2:], alone.history)
+    ray_executor.release()
+    on_ray = pa.OptimInversion(model, images_per_batch=2, executor=ray_executor, **kw).run(images)
+    for name in ("originals", "images", "feature_error", "pixel_error", "history"):
+        np.testing.assert_array_equal(getattr(on_ray, name), getattr(local, name), err_msg=name)
+    # without images_per_batch, one batch: the same key and result as without an executor
+    whole = pa.OptimInversion(model, **kw).run(images)
+    np.testing.assert_array_equal(
+        pa.OptimInversion(model, executor=ray_executor, **kw).run(images).images, whole.images
+    )

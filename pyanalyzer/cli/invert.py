@@ -11,6 +11,7 @@ import click
 
 from pyanalyzer.cli.options import (
     Outputs,
+    engine_options,
     json_option,
     layers_option,
     model_options,
@@ -21,6 +22,7 @@ from pyanalyzer.cli.options import (
     report,
     store_option,
 )
+from pyanalyzer.cli.options import engine as run_on
 
 __all__ = ["invert"]
 
@@ -79,6 +81,7 @@ def invert() -> None:
     "--seed", type=int, default=0, show_default=True, help="Starting noise and jitter (optim)."
 )
 @out_option("Folder for the PNGs and metrics.json.")
+@engine_options
 @progress_option
 @json_option
 @store_option
@@ -93,6 +96,8 @@ def invert_run(
     jitter: int,
     seed: int,
     out_dir: str,
+    engine: str,
+    ray_address: str | None,
     no_progress: bool,
     as_json: bool,
     store_path: str | None,
@@ -145,7 +150,9 @@ def invert_run(
             ) from None
     image_source = ImageFiles([image])
     image_source.pixels(0, m.preprocessing)  # an unreadable image: one line, nothing written
-    with outputs.writing():
+    with outputs.writing(), run_on(engine, ray_address) as ex:
+        if "optim" in analyses:  # the optimisation runs on a worker; a decoder is one pass
+            analyses["optim"].executor = ex
         results = {name: a.run(image_source) for name, a in analyses.items()}
         files = write_inversion(results, out_dir)
     lines = [

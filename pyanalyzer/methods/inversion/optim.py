@@ -103,6 +103,12 @@ class OptimParams(Params):
     seed: Annotated[int, Int("seed", 0)] = Field(
         0, description="Draws the starting noise and the jitter."
     )
+    images_per_batch: Annotated[int | None, Int("images per batch", 1, optional=True)] = Field(
+        None,
+        description="Images inverted together (each from every layer); None: all in one "
+        "batch. Batches round floats their own way, so this is part of the result; with an "
+        "executor the batches run on its workers.",
+    )
 
 
 class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
@@ -187,12 +193,17 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
             "jitter": p.jitter,
             "clamp": p.clamp,
             "seed": p.seed,
+            # only when set: the key of an all-in-one-batch run stays what it was
+            **({} if p.images_per_batch is None else {"images_per_batch": p.images_per_batch}),
         }
 
     # ---- the verb ------------------------------------------------------------------------
     def compute(self, inputs: np.ndarray, checkpoint: Checkpoint) -> InversionResult:
         import torch
 
+        per = self.params.images_per_batch
+        if (per is not None and len(inputs) > per) or self.executor is not None:
+            return self._compute_batches(inputs, per or len(inputs))
         originals, infos = inputs, self.infos
         check_reachable(self.model, infos)
         with torch.no_grad():
@@ -209,6 +220,35 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
             feature_error=fe,
             pixel_error=pe,
             history=hist.reshape(self.params.steps, n, nl).astype(np.float32),
+            params=self.resolved(),
+        )
+
+    def _compute_batches(self, images: np.ndarray, per: int) -> InversionResult:
+        """The images in batches of ``per``, each inverted as a run of its own (the same
+        starting noise and jitter, from ``seed``), on :attr:`executor` or here; the results
+        joined in image order."""
+        from pyanalyzer.executor import LocalExecutor
+
+        single = self.params.replace(images_per_batch=None)
+        jobs = [(single, images[s : s + per]) for s in range(0, len(images), per)]
+        parts: list[Any] = [None] * len(jobs)
+
+        def done(i: int, result: InversionResult) -> None:
+            parts[i] = result
+
+        executor = self.executor if self.executor is not None else LocalExecutor()
+        executor.map(invert_shard, self.model, None, jobs, done, label="invert",
+                     progress=self.progress)  # fmt: skip
+        first = parts[0]
+        return InversionResult(
+            method="optim",
+            layers=first.layers,
+            aliases=first.aliases,
+            originals=np.concatenate([r.originals for r in parts]),
+            images=np.concatenate([r.images for r in parts]),
+            feature_error=np.concatenate([r.feature_error for r in parts]),
+            pixel_error=np.concatenate([r.pixel_error for r in parts]),
+            history=np.concatenate([r.history for r in parts], axis=1),
             params=self.resolved(),
         )
 
@@ -356,3 +396,12 @@ def _errors(
         fe[:, j] = feature_error(rows, ref[name])
     pe = pixel_error(flat.reshape(n * nl, *recon.shape[2:]) / 255.0, np.repeat(originals, nl, 0))
     return fe, pe.reshape(n, nl)
+
+
+def invert_shard(model: Model, data: Any, job: tuple[OptimParams, np.ndarray]) -> InversionResult:
+    """A worker's shard: one batch of images inverted (:meth:`OptimInversion._compute_batches`)."""
+    import torch
+
+    params, images = job
+    torch.set_num_threads(max(1, int(model.forward.threads or torch.get_num_threads())))
+    return OptimInversion(model, params, progress=False).run(images)
