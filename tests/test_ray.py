@@ -253,3 +253,75 @@ def test_inversion_batches_on_executors_equal_local(setup, ray_executor):
     np.testing.assert_array_equal(
         pa.OptimInversion(model, executor=ray_executor, **kw).run(images).images, whole.images
     )
+
+
+def test_a_stopped_inversion_resumes_its_unfinished_batches(setup, tmp_path, monkeypatch):
+    from pyanalyzer.methods.inversion import optim
+
+    model, ds, _ = setup
+    images = np.stack([ds.pixels(i, model.preprocessing) for i in range(6)])
+    kw = {"layers": ["relu5"], "steps": 3, "images_per_batch": 2, "progress": False}
+    whole = pa.OptimInversion(model, **kw).run(images)
+    store = pa.Store(tmp_path / "store")
+    real, ran = optim.invert_shard, []
+
+    def stop_after_two(model, data, job):
+        if len(ran) == 2:
+            raise Stop()
+        ran.append(job[1][0].tobytes())
+        return real(model, data, job)
+
+    monkeypatch.setattr(optim, "invert_shard", stop_after_two)
+    with pytest.raises(Stop):
+        pa.OptimInversion(model, store=store, checkpoint_every=0, **kw).run(images)
+    ran.clear()
+    monkeypatch.setattr(optim, "invert_shard", lambda m, d, j: ran.append(1) or real(m, d, j))
+    again = pa.OptimInversion(model, store=store, **kw)
+    result = again.run(images)
+    assert ran == [1] and again.resumed  # only the third batch
+    for name in ("originals", "images", "feature_error", "pixel_error", "history"):
+        np.testing.assert_array_equal(getattr(result, name), getattr(whole, name), err_msg=name)
+
+
+def test_a_stopped_patches_run_resumes_its_unfinished_shards(setup, tmp_path, monkeypatch):
+    from pyanalyzer.methods import patches as patches_module
+
+    model, ds, _ = setup
+    kw = {"layer": "relu5", "units": [1, 2, 5], "k": 4, "projection": "deconv",
+          "batch_size": 16, "progress": False}  # fmt: skip
+    local = pa.TopPatches(model, **kw).run(ds)
+    store, ex = pa.Store(tmp_path / "store"), LocalExecutor()
+    scan_real, project_real = patches_module.scan_shard, patches_module.project_shard
+    scans, projected = [], []
+
+    def scan_stop(model, source, job):
+        if len(scans) == 2:
+            raise Stop()
+        scans.append(job[3].index)
+        return scan_real(model, source, job)
+
+    monkeypatch.setattr(patches_module, "scan_shard", scan_stop)
+    with pytest.raises(Stop):  # stopped in the scan, after two shards
+        pa.TopPatches(model, store=store, executor=ex, checkpoint_every=0, **kw).run(ds)
+    monkeypatch.setattr(patches_module, "scan_shard", lambda m, s, j: scans.append(j[3].index)
+                        or scan_real(m, s, j))  # fmt: skip
+
+    def project_stop(model, source, job):
+        if projected:
+            raise Stop()
+        projected.append(job[1])
+        return project_real(model, source, job)
+
+    monkeypatch.setattr(patches_module, "project_shard", project_stop)
+    with pytest.raises(Stop):  # the scan finishes; stopped after one unit's projections
+        pa.TopPatches(model, store=store, executor=ex, checkpoint_every=0, **kw).run(ds)
+    shards = [x.index for x in sh.plan(150, 16, ex.workers)]
+    assert scans == shards  # the first two, then only the others
+    monkeypatch.setattr(patches_module, "project_shard", lambda m, s, j: projected.append(j[1])
+                        or project_real(m, s, j))  # fmt: skip
+    result = pa.TopPatches(model, store=store, executor=ex, **kw).run(ds)
+    assert projected == [1, 2, 5]  # unit 1 once, then 2 and 5
+    for name in ("values", "images", "positions"):
+        np.testing.assert_array_equal(getattr(result, name), getattr(local, name))
+    for u in (1, 2, 5):
+        np.testing.assert_array_equal(result.projections[u], local.projections[u])

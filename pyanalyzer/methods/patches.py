@@ -362,8 +362,11 @@ class TopPatches(Analysis[TopPatchesParams, TopPatchesResult]):
                 executor=self.executor,
             ).run(inputs)  # fmt: skip
         else:
-            result = scan(self.model, self.layer, inputs, self.params.k, self.params.batch_size,
-                          self.progress, self.executor)  # fmt: skip
+            result = scan(
+                self.model, self.layer, inputs, self.params.k, self.params.batch_size,
+                self.progress, self.executor,
+                checkpoint if self.projector is None else None,
+            )  # fmt: skip
         if self.projector is None:
             return result
         projections: dict[int, np.ndarray] = {}
@@ -373,11 +376,20 @@ class TopPatches(Analysis[TopPatchesParams, TopPatchesResult]):
             for job in jobs:
                 projections[job[1]] = self.project_unit(inputs, job[1], job[2])
         else:
+            prefix = "projections/"
+            if checkpoint.state is not None and checkpoint.meta.get("projected"):
+                for key, views in checkpoint.state.items():  # the units a stopped run finished
+                    if key.startswith(prefix) and int(key[len(prefix) :]) in self.units:
+                        projections[int(key[len(prefix) :])] = np.asarray(views)
+            left = [job for job in jobs if job[1] not in projections]
 
             def done(i: int, views: np.ndarray) -> None:
-                projections[jobs[i][1]] = views
+                projections[left[i][1]] = views
+                if len(projections) < len(jobs):
+                    checkpoint.save({f"{prefix}{u:04d}": v for u, v in projections.items()},
+                                    {"projected": sorted(projections)})  # fmt: skip
 
-            self.executor.map(project_shard, self.model, inputs, jobs, done,
+            self.executor.map(project_shard, self.model, inputs, left, done,
                               label=f"projections {self.layer.alias}",
                               progress=self.progress)  # fmt: skip
             projections = {u: projections[u] for u in self.units}  # in unit order
@@ -409,11 +421,13 @@ def scan(
     batch_size: int = 32,
     progress: bool = True,
     executor: Executor | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TopPatchesResult:
     """One forward pass over ``source``: each unit's ``k`` strongest activations, at most one
     per image, and the layer's receptive field (no projection). With an ``executor``, the
     source is scanned in shards of whole batches whose candidates are merged: the same
-    result."""
+    result; with a ``checkpoint`` too, the finished shards are saved in it, and a run
+    started again scans only the others."""
     n = len(source)
     if executor is None:
         values, images, positions = scan_topk(model, layer, source, k, batch_size, progress)
@@ -427,11 +441,25 @@ def scan(
             np.full((units, k, 2), -1, np.int64),
         ]
 
+        shards = batch_shards(n, batch_size, executor.workers)
+        finished: list[int] = []
+        if checkpoint is not None and checkpoint.state is not None:
+            meta = checkpoint.meta
+            if meta.get("shards") == [[x.start, x.stop] for x in shards]:
+                state[:] = [np.array(checkpoint.state[a]) for a in ("values", "images",
+                                                                    "positions")]  # fmt: skip
+                finished = list(meta["done"])
+        jobs = [(layer.name, k, batch_size, x) for x in shards if x.index not in finished]
+
         def merged(i: int, part: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
             state[:] = merge_topk(state[0], state[1], state[2], *part)
+            finished.append(jobs[i][3].index)
+            if checkpoint is not None and len(finished) < len(shards):
+                checkpoint.save(
+                    {"values": state[0], "images": state[1], "positions": state[2]},
+                    {"shards": [[x.start, x.stop] for x in shards], "done": finished},
+                )
 
-        shards = batch_shards(n, batch_size, executor.workers)
-        jobs = [(layer.name, k, batch_size, x) for x in shards]
         executor.map(scan_shard, model, source, jobs, merged,
                      label=f"top patches {layer.alias}", progress=progress)  # fmt: skip
         values, images, positions = state

@@ -203,7 +203,7 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
 
         per = self.params.images_per_batch
         if (per is not None and len(inputs) > per) or self.executor is not None:
-            return self._compute_batches(inputs, per or len(inputs))
+            return self._compute_batches(inputs, per or len(inputs), checkpoint)
         originals, infos = inputs, self.infos
         check_reachable(self.model, infos)
         with torch.no_grad():
@@ -223,22 +223,43 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
             params=self.resolved(),
         )
 
-    def _compute_batches(self, images: np.ndarray, per: int) -> InversionResult:
+    def _compute_batches(
+        self, images: np.ndarray, per: int, checkpoint: Checkpoint
+    ) -> InversionResult:
         """The images in batches of ``per``, each inverted as a run of its own (the same
         starting noise and jitter, from ``seed``), on :attr:`executor` or here; the results
-        joined in image order."""
+        joined in image order. Finished batches are checkpointed: a run started again
+        inverts only the others."""
         from pyanalyzer.executor import LocalExecutor
 
         single = self.params.replace(images_per_batch=None)
         jobs = [(single, images[s : s + per]) for s in range(0, len(images), per)]
         parts: list[Any] = [None] * len(jobs)
+        fields = ("originals", "images", "feature_error", "pixel_error", "history")
+        state, meta = checkpoint.state, checkpoint.meta
+        if state is not None and meta.get("batches") == len(jobs):
+            for i in meta.get("done", []):
+                a = {f: np.asarray(state[f"{i}/{f}"]) for f in fields}
+                parts[i] = InversionResult(
+                    method="optim", layers=tuple(meta["layers"]), aliases=tuple(meta["aliases"]),
+                    originals=a["originals"], images=a["images"],
+                    feature_error=a["feature_error"], pixel_error=a["pixel_error"],
+                    history=a["history"],
+                )  # fmt: skip
+        left = [i for i, part in enumerate(parts) if part is None]
 
-        def done(i: int, result: InversionResult) -> None:
-            parts[i] = result
+        def done(k: int, result: InversionResult) -> None:
+            parts[left[k]] = result
+            finished = [i for i, part in enumerate(parts) if part is not None]
+            if len(finished) < len(jobs):
+                arrays = {f"{i}/{f}": getattr(parts[i], f) for i in finished for f in fields}
+                checkpoint.save(arrays, {"batches": len(jobs), "done": finished,
+                                         "layers": list(result.layers),
+                                         "aliases": list(result.aliases)})  # fmt: skip
 
         executor = self.executor if self.executor is not None else LocalExecutor()
-        executor.map(invert_shard, self.model, None, jobs, done, label="invert",
-                     progress=self.progress)  # fmt: skip
+        executor.map(invert_shard, self.model, None, [jobs[i] for i in left], done,
+                     label="invert", progress=self.progress)  # fmt: skip
         first = parts[0]
         return InversionResult(
             method="optim",
