@@ -334,6 +334,8 @@ class RayExecutor(Executor):
 
         ray = self.ray
         mref, dref = ModelRef.of(model), data_ref(data)
+        if not shards:  # everything was finished (a resumed run): start no worker
+            return
         pool = self.actors(model, data)
         todo = list(range(len(shards)))
         tries = dict.fromkeys(todo, 0)

@@ -564,12 +564,12 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
 
     def _merge_top(self, st: _LayerState, acts: np.ndarray, idx: np.ndarray) -> None:
         """Keep each unit's ``top_k`` images by maximum activation (ties: lower index first)."""
+        from pyanalyzer.methods.dissection.shards import merge_top
+
         peak = acts.reshape(acts.shape[0], acts.shape[1], -1).max(axis=2).T  # [U, B]
-        vals = np.concatenate([st.top_values, peak], axis=1)
-        ids = np.concatenate([st.top_images, np.broadcast_to(idx, peak.shape)], axis=1)
-        order = np.lexsort((ids, -vals), axis=1)[:, : self.top_k]
-        st.top_values = np.take_along_axis(vals, order, axis=1)
-        st.top_images = np.take_along_axis(ids, order, axis=1)
+        st.top_values, st.top_images = merge_top(
+            st.top_values, st.top_images, peak, np.broadcast_to(idx, peak.shape), self.top_k
+        )
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _checkpoint(
