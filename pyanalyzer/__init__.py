@@ -71,6 +71,11 @@ _EXPORTS = {
     "AtlasInputs": "pyanalyzer.methods.atlas",
     "AtlasResult": "pyanalyzer.methods.atlas",
     "write_atlas": "pyanalyzer.report.atlas",
+    "Ablation": "pyanalyzer.methods.ablation",
+    "AblationInputs": "pyanalyzer.methods.ablation",
+    "AblationResult": "pyanalyzer.methods.ablation",
+    "write_ablation": "pyanalyzer.report.ablation",
+    "read_labels": "pyanalyzer.data.labels",
     "BrodenDataset": "pyanalyzer.data.broden",
     "SyntheticImages": "pyanalyzer.data.defaults",
     "write_result": "pyanalyzer.report",
@@ -78,6 +83,9 @@ _EXPORTS = {
 
 __all__ = [
     "__version__",
+    "Ablation",
+    "AblationInputs",
+    "AblationResult",
     "ActivationMaximization",
     "ActmaxResult",
     "Analysis",
@@ -107,6 +115,8 @@ __all__ = [
     "UpconvTraining",
     "analyses",
     "analysis",
+    "read_labels",
+    "write_ablation",
     "write_atlas",
     "write_result",
     "ArraySource",
@@ -150,6 +160,7 @@ if TYPE_CHECKING:
     from pyanalyzer.data.broden import BrodenDataset
     from pyanalyzer.data.defaults import SyntheticImages
     from pyanalyzer.data.images import ArraySource, ImageFiles, ImageFolder
+    from pyanalyzer.data.labels import read_labels
     from pyanalyzer.errors import (
         GradientUnavailableError,
         LayerNotFoundError,
@@ -162,6 +173,7 @@ if TYPE_CHECKING:
         UserInputError,
     )
     from pyanalyzer.methods import analyses, analysis
+    from pyanalyzer.methods.ablation import Ablation, AblationInputs, AblationResult
     from pyanalyzer.methods.actmax import ActivationMaximization, ActmaxResult
     from pyanalyzer.methods.atlas import Atlas, AtlasInputs, AtlasResult
     from pyanalyzer.methods.deconvnet import (
@@ -195,5 +207,6 @@ if TYPE_CHECKING:
         load_model,
     )
     from pyanalyzer.report import write_result
+    from pyanalyzer.report.ablation import write_ablation
     from pyanalyzer.report.atlas import write_atlas
     from pyanalyzer.store import Key, Store

@@ -29,6 +29,7 @@ MINIMAL = {
     "invert-upconv": {"layers": ["relu2"]},
     "train-upconv": {"layer": "relu2"},
     "atlas": {"layers": ["relu6"]},
+    "ablate": {"layer": "relu6"},
 }
 
 # Small, fast settings for running each analysis here.
@@ -51,6 +52,7 @@ FAST = {
         "invert": {"steps": 2},
         "patches": {"k": 2},
     },  # fmt: skip
+    "ablate": {"layer": "relu6", "units": "0-3", "top": 1},
 }
 
 
@@ -78,7 +80,7 @@ def inputs_for(name, images, concepts):
         return concepts
     if name == "actmax":
         return None
-    if name in ("patches", "train-upconv"):
+    if name in ("patches", "train-upconv", "ablate"):
         return pa.ArraySource(images)
     return images
 

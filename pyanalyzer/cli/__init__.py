@@ -66,6 +66,7 @@ def cli(verbose: bool) -> None:
 
 
 def _attach_commands() -> None:
+    from pyanalyzer.cli.ablate import ablate
     from pyanalyzer.cli.actmax import actmax
     from pyanalyzer.cli.atlas import atlas
     from pyanalyzer.cli.cache import cache
@@ -76,7 +77,9 @@ def _attach_commands() -> None:
     from pyanalyzer.cli.invert import invert
     from pyanalyzer.cli.serve import serve
 
-    for command in (info, doctor, dissect, deconv, actmax, invert, atlas, cache, concepts, serve):
+    for command in (
+        info, doctor, dissect, deconv, actmax, invert, atlas, ablate, cache, concepts, serve,
+    ):  # fmt: skip
         cli.add_command(command)
 
 

@@ -68,6 +68,7 @@ class SyntheticImages:
             advice="use fewer scenes (--n-images)",
         )
         self._images: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
 
     @classmethod
     def for_model(cls, spec: PreprocessSpec, n: int, seed: int = 0) -> SyntheticImages:
@@ -80,8 +81,19 @@ class SyntheticImages:
         if self._images is None:
             from pyanalyzer.data import synthetic
 
-            self._images = synthetic.render_batch(self.n, seed=self.seed, size=self.size)[0]
+            self._images, self._labels = synthetic.render_batch(
+                self.n, seed=self.seed, size=self.size
+            )
         return self._images
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 ``[n]``: each scene's class (its main object's shape, 0-based in
+        :func:`~pyanalyzer.data.synthetic.class_names`: the default model's classes)."""
+        if self._labels is None:
+            self.images  # noqa: B018  # renders both
+        assert self._labels is not None
+        return np.asarray(self._labels, np.int64)
 
     def __len__(self) -> int:
         return self.n

@@ -17,6 +17,7 @@ name                analysis
 ``invert-upconv``   :class:`~.inversion.UpconvInversion` (Dosovitskiy & Brox 2016)
 ``train-upconv``    :class:`~.inversion.UpconvTraining` (Dosovitskiy & Brox 2016)
 ``atlas``           :class:`~.atlas.Atlas` (the four joined unit by unit, for a static site)
+``ablate``          :class:`~.ablation.Ablation` (Bau et al. 2020; Zhou et al. 2018)
 ==================  ===========================================================================
 """
 
@@ -42,6 +43,7 @@ _REGISTRY = {
     "invert-upconv": ("pyanalyzer.methods.inversion", "UpconvInversion"),
     "train-upconv": ("pyanalyzer.methods.inversion", "UpconvTraining"),
     "atlas": ("pyanalyzer.methods.atlas", "Atlas"),
+    "ablate": ("pyanalyzer.methods.ablation", "Ablation"),
 }
 
 

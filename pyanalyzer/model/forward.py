@@ -168,6 +168,15 @@ class ForwardEngine:
         except Exception as exc:
             raise ModelError(f"onnxruntime cannot run this model: {first_line(exc)}") from None
 
+    def make_session(self, proto: onnx.ModelProto, outputs: Sequence[str]) -> Any:
+        """A new onnxruntime session of another graph (an edit of this model's: the unit
+        ablation's) with this engine's providers and threads, returning ``outputs``.
+
+        Raises:
+            ModelError: onnxruntime cannot load the graph (one line).
+        """
+        return self._make_session(proto, outputs)
+
     def session(self, outputs: Sequence[str]) -> Any:
         """The cached onnxruntime session whose outputs are these ONNX tensors."""
         key = tuple(outputs)

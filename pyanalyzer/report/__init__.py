@@ -12,6 +12,8 @@ top-k patches (``TopPatchesResult``)     :func:`~.patches.write_patches`
 activation maximization                 :func:`~.actmax.write_actmax`
 inversion (``InversionResult``)          :func:`~.inversion.write_inversion`
 the model atlas (``AtlasResult``)         :func:`~.atlas.write_atlas` (a static site)
+unit ablation (``AblationResult``)       :func:`~.ablation.write_ablation`
+model comparison (``ComparisonResult``)  :func:`~.compare.write_comparison`
 ======================================  =================================================
 
 Writers import their method's result types, never the other way round; the montage helpers
@@ -56,6 +58,8 @@ _WRITERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "ActmaxResult": ("actmax", "write_actmax", ()),
     "InversionResult": ("inversion", "write_inversion", ()),
     "AtlasResult": ("atlas", "write_atlas", ("model", "dataset", "source")),
+    "AblationResult": ("ablation", "write_ablation", ("model", "extra")),
+    "ComparisonResult": ("compare", "write_comparison", ("extra",)),
 }
 
 

@@ -160,6 +160,7 @@ def test_model_upload_is_content_addressed(shared: Any, default_model: Path) -> 
         ("patches", {"layer": "relu5", "units": "0-3", "k": 4}, {"n_images": 24}),
         ("actmax", {"layer": "relu5", "units": "0-1", "steps": 6}, {}),
         ("invert-optim", {"layers": ["relu5"], "steps": 5}, "image"),
+        ("ablate", {"layer": "relu6", "units": "0-3", "top": 1}, {"n_images": 24}),
         (
             "atlas",
             {
@@ -191,7 +192,7 @@ def test_each_method_equals_the_library(
         from pyanalyzer.data.images import ImageFiles
 
         source = ImageFiles([shared["image_path"]])
-    elif method == "patches":
+    elif method in ("patches", "ablate"):
         from pyanalyzer import load_model
         from pyanalyzer.data.defaults import SyntheticImages
 
