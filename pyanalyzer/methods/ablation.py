@@ -48,6 +48,9 @@ __all__ = [
 ABLATION_IMAGES = 500
 """Synthetic scenes used when no images are given."""
 
+TAIL_FEED_BYTES = 256 << 20
+"""The most bytes of repeated inputs fed to one pass of the network after the layer."""
+
 
 class AblationParams(Params):
     """Parameters of :class:`Ablation`."""
@@ -499,7 +502,10 @@ class Ablation(Analysis[AblationParams, AblationResult]):
         feeds = self._head(x)
         dtype = onnx_dtype(self.graph.mask_dtype)
         out = np.empty((len(masks), b, self.n_classes), np.float64)
-        step = max(1, self.params.unit_batch)
+        # the crossing tensors are repeated once per ablation of a pass: at most
+        # TAIL_FEED_BYTES of them at once, whatever --unit-batch asks (results do not change)
+        row = sum(int(feeds[name].nbytes) for name in self.graph.inputs) // max(b, 1)
+        step = max(1, min(self.params.unit_batch, TAIL_FEED_BYTES // max(1, row * b)))
         loop = self.model.forward.batch_mode == "loop"
         for s in range(0, len(masks), step):
             chunk = masks[s : s + step]

@@ -389,3 +389,24 @@ def test_surgery_keeps_the_original_model_untouched(model):
         np.zeros((1, 3, 64, 64), np.float32), [[0]]
     )
     assert model.proto == before
+
+
+def test_the_repeated_inputs_are_capped_without_changing_results(model, scenes, monkeypatch):
+    import pyanalyzer.methods.ablation as ab
+
+    x = _inputs(model, scenes)[:8]
+    sets = [[u] for u in range(10)]
+    want = Ablation(model, layer="relu5", top=0, progress=False, unit_batch=16).scores(x, sets)
+    calls = []
+    a = Ablation(model, layer="relu5", top=0, progress=False, unit_batch=16)
+    a.scores(x[:1], [])  # the graph is built
+    real = a.session.run
+    a.session = type(
+        "S",
+        (),
+        {"run": lambda self, o, f: calls.append(len(f["pyanalyzer_ablation_mask"])) or real(o, f)},
+    )()
+    monkeypatch.setattr(ab, "TAIL_FEED_BYTES", 1)
+    got = a.scores(x, sets)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert calls == [8] * 11  # one ablation (8 image rows) per pass
