@@ -16,11 +16,10 @@ def unit_image_provider(
 
     The images are those the model saw (the dataset images at the model's input size); each
     mask is the unit's map upsampled bilinearly to that size (half-pixel centres, as the
-    tally) and thresholded at the unit's dissection threshold. One forward pass over the union
-    of the units' top images computes every map up front.
+    tally, by the tally's own kernel, so no torch is imported) and thresholded at the unit's dissection threshold. One forward pass over the union of the
+    units' top images computes every map up front.
     """
-    import torch
-    import torch.nn.functional as F
+    from pyanalyzer import _backend
 
     spec = model.preprocessing
     top = result.top_images[:, :shown]
@@ -41,12 +40,12 @@ def unit_image_provider(
         for i in top[unit]:
             if i < 0:
                 continue
-            a = torch.from_numpy(np.ascontiguousarray(maps[int(i)][unit][None, None]))
-            up = F.interpolate(a, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+            a = np.ascontiguousarray(maps[int(i)][unit][None, None], dtype=np.float32)
+            up = _backend.upsample_bilinear(a, (h, w), device="cpu")[0, 0]
             rgb = pixels[int(i)]
             if rgb.shape[-1] == 1:
                 rgb = np.repeat(rgb, 3, axis=-1)
-            out.append((rgb, up.numpy() > thr[unit], float(maps[int(i)][unit].max())))
+            out.append((rgb, up > thr[unit], float(maps[int(i)][unit].max())))
         return out
 
     return images
