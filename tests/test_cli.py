@@ -226,3 +226,25 @@ def test_cache_on_corrupt_store_exit_2(capsys, tmp_path):
     bad.write_bytes(b"not hdf5 at all")
     code, _, err = run_cli(capsys, "cache", "ls", "--store", str(bad))
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["info", "dissect", "cache"])
+def test_commands_without_gradients_do_not_import_torch(command, default_model, tmp_path):
+    """info --no-parity, dissect (with its report) and cache run without torch or onnx2torch."""
+    import subprocess
+    import sys
+
+    store = str(tmp_path / "store")
+    args = {
+        "info": ["info", str(default_model), "--no-parity"],
+        "dissect": ["dissect", str(default_model), "--layer", "relu6", "--n-images", "20",
+                    "--out", str(tmp_path / "d"), "--store", store, "--no-progress"],
+        "cache": ["cache", "ls", "--store", store],
+    }[command]  # fmt: skip
+    code = (
+        "import sys\nfrom pyanalyzer.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as e:\n    rc = e.code\n"
+        "print('RC', rc, 'torch' in sys.modules, 'onnx2torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "RC 0 False False", out.stderr[-2000:]

@@ -19,7 +19,12 @@ __all__ = ["doctor", "info"]
 
 @click.command()
 @json_option
-@click.option("--no-parity", is_flag=True, help="Skip the onnxruntime/torch parity check.")
+@click.option(
+    "--no-parity",
+    is_flag=True,
+    help="Skip the conversion to torch and the onnxruntime/torch parity check (fast: torch is "
+    "not imported; gradient availability is then not checked).",
+)
 @layers_option(
     required=False, help="Show only these layers (alias or ONNX tensor name; repeatable)."
 )
@@ -33,7 +38,7 @@ def info(model: str, as_json: bool, no_parity: bool, layers: tuple[str, ...], **
     '<model file>.json'.
     """
     m = open_model(model, kw, check_parity=not no_parity)
-    summary = m.summary()
+    summary = m.summary(gradient=not no_parity)  # --no-parity: torch is not imported
     if layers:
         chosen = {m.layer(name).name for name in layers}
         summary["layers"] = [x for x in summary["layers"] if x["name"] in chosen]
@@ -60,9 +65,11 @@ def _print_info(m: Model, s: dict[str, Any]) -> None:
         more = f" (+{len(names) - 12} more)" if len(names) > 12 else ""
         rows.append(("classes", f"{len(names)}: {', '.join(names[:12])}{more}"))
     g = s["gradient"]
-    rows.append(
-        ("gradients", "available (onnx2torch)" if g["available"] else f"unavailable: {g['error']}")
-    )
+    if g["available"] is None:
+        state = "not checked (--no-parity skips the conversion to torch)"
+    else:
+        state = "available (onnx2torch)" if g["available"] else f"unavailable: {g['error']}"
+    rows.append(("gradients", state))
     if m.parity_report is not None:
         rows.append(("parity", m.parity_report.describe()))
     width = max(len(k) for k, _ in rows)

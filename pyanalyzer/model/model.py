@@ -423,8 +423,14 @@ class Model:
         return self.parity_report
 
     # ---- description -----------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
-        """Everything ``pyanalyzer info --json`` prints (parity when it was checked)."""
+    def summary(self, *, gradient: bool = True) -> dict[str, Any]:
+        """Everything ``pyanalyzer info --json`` prints (parity when it was checked).
+
+        Args:
+            gradient: convert to torch to say whether gradient methods are available (torch
+                is imported); False: ``"gradient"`` says it was not checked, unless the
+                conversion was already tried.
+        """
         p = self.proto
         parity = self.parity_report
         return {
@@ -445,7 +451,11 @@ class Model:
             "preprocessing_source": dict(self.preprocessing.source),
             "class_names": self.class_names,
             "layers": [layer.to_dict() for layer in self.layers],
-            "gradient": {"available": self.gradient_available, "error": self.gradient_error},
+            "gradient": (
+                {"available": self.gradient_available, "error": self.gradient_error}
+                if gradient or self._gradient is not None or self._gradient_error is not None
+                else {"available": None, "error": None}
+            ),
             "parity": parity.to_dict() if parity is not None else None,
         }
 
