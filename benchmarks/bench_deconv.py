@@ -7,7 +7,11 @@ autograd contender is the same torch twin with ReLUs whose backward rectifies th
 prints both times and the ratio, on an AlexNet-shaped network (227x227, overlapping 3x3/2
 pools, random weights, exported to ONNX here).
 
-    python benchmarks/bench_deconv.py [--batch 8] [--repeat 5]
+Then the same for several units of the layer (``--units 8``): pyanalyzer's one batched walk
+(``Projector.project_units``: the images repeated once per unit) against one autograd call
+per unit.
+
+    python benchmarks/bench_deconv.py [--batch 8] [--repeat 5] [--units 8]
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--units", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as d:
@@ -99,6 +104,28 @@ def main() -> None:
         print(f"  pyanalyzer walk (unpool kernel) : {o * 1e3:8.1f} ms")
         print(f"  autograd with deconv ReLUs      : {t * 1e3:8.1f} ms")
         print(f"  ratio autograd / walk           : {t / o:8.2f}x   (max rel diff {err:.1e})")
+        # several units of the layer: one batched walk against one autograd call per unit
+        units = list(range(args.units))
+        ours, theirs = [], []
+        for _ in range(max(2, args.repeat // 2) + 1):
+            t0 = time.perf_counter()
+            many = walker.project_units(x, layer.name, units)
+            ours.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            refs = [autograd_projection(model, x, layer.name, u) for u in units]
+            theirs.append(time.perf_counter() - t0)
+        o, t = statistics.median(ours[1:]), statistics.median(theirs[1:])
+        err = max(
+            float(np.abs(p.pixels - r).max() / max(np.abs(r).max(), 1e-12))
+            for p, r in zip(many, refs, strict=True)
+        )
+        print(f"{len(units)} units of {layer.alias}, batch {args.batch} images each:")
+        print(f"  pyanalyzer, one batched walk    : {o * 1e3:8.1f} ms")
+        print(f"  autograd, one call per unit     : {t * 1e3:8.1f} ms")
+        print(
+            f"  ratio autograd / walk           : {t / o:8.2f}x   (target >= 1.5x; max rel "
+            f"diff {err:.1e})"
+        )
 
 
 if __name__ == "__main__":

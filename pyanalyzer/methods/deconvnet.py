@@ -70,7 +70,8 @@ backward.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
@@ -148,7 +149,8 @@ class Projection:
     method: str
     mode: str
     layer: str
-    unit: int
+    unit: int | np.ndarray
+    """The unit, or int64 ``[N]``: each row's unit."""
 
     def images(self) -> np.ndarray:
         """``uint8 [N, H, W, 3]`` for display: DeconvNet and guided backprop as signed images
@@ -192,17 +194,27 @@ class Projector:
 
     # ---- public --------------------------------------------------------------------------
     def project(
-        self, x: np.ndarray, layer: str, unit: int, *, mode: str = "max", k: int = 9
+        self,
+        x: np.ndarray,
+        layer: str,
+        unit: int | Sequence[int] | np.ndarray,
+        *,
+        mode: str = "max",
+        k: int = 9,
+        repeat: int = 1,
     ) -> Projection:
-        """Project ``unit`` of ``layer`` for a batch of model inputs.
+        """Project ``unit`` of ``layer`` for a batch of model inputs, in one pass.
 
         Args:
             x: float32 model input (``model.preprocessing.normalize`` of 0–255 pixels).
             layer: alias or ONNX name of a spatial layer.
-            unit: the channel.
+            unit: the channel, or one channel per row of the images repeated ``repeat``
+                times (several units in one batched walk: :meth:`project_units`).
             mode: ``"max"``: only the unit's strongest activation (Zeiler & Fergus);
                 ``"map"``: the whole channel map; ``"topk"``: its ``k`` strongest activations.
             k: for ``mode="topk"``.
+            repeat: the walk runs on the images repeated this many times (the forward pass
+                runs once); each row's unit given by ``unit``.
 
         Raises:
             UserInputError: unknown layer or mode, unit out of range, an op the chosen method
@@ -214,17 +226,25 @@ class Projector:
         channels = int(info.channels or 0)
         if mode not in MODES:
             raise UserInputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if not (0 <= int(unit) < channels):
-            raise UserInputError(
-                f"unit {unit} is out of range: layer {info.alias} has units 0..{channels - 1}"
-            )
+        per_row = np.ndim(unit) == 1
+        units = np.asarray(unit, np.int64).reshape(-1)
+        for u in units:
+            if not (0 <= int(u) < channels):
+                raise UserInputError(
+                    f"unit {int(u)} is out of range: layer {info.alias} has units 0..{channels - 1}"
+                )
         if mode == "topk" and k < 1:
             raise UserInputError(f"k must be at least 1, got {k}")
         spec = self.model.preprocessing
         h, w = spec.input_size
         dims = "N C H W" if self.model.input.layout == "nchw" else "N H W C"
         x = check_shape("x", x, dims, note="(preprocessed model input)", C=spec.channels, H=h, W=w)
-        unit = int(unit)
+        reps = max(1, int(repeat))
+        if per_row and len(units) != len(x) * reps:
+            raise UserInputError(
+                f"{len(units)} unit(s) given for {len(x) * reps} image row(s): one per row"
+            )
+        rows = torch.from_numpy(units if per_row else np.full(len(x) * reps, int(units[0])))
         with torch.no_grad():
             rec = self.engine.record(
                 torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), [info.name]
@@ -234,7 +254,10 @@ class Projector:
         if isinstance(act, tuple | list):
             act = act[self.engine.producer(info.name)[1]]
         act = info.to_nchw(act.detach())  # [N, C, h, w] whatever the model's layout
-        chan = act[:, unit]  # [N, h, w]
+        if reps > 1:  # the forward ran once; the walk runs on the images repeated
+            act = act.repeat(reps, 1, 1, 1)
+        index = torch.arange(len(act))
+        chan = act[index, rows]  # [N, h, w]
         flat = chan.reshape(len(chan), -1)
         pos = flat.argmax(dim=1)
         keep = torch.zeros_like(flat)
@@ -247,8 +270,8 @@ class Projector:
             keep.scatter_(1, top, 1.0)
         kept = (flat * keep).reshape(chan.shape)
         signal = torch.zeros_like(act)
-        signal[:, unit] = kept
-        pixels = self._walk(rec.module, rec.values, target, info.from_nchw(signal))
+        signal[index, rows] = kept
+        pixels = self._walk(rec.module, rec.values, target, info.from_nchw(signal), reps)
         pixels = to_nchw(pixels, self.model.input.layout)
         out = pixels.detach().numpy().astype(np.float32)
         if self.model.input.channels == 3 and self.model.preprocessing.channel_order == "bgr":
@@ -257,11 +280,40 @@ class Projector:
         positions = torch.stack([pos // w, pos % w], dim=1).numpy().astype(np.int64)
         return Projection(
             pixels=out, activation=kept.reshape(len(kept), -1).sum(1).numpy().astype(np.float32),
-            positions=positions, method=self.method, mode=mode, layer=info.name, unit=unit,
+            positions=positions, method=self.method, mode=mode, layer=info.name,
+            unit=units.copy() if per_row else int(units[0]),
         )  # fmt: skip
 
+    def project_units(
+        self,
+        x: np.ndarray,
+        layer: str,
+        units: Sequence[int],
+        *,
+        mode: str = "max",
+        k: int = 9,
+    ) -> list[Projection]:
+        """Project several units of ``layer`` on the same images: one forward pass, then one
+        backward walk of the images repeated once per unit. One :class:`Projection` per unit,
+        equal to :meth:`project` of that unit alone."""
+        units = [int(u) for u in units]
+        if not units:
+            return []
+        n = len(x)
+        both = self.project(x, layer, np.repeat(units, n), mode=mode, k=k, repeat=len(units))
+        return [
+            replace(
+                both,
+                pixels=both.pixels[j * n : (j + 1) * n],
+                activation=both.activation[j * n : (j + 1) * n],
+                positions=both.positions[j * n : (j + 1) * n],
+                unit=u,
+            )
+            for j, u in enumerate(units)
+        ]
+
     # ---- the reverse walk ----------------------------------------------------------------
-    def _walk(self, gm, values: dict[str, Any], target, signal):
+    def _walk(self, gm, values: dict[str, Any], target, signal, reps=1):
         import torch
 
         nodes = list(gm.graph.nodes)
@@ -288,33 +340,47 @@ class Projector:
             )
             if not ins:
                 continue
-            for a, g in zip(ins, self._node_vjp(gm, n, values, ins, sig), strict=True):
+            for a, g in zip(ins, self._node_vjp(gm, n, values, ins, sig, reps), strict=True):
                 if g is None:
                     continue
                 prev = signals.get(a.name)
                 signals[a.name] = g if prev is None else prev + g
         raise UserInputError("the chosen layer is not connected to the model input")
 
-    def _node_vjp(self, gm, n, values, ins, sig):
+    def _node_vjp(self, gm, n, values, ins, sig, reps=1):
         import torch
 
         onnx_node = self.engine.onnx_nodes[n.target]
         op = onnx_node.op_type
         module = gm.get_submodule(n.target)
-        args = [values[a.name] if isinstance(a, torch.fx.Node) else a for a in n.args]
+        raw = [values[a.name] if isinstance(a, torch.fx.Node) else a for a in n.args]
+        path_names = {a.name for a in ins}
+
+        def repeated(a, v):
+            # the images' values, repeated as the signal's rows are (inputs on the path only)
+            if reps == 1 or getattr(a, "name", None) not in path_names:
+                return v
+            if isinstance(v, torch.Tensor) and v.dim() >= 1:
+                return v.repeat(reps, *([1] * (v.dim() - 1)))
+            return v
+
         if isinstance(sig, list):  # a multi-output node: missing outputs get zeros
             out = values[n.name]
             sig = tuple(
-                torch.zeros_like(o) if s is None else s for s, o in zip(sig, out, strict=True)
+                torch.zeros((o.shape[0] * reps, *o.shape[1:]), dtype=o.dtype) if s is None else s
+                for s, o in zip(sig, out, strict=True)
             )
         if op in _RECTIFIERS and self.method != "saliency":
-            rect = _rectifier(op, onnx_node, module, args)
+            rect = _rectifier(op, onnx_node, module, raw)
             if rect is not None:
-                return [rect.guided(sig, args[0]) if self.method == "guided" else rect.deconv(sig)]
+                if self.method == "guided":
+                    return [rect.guided(sig, repeated(n.args[0], raw[0]))]
+                return [rect.deconv(sig)]
         if op == "Relu":  # saliency: the gradient, written out (it is autograd's)
-            return [sig * (args[0] > 0)]
+            return [sig * (repeated(n.args[0], raw[0]) > 0)]
         if op == "MaxPool":
-            return [self._unpool(onnx_node, args[0], sig[0] if isinstance(sig, tuple) else sig)]
+            sig0 = sig[0] if isinstance(sig, tuple) else sig
+            return [self._unpool(onnx_node, raw[0], sig0, reps)]
         if op in _PASS_THROUGH and self.method != "saliency":
             return [sig]
         if op in _NO_SIGNAL:
@@ -330,14 +396,15 @@ class Projector:
             )
         if isinstance(module, torch.nn.Conv2d) and isinstance(sig, torch.Tensor) and len(ins) == 1:
             # Transposed convolution with the same filters, without re-running the forward.
-            x = args[0]
+            shape = (raw[0].shape[0] * reps, *raw[0].shape[1:])
             return [
                 torch.nn.grad.conv2d_input(
-                    x.shape, module.weight, sig, module.stride, module.padding,
+                    shape, module.weight, sig, module.stride, module.padding,
                     module.dilation, module.groups,
                 )
             ]  # fmt: skip
         # The transpose of a linear op (and the gradient of any op) is its VJP at the input.
+        args = [repeated(a, v) for a, v in zip(n.args, raw, strict=True)]
         leaves = []
         call = []
         for a, v in zip(n.args, args, strict=True):
@@ -362,8 +429,9 @@ class Projector:
                 by_name[name] = g if name not in by_name else by_name[name] + g
         return [by_name.get(a.name) for a in ins]
 
-    def _unpool(self, node, x, sig):
-        """Max-unpooling with switches, through pyanalyzer's C++/CUDA kernel."""
+    def _unpool(self, node, x, sig, reps=1):
+        """Max-unpooling with switches, through pyanalyzer's C++/CUDA kernel (the switches
+        of the images ``x``, repeated ``reps`` times as the signal's rows are)."""
         import torch
         import torch.nn.functional as F
 
@@ -391,9 +459,12 @@ class Projector:
         pooled, switches = F.max_pool2d(
             xp, kernel, strides, 0, dil, bool(attrs.get("ceil_mode", 0)), return_indices=True
         )
-        if tuple(pooled.shape) != tuple(sig.shape):
+        if reps > 1:
+            switches = switches.repeat(reps, 1, 1, 1)
+        shape = (pooled.shape[0] * reps, *pooled.shape[1:])
+        if tuple(shape) != tuple(sig.shape):
             raise UserInputError(
-                f"max-pool node {node.name}: recomputed output {list(pooled.shape)} does not "
+                f"max-pool node {node.name}: recomputed output {list(shape)} does not "
                 f"match the graph's {list(sig.shape)}"
             )
         up = _backend.unpool(
@@ -637,19 +708,16 @@ class UnitProjection(ImageAnalysis[ProjectionParams, ProjectionResult]):
 
     def compute(self, inputs: np.ndarray, checkpoint: Checkpoint) -> ProjectionResult:
         p, spec = self.params, self.model.preprocessing
-        per_unit = []
-        for u in self.units:
-            parts = [
-                self.projector.project(
-                    spec.normalize(inputs[s : s + p.batch_size]),
-                    self.info.name,
-                    u,
-                    mode=p.mode,
-                    k=p.k,
-                )  # fmt: skip
-                for s in range(0, len(inputs), p.batch_size)
-            ]
-            per_unit.append(parts)
+        per_unit: list[list[Projection]] = [[] for _ in self.units]
+        # batch_size rows a walk: the images of a batch repeated once per unit of a group
+        for s in range(0, len(inputs), p.batch_size):
+            x = spec.normalize(inputs[s : s + p.batch_size])
+            group = max(1, p.batch_size // len(x))
+            for g in range(0, len(self.units), group):
+                chosen = self.units[g : g + group]
+                found = self.projector.project_units(x, self.info.name, chosen, mode=p.mode, k=p.k)
+                for j, q in enumerate(found):
+                    per_unit[g + j].append(q)
         return ProjectionResult(
             pixels=np.stack([np.concatenate([q.pixels for q in parts]) for parts in per_unit]),
             activation=np.stack(

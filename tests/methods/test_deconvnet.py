@@ -498,3 +498,29 @@ def test_an_op_read_twice_counts_both_terms(tmp_path):
     y = (w * x * x).sum(axis=1, keepdims=True)
     got = Projector(m, "deconv", device="cpu").project(x, "y", 0, mode="map").pixels
     np.testing.assert_allclose(got, 2 * x * w * y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["deconv", "guided", "saliency"])
+def test_several_units_in_one_walk_equal_each_alone(default, tmp_path, method):
+    """project_units: one forward pass, the walk on the images repeated once per unit; each
+    unit equals its own project() (and the autograd reference)."""
+    x = _inputs(default, n=3)
+    p = Projector(default, method, device="cpu")
+    units = [5, 0, 17]
+    many = p.project_units(x, "relu6", units, mode="max")
+    for u, got in zip(units, many, strict=True):
+        alone = p.project(x, "relu6", u, mode="max")
+        assert got.unit == u
+        np.testing.assert_allclose(got.pixels, alone.pixels, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(got.positions, alone.positions)
+        np.testing.assert_array_equal(got.activation, alone.activation)
+    # NHWC with a padded max-pool and transposes, in map mode
+    m = pa.load_model(fac.tf2onnx_style(tmp_path), check_parity=False)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    p = Projector(m, method, device="cpu")
+    many = p.project_units(x, "avgpool1", [4, 1], mode="map")
+    for u, got in zip([4, 1], many, strict=True):
+        ref = p.project(x, "avgpool1", u, mode="map").pixels
+        np.testing.assert_allclose(got.pixels, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    with pytest.raises(UserInputError, match="one per row"):
+        p.project(x, "avgpool1", [1, 2, 3])
