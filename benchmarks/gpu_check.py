@@ -404,6 +404,114 @@ def bench_topk() -> Result:
     return Result(f"topk timing U=512 k=15510: CUDA {t_gpu * 1e3:.0f} ms", ok, detail)
 
 
+def make_compose_case(
+    rng: np.random.Generator,
+    n: int,
+    units: int,
+    hw: tuple[int, int],
+    size: tuple[int, int],
+    channels: int,
+    labels: int,
+    concepts: int,
+    beam: int,
+    terms: int,
+    quantile: float,
+) -> dict[str, np.ndarray]:
+    """compose's inputs: blocky seg with repeats across channels, labels also in seg, random
+    formulas of every length 0..terms with every operator (garbage after each formula's end)."""
+    acts = rng.standard_normal((n, units, *hw), dtype=np.float32)
+    thresholds = np.quantile(acts.transpose(1, 0, 2, 3).reshape(units, -1), quantile, axis=1)
+    blocks = rng.integers(0, concepts, size=(n, channels, 8, 8), dtype=np.int32)
+    ry, rx = -(-size[0] // 8), -(-size[1] // 8)
+    seg = np.repeat(np.repeat(blocks, ry, axis=2), rx, axis=3)[:, :, : size[0], : size[1]]
+    seg = np.ascontiguousarray(seg)
+    if channels >= 2:  # channel 1 repeats channel 0 on a third of the pixels
+        same = rng.random((n, *size)) < 0.3
+        seg[:, 1][same] = seg[:, 0][same]
+    image_labels = rng.integers(0, concepts, size=(n, labels), dtype=np.int32)
+    if labels and channels:
+        image_labels[:, 0] = seg[:, 0, 0, 0]  # a label also in seg
+    formulas = rng.integers(1, concepts, size=(units, beam, terms)).astype(np.int32)
+    ops = rng.integers(1, 4, size=(units, beam, terms)).astype(np.int8)
+    ends = rng.integers(0, terms + 1, size=(units, beam))
+    for t in range(terms):
+        formulas[:, :, t][ends == t] = 0
+    return {
+        "acts": acts,
+        "thresholds": thresholds.astype(np.float32),
+        "seg": seg,
+        "image_labels": image_labels,
+        "formulas": formulas,
+        "ops": ops,
+    }
+
+
+def run_compose(case: dict[str, np.ndarray], concepts: int, device: str):
+    units, beam = case["formulas"].shape[:2]
+    counts = _backend.ComposeCounts.zeros(units, beam, concepts)
+    return _backend.compose(**case, counts=counts, device=device)
+
+
+def same_compose(a, b) -> bool:
+    return all(
+        np.array_equal(getattr(a, f), getattr(b, f))
+        for f in ("f_concept", "mf_concept", "f_area", "mf_area")
+    )
+
+
+# (name, n, units, (h, w), (Sh, Sw), K, L, C, B, T, quantile)
+COMPOSE_CASES = [
+    ("default relu6-like", 64, 128, (8, 8), (32, 32), 3, 2, 37, 5, 3, 0.995),
+    ("13x11 partial words", 16, 12, (5, 3), (13, 11), 2, 2, 9, 4, 3, 0.8),
+    ("K=0, L=3", 8, 16, (4, 4), (9, 9), 0, 3, 12, 3, 2, 0.7),
+    ("wide beam, 2 concept ranges", 6, 8, (7, 7), (20, 20), 2, 1, 400, 40, 3, 0.9),
+    ("Broden-like 7x7->112", 32, 64, (7, 7), (112, 112), 2, 1, 1200, 5, 3, 0.995),
+]
+
+
+def check_compose_equality() -> Result:
+    """CUDA vs CPU compose (compositional explanations) on fresh random data: identical counts;
+    one Broden-like batch (512 images x 512 units, 7x7 -> 112x112, C=1200, beam 5 of length 3)
+    timed on both."""
+    rng = np.random.default_rng(2026)
+    failures = []
+    for name, n, u, hw, size, k, lab, c, b, t, q in COMPOSE_CASES:
+        case = make_compose_case(rng, n, u, hw, size, k, lab, c, b, t, q)
+        same = same_compose(run_compose(case, c, "cpu"), run_compose(case, c, "cuda"))
+        print(f"    {name:28s} counts {'identical' if same else 'DIFFER'}")
+        if not same:
+            failures.append(name)
+    case = make_compose_case(rng, 512, 512, (7, 7), (112, 112), 2, 1, 1200, 5, 3, 0.995)
+    t0 = time.perf_counter()
+    cpu = run_compose(case, 1200, "cpu")
+    t_cpu = time.perf_counter() - t0
+    run_compose(case, 1200, "cuda")  # warm-up
+    t0 = time.perf_counter()
+    gpu = run_compose(case, 1200, "cuda")
+    t_gpu = time.perf_counter() - t0
+    same = same_compose(cpu, gpu)
+    print(
+        f"    one Broden-like batch: CPU ({_backend.info()['omp_max_threads']} threads) "
+        f"{t_cpu:.3f} s, CUDA {t_gpu:.3f} s; counts {'identical' if same else 'DIFFER'}"
+    )
+    if not same:
+        failures.append("Broden-like batch")
+    return Result("compose CUDA == CPU (identical counts)", not failures, ", ".join(failures))
+
+
+def check_compose_validation() -> Result:
+    """The CUDA module rejects a bad operator on the host, like the CPU one."""
+    case = make_compose_case(np.random.default_rng(4), 2, 3, (4, 4), (8, 8), 1, 1, 5, 2, 3, 0.5)
+    case["formulas"][1, 0] = [1, 2, 3]
+    case["ops"][1, 0, 2] = 7
+    try:
+        run_compose(case, 5, "cuda")
+    except ValueError as exc:
+        print(f"    op 7 -> ValueError: {exc}")
+        return Result("compose CUDA validation", True)
+    return Result("compose CUDA validation", False, "a bad operator was accepted")
+
+
 # The checks, in order. ADD NEW CHECKS HERE.
 CHECKS: list[Callable[[], Result]] = [
     check_info,
@@ -412,6 +520,8 @@ CHECKS: list[Callable[[], Result]] = [
     bench_unpool,
     check_tally_equality,
     check_tally_validation,
+    check_compose_equality,
+    check_compose_validation,
     check_topk_equality,
     bench_topk,
     bench_tally_broden,

@@ -54,6 +54,8 @@ _EXPORTS = {
     "LayerDissection": "pyanalyzer.methods.dissection",
     "Net2Vec": "pyanalyzer.methods.dissection",
     "Net2VecResults": "pyanalyzer.methods.dissection",
+    "Compositional": "pyanalyzer.methods.dissection",
+    "CompositionalResult": "pyanalyzer.methods.dissection",
     "DeconvNet": "pyanalyzer.methods.deconvnet",
     "GuidedBackprop": "pyanalyzer.methods.deconvnet",
     "Saliency": "pyanalyzer.methods.deconvnet",
@@ -93,6 +95,8 @@ __all__ = [
     "AtlasInputs",
     "AtlasResult",
     "BrodenDataset",
+    "Compositional",
+    "CompositionalResult",
     "DeconvNet",
     "Dissection",
     "DissectionResult",
@@ -183,6 +187,8 @@ if TYPE_CHECKING:
         Saliency,
     )
     from pyanalyzer.methods.dissection import (
+        Compositional,
+        CompositionalResult,
         Dissection,
         DissectionResult,
         LayerDissection,

@@ -25,9 +25,14 @@ import numpy.typing as npt
 from pyanalyzer.errors import BackendUnavailableError
 
 __all__ = [
+    "AND",
+    "AND_NOT",
+    "OR",
+    "ComposeCounts",
     "CoreImportError",
     "Device",
     "TallyCounts",
+    "compose",
     "info",
     "kernels",
     "tally",
@@ -348,6 +353,121 @@ def tally(
         counts.unit_area_cat,
         counts.unit_area,
         counts.concept_area,
+    )
+    return counts
+
+
+AND, OR, AND_NOT = 1, 2, 3
+"""The operators of :func:`compose`'s formulas (``ops[u, b, t]`` for terms ``t >= 1``)."""
+
+
+@dataclass
+class ComposeCounts:
+    """The int64 counts that :func:`compose` adds to; batches and shards add up.
+
+    Attributes:
+        f_concept: [U, B, C] pixels of formula (u, b) where concept c is present. Column 0
+            stays 0.
+        mf_concept: [U, B, C] the same pixels where unit u also fires.
+        f_area: [U, B] pixels of formula (u, b).
+        mf_area: [U, B] pixels of formula (u, b) where unit u fires.
+    """
+
+    f_concept: np.ndarray
+    mf_concept: np.ndarray
+    f_area: np.ndarray
+    mf_area: np.ndarray
+
+    @classmethod
+    def zeros(cls, units: int, beam: int, concepts: int) -> ComposeCounts:
+        """All-zero counts for U units, B formulas each and C concept ids (0 included)."""
+        return cls(
+            np.zeros((units, beam, concepts), np.int64),
+            np.zeros((units, beam, concepts), np.int64),
+            np.zeros((units, beam), np.int64),
+            np.zeros((units, beam), np.int64),
+        )
+
+    def add(self, other: ComposeCounts) -> ComposeCounts:
+        """Add another shard's counts to these, in place; returns self."""
+        self.f_concept += other.f_concept
+        self.mf_concept += other.mf_concept
+        self.f_area += other.f_area
+        self.mf_area += other.mf_area
+        return self
+
+
+def _as_int8(array: npt.ArrayLike, name: str) -> np.ndarray:
+    """An integer array as C-contiguous int8, refusing values that int8 cannot hold."""
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "iub":
+        raise ValueError(f"{name} must have an integer dtype, got {arr.dtype}")
+    if arr.dtype.kind != "b" and arr.dtype != np.int8 and arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < np.iinfo(np.int8).min or hi > np.iinfo(np.int8).max:
+            raise ValueError(f"{name} holds values outside int8 ([{lo}, {hi}])")
+    return np.ascontiguousarray(arr, dtype=np.int8)
+
+
+def compose(
+    acts: npt.ArrayLike,
+    thresholds: npt.ArrayLike,
+    seg: npt.ArrayLike,
+    image_labels: npt.ArrayLike | None,
+    formulas: npt.ArrayLike,
+    ops: npt.ArrayLike,
+    counts: ComposeCounts,
+    device: str = "auto",
+) -> ComposeCounts:
+    """Add one batch's compositional-explanation counts to ``counts`` (in place).
+
+    Mu & Andreas, "Compositional Explanations of Neurons" (NeurIPS 2020). Each unit's mask M is
+    the tally's (:func:`tally`: the map upsampled bilinearly to the segmentation size,
+    ``> thresholds[u]``, bit for bit). A concept c != 0 is present at a pixel when it is in any
+    seg channel there or among the image's labels (set semantics: once per pixel). Formula
+    ``(u, b)`` is ``formulas[u, b, 0]`` combined left to right with each next id by
+    ``ops[u, b, t]`` (:data:`AND`, :data:`OR`, :data:`AND_NOT`): ``((c0 op1 c1) op2 c2)``; the
+    first 0 id ends it, and a formula starting with 0 is the empty formula (every pixel). Over
+    all pixels of all images: ``f_area[u, b] += |F|``, ``mf_area[u, b] += |M ∧ F|``,
+    ``f_concept[u, b, c] += |F ∧ c|``, ``mf_concept[u, b, c] += |M ∧ F ∧ c|``. The contract is
+    in ``csrc/include/pyanalyzer/compose.h``.
+
+    Args:
+        acts: [N, U, h, w] floats (cast to float32), no NaN.
+        thresholds: [U] floats (cast to float32), no NaN.
+        seg: [N, K, Sh, Sw] ints (cast to int32) in [0, C), 0 = unlabelled; K may be 0.
+        image_labels: [N, L] ints (cast to int32) in [0, C), 0 = padding, or None (L = 0).
+        formulas: [U, B, T] ints (cast to int32): concept ids in [0, C), T >= 1.
+        ops: [U, B, T] ints (cast to int8): 1, 2 or 3 for every term that is read (t >= 1,
+            before the first 0 id); the others are ignored.
+        counts: the :class:`ComposeCounts` to add to (C-contiguous int64, shapes [U, B, C],
+            [U, B, C], [U, B], [U, B]); start from :meth:`ComposeCounts.zeros`.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :func:`kernels`). CUDA copies the whole
+            batch to the GPU: batch large N.
+
+    Returns:
+        ``counts``, updated. CPU and CUDA counts are identical.
+
+    Raises:
+        ValueError: bad dtype, rank or shapes, NaN, an id out of range, a bad operator, or
+            counts that are not writeable C-contiguous int64 arrays.
+        BackendUnavailableError: ``device="cuda"`` without CUDA.
+    """
+    module = kernels(device)
+    acts_ = _as(acts, np.float32, "fiub", "acts")
+    if image_labels is None:
+        image_labels = np.zeros((acts_.shape[0] if acts_.ndim else 0, 0), np.int32)
+    module.compose(
+        acts_,
+        _as(thresholds, np.float32, "fiub", "thresholds"),
+        _as_int32(seg, "seg"),
+        _as_int32(image_labels, "image_labels"),
+        _as_int32(formulas, "formulas"),
+        _as_int8(ops, "ops"),
+        counts.f_concept,
+        counts.mf_concept,
+        counts.f_area,
+        counts.mf_area,
     )
     return counts
 

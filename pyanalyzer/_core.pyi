@@ -60,6 +60,27 @@ def tally(
     range.
     """
 
+def compose(
+    acts: npt.NDArray[np.float32],
+    thresholds: npt.NDArray[np.float32],
+    seg: npt.NDArray[np.int32],
+    image_labels: npt.NDArray[np.int32],
+    formulas: npt.NDArray[np.int32],
+    ops: npt.NDArray[np.int8],
+    f_concept: npt.NDArray[np.int64],
+    mf_concept: npt.NDArray[np.int64],
+    f_area: npt.NDArray[np.int64],
+    mf_area: npt.NDArray[np.int64],
+) -> None:
+    """Compositional-explanation counts of one batch, added in place to the int64 counts.
+
+    acts [N, U, h, w], thresholds [U], seg [N, K, Sh, Sw] (ids in [0, C), 0 = unlabelled),
+    image_labels [N, L], formulas [U, B, T] (ids in [0, C), 0 ends a formula) and ops [U, B, T]
+    (1 = AND, 2 = OR, 3 = AND NOT); counts f_concept [U, B, C], mf_concept [U, B, C], f_area
+    [U, B], mf_area [U, B]. Contract: csrc/include/pyanalyzer/compose.h. Raises ValueError on a
+    bad dtype, rank, layout or shape, read-only counts, NaN, an id out of range or a bad op.
+    """
+
 def upsample_bilinear(
     acts: npt.NDArray[np.float32], out_h: int, out_w: int
 ) -> npt.NDArray[np.float32]:

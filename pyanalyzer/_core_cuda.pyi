@@ -49,6 +49,22 @@ def tally(
     """Same contract as pyanalyzer._core.tally on CUDA device ``device``: host arrays in, the
     batch's counts added to the host count arrays; identical to the CPU's counts."""
 
+def compose(
+    acts: npt.NDArray[np.float32],
+    thresholds: npt.NDArray[np.float32],
+    seg: npt.NDArray[np.int32],
+    image_labels: npt.NDArray[np.int32],
+    formulas: npt.NDArray[np.int32],
+    ops: npt.NDArray[np.int8],
+    f_concept: npt.NDArray[np.int64],
+    mf_concept: npt.NDArray[np.int64],
+    f_area: npt.NDArray[np.int64],
+    mf_area: npt.NDArray[np.int64],
+    device: int = 0,
+) -> None:
+    """Same contract as pyanalyzer._core.compose on CUDA device ``device``: host arrays in, the
+    batch's counts added to the host count arrays; identical to the CPU's counts."""
+
 def upsample_bilinear(
     acts: npt.NDArray[np.float32], out_h: int, out_w: int, device: int = 0
 ) -> npt.NDArray[np.float32]:

@@ -20,6 +20,7 @@ from pyanalyzer.methods import analyses, analysis
 MINIMAL = {
     "dissect": {"layers": ["relu6"]},
     "net2vec": {"layer": "relu6", "concepts": ["circle"]},
+    "compose": {"layers": ["relu6"]},
     "deconv": {"layer": "relu5"},
     "guided": {"layer": "relu5"},
     "saliency": {"layer": "relu5"},
@@ -36,6 +37,7 @@ MINIMAL = {
 FAST = {
     "dissect": {"layers": ["relu6"], "batch_size": 32},
     "net2vec": {"layer": "relu6", "concepts": ["circle"]},
+    "compose": {"layers": ["relu6"], "units": "0-3", "max_length": 2},
     "deconv": {"layer": "relu5", "units": "0-1"},
     "guided": {"layer": "relu5", "units": [2]},
     "saliency": {"layer": "relu5", "units": 3},
@@ -74,9 +76,14 @@ def images():
     return synthetic.render_batch(3, seed=5, size=64)[0]
 
 
+def keywords_for(name, model):
+    """What each analysis takes beyond its params (compare: the second model)."""
+    return {"other": model} if name == "compare" else {}
+
+
 def inputs_for(name, images, concepts):
     """What each analysis runs on."""
-    if name in ("dissect", "net2vec", "atlas"):
+    if name in ("dissect", "net2vec", "compose", "atlas", "compare"):
         return concepts
     if name == "actmax":
         return None
@@ -165,7 +172,7 @@ def test_every_analysis_answers_from_the_store_without_computing(
     if name == "invert-upconv":  # it needs a trained decoder in the store
         pa.UpconvTraining(model, store=store, progress=False, **FAST["train-upconv"]).run()
     inputs = inputs_for(name, images, concepts)
-    first = cls(model, FAST[name], store=store, progress=False)
+    first = cls(model, FAST[name], store=store, progress=False, **keywords_for(name, model))
     result = first.run(inputs)
     assert not first.from_store and isinstance(result, cls.result_type)
     before = json.dumps(result.summary(), sort_keys=True)
@@ -174,7 +181,7 @@ def test_every_analysis_answers_from_the_store_without_computing(
         raise AssertionError(f"{name} computed again")
 
     monkeypatch.setattr(cls, "compute", refuse)
-    second = cls(model, FAST[name], store=store, progress=False)
+    second = cls(model, FAST[name], store=store, progress=False, **keywords_for(name, model))
     again = second.run(inputs)
     assert second.from_store and not second.resumed
     after = json.dumps(again.summary(), sort_keys=True)

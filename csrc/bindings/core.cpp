@@ -13,6 +13,8 @@
 #include <string>
 
 #include "checks.h"
+#include "compose_args.h"
+#include "pyanalyzer/compose.h"
 #include "pyanalyzer/quantile.h"
 #include "pyanalyzer/tally.h"
 #include "pyanalyzer/unpool.h"
@@ -83,6 +85,16 @@ void tally_cpu(const py::array& acts, const py::array& thresholds, const py::arr
                        intersection, unit_area_cat, unit_area, concept_area);
   py::gil_scoped_release release;
   tally(args.inputs, args.shape, args.counts);
+}
+
+void compose_cpu(const py::array& acts, const py::array& thresholds, const py::array& seg,
+                 const py::array& image_labels, const py::array& formulas, const py::array& ops,
+                 py::array f_concept, py::array mf_concept, py::array f_area,
+                 py::array mf_area) {
+  const ComposeArgs args = check_compose_args(acts, thresholds, seg, image_labels, formulas, ops,
+                                              f_concept, mf_concept, f_area, mf_area);
+  py::gil_scoped_release release;
+  compose(args.inputs, args.shape, args.counts);
 }
 
 py::array_t<float> upsample_bilinear_cpu(const py::array& acts, int64_t out_h, int64_t out_w) {
@@ -178,6 +190,36 @@ Args:
 
 Raises:
     ValueError: wrong dtype, rank, layout or shape; read-only counts; NaN; an id out of range.
+)doc");
+
+  m.def("compose", &compose_cpu, py::arg("acts"), py::arg("thresholds"), py::arg("seg"),
+        py::arg("image_labels"), py::arg("formulas"), py::arg("ops"), py::arg("f_concept"),
+        py::arg("mf_concept"), py::arg("f_area"), py::arg("mf_area"),
+        R"doc(Compositional-explanation counts of one batch, added in place to the int64 counts.
+
+For every unit u and formula b (concepts combined left to right by AND, OR, AND NOT), over
+all pixels of the S_h x S_w grid of every image: |F|, |M ∧ F|, and for every concept c,
+|F ∧ c| and |M ∧ F ∧ c|, where M is the unit's mask exactly as the tally thresholds it and a
+concept is present at a pixel when it is in any seg channel or among the image's labels (set
+semantics). See csrc/include/pyanalyzer/compose.h for the contract.
+
+Args:
+    acts: float32 [N, U, h, w], no NaN.
+    thresholds: float32 [U], no NaN.
+    seg: int32 [N, K, S_h, S_w] concept ids in [0, C), 0 = unlabelled (K may be 0).
+    image_labels: int32 [N, L] image-level concept ids in [0, C), 0 = padding (L may be 0).
+    formulas: int32 [U, B, T] concept ids in [0, C); the first 0 ends a formula; a formula
+        starting with 0 is the empty formula (every pixel).
+    ops: int8 [U, B, T]: ops[u, b, t] for t >= 1 combines term t: 1 = AND, 2 = OR,
+        3 = AND NOT (ops[u, b, 0] is ignored).
+    f_concept: int64 [U, B, C], accumulated in place (column 0 untouched).
+    mf_concept: int64 [U, B, C], accumulated in place (column 0 untouched).
+    f_area: int64 [U, B], accumulated in place.
+    mf_area: int64 [U, B], accumulated in place.
+
+Raises:
+    ValueError: wrong dtype, rank, layout or shape; read-only counts; NaN; an id out of range;
+        an operator other than 1, 2, 3 in a term that is read.
 )doc");
 
   m.def("upsample_bilinear", &upsample_bilinear_cpu, py::arg("acts"), py::arg("out_h"),

@@ -9,6 +9,8 @@
 #include <string>
 
 #include "checks.h"
+#include "compose_args.h"
+#include "pyanalyzer/compose.h"
 #include "pyanalyzer/quantile.h"
 #include "pyanalyzer/tally.h"
 #include "pyanalyzer/unpool.h"
@@ -94,6 +96,17 @@ void tally_cuda(const py::array& acts, const py::array& thresholds, const py::ar
   cuda::tally(args.inputs, args.shape, args.counts, device);
 }
 
+void compose_cuda(const py::array& acts, const py::array& thresholds, const py::array& seg,
+                  const py::array& image_labels, const py::array& formulas,
+                  const py::array& ops, py::array f_concept, py::array mf_concept,
+                  py::array f_area, py::array mf_area, int device) {
+  const ComposeArgs args = check_compose_args(acts, thresholds, seg, image_labels, formulas, ops,
+                                              f_concept, mf_concept, f_area, mf_area);
+  require_device(device, "compose");
+  py::gil_scoped_release release;
+  cuda::compose(args.inputs, args.shape, args.counts, device);
+}
+
 py::array_t<float> upsample_bilinear_cuda(const py::array& acts, int64_t out_h, int64_t out_w,
                                           int device) {
   const auto out_shape = check_upsample_args(acts, out_h, out_w);
@@ -142,6 +155,16 @@ and out, CUB segmented sort); bitwise equal to the CPU's.)doc");
         py::arg("intersection"), py::arg("unit_area_cat"), py::arg("unit_area"),
         py::arg("concept_area"), py::arg("device") = 0,
         R"doc(Same contract as pyanalyzer._core.tally on CUDA device `device`.
+
+Host arrays in; the batch's counts are computed on the device and added to the host count
+arrays in place. Inputs are checked on the host exactly as on the CPU; counts equal the CPU's.
+Batch large N (all inputs of one call are copied to the device at once).
+)doc");
+
+  m.def("compose", &compose_cuda, py::arg("acts"), py::arg("thresholds"), py::arg("seg"),
+        py::arg("image_labels"), py::arg("formulas"), py::arg("ops"), py::arg("f_concept"),
+        py::arg("mf_concept"), py::arg("f_area"), py::arg("mf_area"), py::arg("device") = 0,
+        R"doc(Same contract as pyanalyzer._core.compose on CUDA device `device`.
 
 Host arrays in; the batch's counts are computed on the device and added to the host count
 arrays in place. Inputs are checked on the host exactly as on the CPU; counts equal the CPU's.

@@ -16,13 +16,17 @@
 #include <cstdint>
 #include <vector>
 
+#include "bilinear.cuh"
 #include "common.cuh"
 
 namespace pyanalyzer {
 namespace cuda {
 namespace {
 
+using detail::AxisView;
+using detail::bilinear;
 using detail::check;
+using detail::DeviceAxis;
 using detail::DeviceBuffer;
 using detail::DeviceGuard;
 using detail::download;
@@ -31,45 +35,6 @@ using detail::upload;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpsPerBlock = 8;
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;
-
-// Device copies of one BilinearAxis.
-struct AxisView {
-  const int32_t* lo;
-  const int32_t* hi;
-  const float* w_lo;
-  const float* w_hi;
-  const int32_t* start;
-};
-
-class DeviceAxis {
- public:
-  explicit DeviceAxis(const BilinearAxis& axis)
-      : lo_(axis.lo.size()),
-        hi_(axis.hi.size()),
-        w_lo_(axis.w_lo.size()),
-        w_hi_(axis.w_hi.size()),
-        start_(axis.start.size()) {
-    upload(lo_.get(), axis.lo.data(), axis.lo.size(), "cudaMemcpy (axis lo)");
-    upload(hi_.get(), axis.hi.data(), axis.hi.size(), "cudaMemcpy (axis hi)");
-    upload(w_lo_.get(), axis.w_lo.data(), axis.w_lo.size(), "cudaMemcpy (axis w_lo)");
-    upload(w_hi_.get(), axis.w_hi.data(), axis.w_hi.size(), "cudaMemcpy (axis w_hi)");
-    upload(start_.get(), axis.start.data(), axis.start.size(), "cudaMemcpy (axis start)");
-  }
-  AxisView view() const { return {lo_.get(), hi_.get(), w_lo_.get(), w_hi_.get(), start_.get()}; }
-
- private:
-  DeviceBuffer<int32_t> lo_, hi_;
-  DeviceBuffer<float> w_lo_, w_hi_;
-  DeviceBuffer<int32_t> start_;
-};
-
-// The header's formula, in its order, each operation rounded on its own.
-__device__ __forceinline__ float bilinear(float w_lo_y, float w_hi_y, float w_lo_x, float w_hi_x,
-                                          float a00, float a01, float a10, float a11) {
-  const float top = __fadd_rn(__fmul_rn(w_lo_x, a00), __fmul_rn(w_hi_x, a01));
-  const float bot = __fadd_rn(__fmul_rn(w_lo_x, a10), __fmul_rn(w_hi_x, a11));
-  return __fadd_rn(__fmul_rn(w_lo_y, top), __fmul_rn(w_hi_y, bot));
-}
 
 // Adds `amount` to counts[c] for every lane's c != 0, one atomic per distinct c in the warp.
 // Every lane of the warp must call it.

@@ -8,6 +8,7 @@ name                analysis
 ==================  ===========================================================================
 ``dissect``         :class:`~.dissection.Dissection` (Bau et al. 2017)
 ``net2vec``         :class:`~.dissection.Net2Vec` (Fong & Vedaldi 2018)
+``compose``         :class:`~.dissection.Compositional` (Mu & Andreas 2020)
 ``deconv``          :class:`~.deconvnet.DeconvNet` (Zeiler & Fergus 2014)
 ``guided``          :class:`~.deconvnet.GuidedBackprop` (Springenberg et al. 2015)
 ``saliency``        :class:`~.deconvnet.Saliency` (Simonyan et al. 2013)
@@ -34,6 +35,7 @@ __all__ = ["analyses", "analysis"]
 _REGISTRY = {
     "dissect": ("pyanalyzer.methods.dissection", "Dissection"),
     "net2vec": ("pyanalyzer.methods.dissection", "Net2Vec"),
+    "compose": ("pyanalyzer.methods.dissection", "Compositional"),
     "deconv": ("pyanalyzer.methods.deconvnet", "DeconvNet"),
     "guided": ("pyanalyzer.methods.deconvnet", "GuidedBackprop"),
     "saliency": ("pyanalyzer.methods.deconvnet", "Saliency"),

@@ -8,6 +8,11 @@ One dissection run writes, into one folder::
     <alias>.html            one self-contained page per layer (inline CSS and SVG, no network)
     <alias>_units/          unit_0001.png ...: each unit's top images with its mask drawn over
 
+With compositional explanations (Mu & Andreas 2020, :mod:`~pyanalyzer.methods.dissection.
+compositional`), each explained unit's card shows its formula and IoU under the single-concept
+label, ``tally.csv`` gains the formula columns (:data:`~.dissection_data.FORMULA_FIELDS`) and
+``summary.json`` the formula of every unit record.
+
 Unit numbers in the CSV, the pages and the PNG names are 1-based, as in NetDissect-Lite
 (``unit = channel + 1``); ``summary.json`` gives both ``unit`` (1-based) and ``channel``
 (0-based, the index into the layer's channel axis that the Python API uses).
@@ -35,7 +40,9 @@ from PIL import Image
 
 from pyanalyzer._io import replace_path, write_bytes
 from pyanalyzer.report.dissection_data import (
+    composition_for,
     fmt_threshold,
+    formula_cells,
     header_text,
     jsonable,
     unit_order,
@@ -45,6 +52,7 @@ from pyanalyzer.report.dissection_data import (
 from pyanalyzer.report.montage import _as_rgb, grid, overlay_mask, save_png
 
 if TYPE_CHECKING:
+    from pyanalyzer.methods.dissection.compositional import LayerComposition
     from pyanalyzer.methods.dissection.result import LayerDissection
 
 __all__ = [
@@ -233,6 +241,8 @@ a { color: #1a4fa0; }
 .info { display: flex; gap: 14px; color: #333; }
 .info .iou { font-weight: bold; }
 .cats { color: #666; font-size: 12px; margin: 2px 0 4px; max-width: 620px; }
+.formula { font-size: 13px; margin: 2px 0; max-width: 620px; }
+.formula .formula-iou { font-weight: bold; margin-left: 8px; }
 .lowscore .unitlabel { color: #999; }
 .unit img { display: block; }
 .noimages { color: #999; font-style: italic; }
@@ -275,6 +285,7 @@ def _unit_card(
     img_src: str | None,
     img_size: tuple[int, int] | None,
     lazy: bool,
+    comp: LayerComposition | None = None,
 ) -> str:
     b = int(result.best_concept[u])
     iou = float(result.best_iou[u])
@@ -295,10 +306,24 @@ def _unit_card(
             f'<img src="{_e(img_src)}" width="{w}" height="{h}"{loading}'
             f' alt="top images of unit {u + 1} with its mask">'
         )
+    formula = ""
+    cells = formula_cells(comp, u)
+    if cells is not None:
+        single = cells["formula-single"] or "(none)"
+        tip = (
+            f"compositional explanation (Mu & Andreas 2020), IoU over all pixels; best single "
+            f"concept by the same IoU: {single} {cells['formula-single-score']:.3f}"
+        )
+        formula = (
+            f'<div class="formula" title="{_e(tip)}" data-formula-iou='
+            f'"{cells["formula-score"]:.6f}"><span class="formula-text">'
+            f"{_e(cells['formula'] or '(no formula)')}</span>"
+            f'<span class="formula-iou">IoU {cells["formula-score"]:.3f}</span></div>'
+        )
     return (
         f'<div class="unit{"" if detector else " lowscore"}" id="unit-{u + 1:04d}" '
         f'data-unit="{u + 1}" data-iou="{iou:.6f}">'
-        f'<div class="unitlabel">{_e(label)}</div>'
+        f'<div class="unitlabel">{_e(label)}</div>{formula}'
         f'<div class="info"><span class="unitnum" title="channel {u}">unit {u + 1}</span>'
         f'<span class="category">({_e(cat)})</span><span class="iou">IoU {iou:.3f}</span>'
         f'<span class="threshold">threshold {float(result.thresholds[u]):.4g}</span></div>'
@@ -314,6 +339,7 @@ def write_layer_html(
     model_name: str,
     top_k_shown: int = 5,
     tile_size: int = 112,
+    compositional: LayerComposition | None = None,
 ) -> Path:
     """Write one layer's page, and its unit strips as PNG files in ``<stem>_units/``.
 
@@ -335,6 +361,8 @@ def write_layer_html(
         model_name: shown in the title.
         top_k_shown: images per unit.
         tile_size: height in pixels of each image in a strip.
+        compositional: the layer's compositional explanations: each explained unit's card
+            shows its formula and the formula's IoU (over all pixels) under its label.
     """
     path = Path(path)
     units_dir = path.parent / f"{path.stem}_units"
@@ -351,16 +379,22 @@ def write_layer_html(
                 save_png(units_dir / name, strip)
                 src = f"{quote(units_dir.name)}/{name}"
                 size = (strip.shape[1], strip.shape[0])
-        cards[u] = _unit_card(result, u, per_cat, src, size, lazy=not det[u])
+        cards[u] = _unit_card(result, u, per_cat, src, size, lazy=not det[u], comp=compositional)
     detectors = [cards[u] for u in order if det[u]]
     others = [cards[u] for u in order if not det[u]]
     t = fmt_threshold(float(result.iou_threshold))
     s = result.summary()
+    search = ""
+    if compositional is not None:
+        search = (
+            f" · compositional formulas of up to {compositional.max_length} concepts (beam "
+            f"{compositional.beam}), IoU over all pixels"
+        )
     body = [
         f"<header><h1>{_e(model_name)} \u2014 {_e(result.alias)}</h1>",
         f'<p class="layerinfo" id="layerinfo">{_e(header_text(result))}</p>',
         f'<p class="params">layer <code>{_e(result.layer)}</code> · {s["images"]} images · '
-        f"top quantile {float(result.quantile):g} · IoU threshold {t} · "
+        f"top quantile {float(result.quantile):g} · IoU threshold {t}{_e(search)} · "
         '<a href="index.html">all layers</a></p></header>',
         '<section class="charts">',
         f'<div class="chart"><h2>Detectors per category</h2>{_category_chart(result)}</div>',
@@ -435,6 +469,7 @@ def write_dissection_report(
     *,
     model_name: str | None = None,
     top_k_shown: int = 5,
+    compositional: Sequence[LayerComposition] | None = None,
 ) -> dict[str, Path]:
     """Write a whole dissection report into ``out_dir`` (see the module's docstring).
 
@@ -452,6 +487,9 @@ def write_dissection_report(
         model_name: title of the pages; default ``extra["model_name"]``, ``extra["model"]``,
             the name of ``extra["model_file"]``, or "model".
         top_k_shown: images per unit.
+        compositional: compositional explanations of some of the layers (a
+            :class:`~pyanalyzer.methods.dissection.CompositionalResult`), shown beside the
+            labels, appended to the CSV and in ``summary.json``; matched by layer name.
 
     Returns:
         Paths written: ``"index"``, ``"summary"``, and per layer ``"<alias>/html"``,
@@ -477,9 +515,11 @@ def write_dissection_report(
     try:
         for r, stem in zip(results, stems, strict=True):
             images = unit_images_for_layer(r.alias) if unit_images_for_layer else None
-            write_tally_csv(tmp / f"{stem}_tally.csv", r)
-            write_layer_html(tmp / f"{stem}.html", r, images, name, top_k_shown=top_k_shown)
-        write_summary_json(tmp / "summary.json", results, extra)
+            comp = composition_for(compositional, r)
+            write_tally_csv(tmp / f"{stem}_tally.csv", r, comp)
+            write_layer_html(tmp / f"{stem}.html", r, images, name, top_k_shown=top_k_shown,
+                             compositional=comp)  # fmt: skip
+        write_summary_json(tmp / "summary.json", results, extra, compositional)
         write_bytes(tmp / "index.html", _index_html(name, results, stems, extra).encode())
 
         paths: dict[str, Path] = {}
@@ -510,6 +550,7 @@ def write_dissection(
     dataset: Any = None,
     extra: dict | None = None,
     top_k_shown: int = 5,
+    compositional: Sequence[LayerComposition] | None = None,
 ) -> dict[str, Path]:
     """Write the report of a dissection (:func:`write_dissection_report`), with each unit's top
     images and masks when the model and the concept dataset are given (they are read again to
@@ -522,6 +563,9 @@ def write_dissection(
         model, dataset: the model and the concept dataset it was dissected against.
         extra: run information for ``summary.json`` and the index page.
         top_k_shown: images per unit.
+        compositional: compositional explanations of the layers (a
+            :class:`~pyanalyzer.methods.dissection.CompositionalResult`) to show beside the
+            labels (:func:`write_dissection_report`).
     """
     providers: dict[str, UnitImages] = {}
     if model is not None and dataset is not None:
@@ -531,5 +575,6 @@ def write_dissection(
             r.alias: unit_image_provider(model, dataset, r, shown=top_k_shown) for r in result
         }
     return write_dissection_report(
-        out_dir, list(result), providers.get, extra, top_k_shown=top_k_shown
-    )
+        out_dir, list(result), providers.get, extra, top_k_shown=top_k_shown,
+        compositional=compositional,
+    )  # fmt: skip

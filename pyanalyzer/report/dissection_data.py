@@ -17,10 +17,14 @@ import numpy as np
 from pyanalyzer._io import write_bytes
 
 if TYPE_CHECKING:
+    from pyanalyzer.methods.dissection.compositional import LayerComposition
     from pyanalyzer.methods.dissection.result import LayerDissection
 
 __all__ = [
+    "FORMULA_FIELDS",
+    "composition_for",
     "fmt_threshold",
+    "formula_cells",
     "header_text",
     "jsonable",
     "unit_order",
@@ -59,12 +63,48 @@ def _tally_fields(categories: Sequence[str]) -> list[str]:
     return fields
 
 
+FORMULA_FIELDS = (
+    "formula", "formula-length", "formula-score", "formula-single", "formula-single-score",
+)  # fmt: skip
+"""The columns a compositional explanation appends to ``tally.csv`` (none of them can be a
+category's ``<cat>-label/truth/activation/intersect/iou``)."""
+
+
+def composition_for(
+    compositional: Sequence[LayerComposition] | None, result: LayerDissection
+) -> LayerComposition | None:
+    """The compositional explanations of ``result``'s layer among ``compositional``, or None."""
+    for comp in compositional or ():
+        if comp.layer == result.layer:
+            return comp
+    return None
+
+
+def formula_cells(comp: LayerComposition | None, channel: int) -> dict[str, Any] | None:
+    """A unit's compositional explanation as the CSV's :data:`FORMULA_FIELDS` (None when the
+    unit was not explained): its formula, length and IoU over all pixels (Mu & Andreas), and
+    the best single concept by the same IoU."""
+    i = comp.index_of(channel) if comp is not None else None
+    if comp is None or i is None:
+        return None
+    single = int(comp.single_concept[i])
+    return {
+        "formula": comp.text(i),
+        "formula-length": int(comp.length[i]),
+        "formula-score": float(comp.iou[i]),
+        "formula-single": comp.concept_names[single] if single else "",
+        "formula-single-score": float(comp.single_iou[i]),
+    }
+
+
 def unit_order(result: LayerDissection) -> np.ndarray:
     """Channels by best IoU, highest first; ties by channel (a stable sort)."""
     return np.argsort(-result.best_iou, kind="stable")
 
 
-def _tally_rows(result: LayerDissection) -> list[dict[str, Any]]:
+def _tally_rows(
+    result: LayerDissection, comp: LayerComposition | None = None
+) -> list[dict[str, Any]]:
     best = result.best_concept
     score = result.best_iou
     per_cat = [result.best_in_category(g) for g in range(len(result.categories))]
@@ -85,11 +125,15 @@ def _tally_rows(result: LayerDissection) -> list[dict[str, Any]]:
             row[f"{cat}-activation"] = int(result.unit_area_cat[u, g])
             row[f"{cat}-intersect"] = int(result.intersection[u, c]) if c else 0
             row[f"{cat}-iou"] = float(per_cat[g][1][u])
+        if comp is not None:
+            row.update(formula_cells(comp, u) or dict.fromkeys(FORMULA_FIELDS, ""))
         rows.append(row)
     return rows
 
 
-def write_tally_csv(path: str | os.PathLike, result: LayerDissection) -> Path:
+def write_tally_csv(
+    path: str | os.PathLike, result: LayerDissection, compositional: LayerComposition | None = None
+) -> Path:
     """Write NetDissect-Lite's ``tally.csv`` for one layer (atomically).
 
     Columns, exactly as NetDissect-Lite's ``FeatureOperator.tally`` writes them:
@@ -108,12 +152,21 @@ def write_tally_csv(path: str | os.PathLike, result: LayerDissection) -> Path:
     Counts are written as integers and IoUs with full float precision. Where a unit matches
     nothing (IoU 0), labels and categories are empty and truth and intersect are 0 (NetDissect
     would print an arbitrary label with IoU 0).
+
+    With ``compositional`` (the layer's compositional explanations, Mu & Andreas 2020), the
+    columns :data:`FORMULA_FIELDS` follow: ``formula`` (e.g. ``(grass OR field) AND NOT sky``;
+    empty when no formula overlaps the unit), ``formula-length``, ``formula-score`` (its IoU
+    over all pixels of all images), ``formula-single`` and ``formula-single-score`` (the best
+    single concept by that same IoU; ``score`` is NetDissect's, with per-category
+    denominators). Units the explanations do not cover have these cells empty.
     """
     fields = _tally_fields(result.categories)
+    if compositional is not None:
+        fields += FORMULA_FIELDS
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(_tally_rows(result))
+    writer.writerows(_tally_rows(result, compositional))
     return write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
@@ -142,7 +195,9 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _unit_records(result: LayerDissection) -> list[dict[str, Any]]:
+def _unit_records(
+    result: LayerDissection, comp: LayerComposition | None = None
+) -> list[dict[str, Any]]:
     best = result.best_concept
     score = result.best_iou
     det = result.detectors
@@ -160,20 +215,38 @@ def _unit_records(result: LayerDissection) -> list[dict[str, Any]]:
                 "detector": bool(det[u]),
             }
         )
+        if comp is not None:
+            cells = formula_cells(comp, u)
+            records[-1].update(
+                {
+                    "formula": cells["formula"] or None if cells else None,
+                    "formula_length": cells["formula-length"] if cells else None,
+                    "formula_iou": cells["formula-score"] if cells else None,
+                    "formula_single": cells["formula-single"] or None if cells else None,
+                    "formula_single_iou": cells["formula-single-score"] if cells else None,
+                }
+            )
     return records
 
 
-def _layer_summary(result: LayerDissection) -> dict[str, Any]:
-    return {
+def _layer_summary(result: LayerDissection, comp: LayerComposition | None = None) -> dict[str, Any]:
+    out = {
         **result.summary(),
         "header": header_text(result),
         "categories": list(result.categories),
-        "unit_records": _unit_records(result),
+        "unit_records": _unit_records(result, comp),
     }
+    if comp is not None:
+        s = comp.summary()
+        out["compositional"] = {k: v for k, v in s.items() if k != "unit_records"}
+    return out
 
 
 def write_summary_json(
-    path: str | os.PathLike, results: Sequence[LayerDissection], extra: dict | None = None
+    path: str | os.PathLike,
+    results: Sequence[LayerDissection],
+    extra: dict | None = None,
+    compositional: Sequence[LayerComposition] | None = None,
 ) -> Path:
     """Write the run's ``summary.json`` (atomically).
 
@@ -186,12 +259,17 @@ def write_summary_json(
     ``extra`` is free-form (model file, digest, preprocessing, dataset, parameters, timings,
     Net2Vec results...): numpy values, paths and sets are converted; NaN and infinities become
     null so that the file is strict JSON.
+
+    With ``compositional`` (compositional explanations of some of the layers), each such layer
+    gains ``compositional`` (the search's parameters and mean IoUs) and its unit records
+    ``formula``, ``formula_length``, ``formula_iou``, ``formula_single`` and
+    ``formula_single_iou`` (null for units not explained; see :func:`write_tally_csv`).
     """
     doc = {
         "format": "pyanalyzer.dissection.summary",
         "version": 1,
         "extra": jsonable(dict(extra or {})),
-        "layers": [jsonable(_layer_summary(r)) for r in results],
+        "layers": [jsonable(_layer_summary(r, composition_for(compositional, r))) for r in results],
     }
     text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     return write_bytes(path, text.encode("utf-8"))
