@@ -13,6 +13,7 @@ activation maximization                 :func:`~.actmax.write_actmax`
 inversion (``InversionResult``)          :func:`~.inversion.write_inversion`
 the model atlas (``AtlasResult``)         :func:`~.atlas.write_atlas` (a static site)
 unit ablation (``AblationResult``)       :func:`~.ablation.write_ablation`
+formulas (``CompositionalResult``)        :func:`~.compositional.write_compositional`
 model comparison (``ComparisonResult``)  :func:`~.compare.write_comparison`
 ======================================  =================================================
 
@@ -59,6 +60,7 @@ _WRITERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "InversionResult": ("inversion", "write_inversion", ()),
     "AtlasResult": ("atlas", "write_atlas", ("model", "dataset", "source")),
     "AblationResult": ("ablation", "write_ablation", ("model", "extra")),
+    "CompositionalResult": ("compositional", "write_compositional", ()),
     "ComparisonResult": ("compare", "write_comparison", ("extra",)),
 }
 

@@ -311,3 +311,18 @@ def test_params_that_do_not_fit_the_model(probe):
         Compositional(model, layers=["relu9"])
     with pytest.raises(pa.UserInputError, match="give the concept dataset"):
         Compositional(model, layers=["relu"], progress=False).run(None)
+
+
+def test_write_result_writes_the_formulas_csv(probe, tmp_path):
+    model, ds = probe
+    result = Compositional(model, layers=["relu"], units="0-1", quantile=0.5,
+                           progress=False).run(ds)  # fmt: skip
+    paths = pa.write_result(result, tmp_path / "out")
+    (layer,) = result
+    fields, rows = _csv(paths[f"{layer.alias}/formulas"])
+    assert fields[:4] == ["unit", "channel", "formula", "length"]
+    for i, u in enumerate(layer.units.tolist()):
+        row = rows[str(u + 1)]
+        assert row["formula"] == layer.text(i)
+        assert float(row["iou"]) == pytest.approx(float(layer.iou[i]))
+    assert json.loads(paths["summary"].read_text()) == json.loads(json.dumps(result.summary()))
