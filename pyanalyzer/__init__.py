@@ -72,6 +72,8 @@ _EXPORTS = {
     "Atlas": "pyanalyzer.methods.atlas",
     "AtlasInputs": "pyanalyzer.methods.atlas",
     "AtlasResult": "pyanalyzer.methods.atlas",
+    "Comparison": "pyanalyzer.methods.compare",
+    "ComparisonResult": "pyanalyzer.methods.compare",
     "write_atlas": "pyanalyzer.report.atlas",
     "Ablation": "pyanalyzer.methods.ablation",
     "AblationInputs": "pyanalyzer.methods.ablation",
@@ -97,6 +99,8 @@ __all__ = [
     "BrodenDataset",
     "Compositional",
     "CompositionalResult",
+    "Comparison",
+    "ComparisonResult",
     "DeconvNet",
     "Dissection",
     "DissectionResult",
@@ -180,6 +184,7 @@ if TYPE_CHECKING:
     from pyanalyzer.methods.ablation import Ablation, AblationInputs, AblationResult
     from pyanalyzer.methods.actmax import ActivationMaximization, ActmaxResult
     from pyanalyzer.methods.atlas import Atlas, AtlasInputs, AtlasResult
+    from pyanalyzer.methods.compare import Comparison, ComparisonResult
     from pyanalyzer.methods.deconvnet import (
         DeconvNet,
         GuidedBackprop,

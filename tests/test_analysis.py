@@ -31,6 +31,7 @@ MINIMAL = {
     "train-upconv": {"layer": "relu2"},
     "atlas": {"layers": ["relu6"]},
     "ablate": {"layer": "relu6"},
+    "compare": {"layers": ["relu6"]},
 }
 
 # Small, fast settings for running each analysis here.
@@ -55,6 +56,7 @@ FAST = {
         "patches": {"k": 2},
     },  # fmt: skip
     "ablate": {"layer": "relu6", "units": "0-3", "top": 1},
+    "compare": {"layers": ["relu6"], "batch_size": 32},
 }
 
 

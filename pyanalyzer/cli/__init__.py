@@ -70,6 +70,7 @@ def _attach_commands() -> None:
     from pyanalyzer.cli.actmax import actmax
     from pyanalyzer.cli.atlas import atlas
     from pyanalyzer.cli.cache import cache
+    from pyanalyzer.cli.compare import compare
     from pyanalyzer.cli.concepts import concepts
     from pyanalyzer.cli.deconv import deconv
     from pyanalyzer.cli.dissect import dissect
@@ -78,7 +79,8 @@ def _attach_commands() -> None:
     from pyanalyzer.cli.serve import serve
 
     for command in (
-        info, doctor, dissect, deconv, actmax, invert, atlas, ablate, cache, concepts, serve,
+        info, doctor, dissect, deconv, actmax, invert, atlas, ablate, compare, cache, concepts,
+        serve,
     ):  # fmt: skip
         cli.add_command(command)
 

@@ -19,6 +19,7 @@ name                analysis
 ``train-upconv``    :class:`~.inversion.UpconvTraining` (Dosovitskiy & Brox 2016)
 ``atlas``           :class:`~.atlas.Atlas` (the four joined unit by unit, for a static site)
 ``ablate``          :class:`~.ablation.Ablation` (Bau et al. 2020; Zhou et al. 2018)
+``compare``         :class:`~.compare.Comparison` (Li et al. 2016 matching; Bau et al. 2017)
 ==================  ===========================================================================
 """
 
@@ -46,6 +47,7 @@ _REGISTRY = {
     "train-upconv": ("pyanalyzer.methods.inversion", "UpconvTraining"),
     "atlas": ("pyanalyzer.methods.atlas", "Atlas"),
     "ablate": ("pyanalyzer.methods.ablation", "Ablation"),
+    "compare": ("pyanalyzer.methods.compare", "Comparison"),
 }
 
 

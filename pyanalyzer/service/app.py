@@ -414,6 +414,7 @@ def _api_router() -> APIRouter:
             prepared = prepare_job(
                 sv.model(row), body.method, body.params, inputs, config=sv.config,
                 store=sv.store, image_path=lambda i: _image_path(sv, owner, i),
+                model_of=lambda i: _uploaded_model(sv, owner, i),
             )  # fmt: skip
             try:
                 doc = run_prepared(prepared, files, stored_only=True)
@@ -634,6 +635,14 @@ def _image_path(sv: _State, owner: str, image_id: str) -> Path:
     if row is None:
         raise UserInputError(f"unknown image {image_id!r} (upload it with POST /v1/images)")
     return sv.config.images_dir / f"{image_id}{row['suffix']}"
+
+
+def _uploaded_model(sv: _State, owner: str, model_id: str) -> Any:
+    """Another model of the owner's, loaded (a job's ``params.other``)."""
+    row = sv.queue.model(owner, model_id)
+    if row is None:
+        raise UserInputError(f"unknown model {model_id!r} (upload it with POST /v1/models)")
+    return sv.model(row)
 
 
 def _confined(root: Path, relative: str) -> Path:

@@ -15,6 +15,10 @@ Inputs by what the analysis takes (:attr:`~pyanalyzer.analysis.Analysis.inputs`)
 ``reference``     ``images``: optional reference images
 ``none``          nothing
 ================  =========================================================================
+
+A param that names another model (an analysis' ``model_params``: compare's ``other``) holds
+the id of another model uploaded by the same owner; it is loaded here and handed to the
+analysis as the keyword of the same name (an unknown id is bad input).
 """
 
 from __future__ import annotations
@@ -123,21 +127,28 @@ def prepare_job(
     config: ServiceConfig,
     store: Store,
     image_path: Callable[[str], Path],
+    model_of: Callable[[str], Model] | None = None,
     progress: bool = False,
 ) -> PreparedJob:
     """Build the analysis (its params checked against the model) and its inputs.
 
     Args:
         image_path: an uploaded image id → its file (raises UserInputError for an unknown id).
+        model_of: an uploaded model id → the loaded model (raises UserInputError for an
+            unknown id): for the params that name another model (an analysis'
+            ``model_params``, e.g. compare's ``other``), handed to the analysis as the keyword
+            of the same name.
 
     Raises:
-        UserInputError: unknown method, bad params, inputs the method does not take.
+        UserInputError: unknown method, bad params, an unknown model id, inputs the method
+            does not take.
     """
     from pyanalyzer.methods import analysis as analysis_class
 
     cls = analysis_class(method)
     given = parse_inputs(inputs)
-    analysis = cls(model, dict(params), store=store, progress=progress)
+    models: dict[str, Any] = _other_models(cls, params, model_of)
+    analysis = cls(model, dict(params), store=store, progress=progress, **models)
     kind = cls.inputs
     allowed = {
         "concepts": {"dataset", "n_images", "seed"},
@@ -174,6 +185,21 @@ def prepare_job(
         return PreparedJob(analysis, prepared, write_context={"source": prepared})
     prepared = analysis.prepare(files)
     return PreparedJob(analysis, prepared)
+
+
+def _other_models(
+    cls: type[Analysis], params: Mapping[str, Any], model_of: Callable[[str], Model] | None
+) -> dict[str, Model]:
+    """The models named by ids in ``params`` (the analysis' ``model_params``), loaded; a value
+    that is not a string is left to the params' validation."""
+    found: dict[str, Model] = {}
+    for name in getattr(cls, "model_params", ()):
+        model_id = params.get(name)
+        if isinstance(model_id, str) and model_id:
+            if model_of is None:
+                raise UserInputError(f"params.{name}: no uploaded models here")
+            found[name] = model_of(model_id)
+    return found
 
 
 def _concepts(

@@ -135,6 +135,7 @@ class Worker:
             prepared = prepare_job(
                 model, job.method, job.params, job.inputs, config=self.config,
                 store=self.store, image_path=lambda i: self.image_path(job, i),
+                model_of=lambda i: self.uploaded_model(job, i),
             )  # fmt: skip
             prepared.analysis.executor = self.executor()  # shards on Ray, if configured
             doc = run_prepared(prepared, self.config.jobs_dir / job.id / "files")
@@ -156,6 +157,15 @@ class Worker:
         finally:
             set_listener(None)
         self.queue.finish(job.id, "done", result=doc, worker=self.pid)
+
+    def uploaded_model(self, job: Job, model_id: str) -> Any:
+        """Another model of the job's owner, loaded (a job's ``params.other``)."""
+        from pyanalyzer.errors import UserInputError
+
+        row = self.queue.model(job.owner, model_id)
+        if row is None or not (self.config.models_dir / f"{model_id}.onnx").is_file():
+            raise UserInputError(f"unknown model {model_id!r} (deleted before the job ran?)")
+        return self._models.get(model_id, row["preprocessing"])
 
     def image_path(self, job: Job, image_id: str) -> Path:
         from pyanalyzer.errors import UserInputError
