@@ -354,6 +354,8 @@ class Ablation(Analysis[AblationParams, AblationResult]):
         """The ablatable graph, built on the first batch (:meth:`_setup`)."""
         self.session: Any = None
         self.head: list[str] = []
+        self.head_session: Any = None
+        """The part of the network before the cut (computing :attr:`head`)."""
         self.units = select_units(p.units, c)
         self.joint = None if p.joint is None else select_units(p.joint, c)
         self.n_classes = int(self.output.channels or 0)
@@ -466,6 +468,7 @@ class Ablation(Analysis[AblationParams, AblationResult]):
             self.session = fwd.make_session(self.graph.proto, list(self.graph.outputs))
             image = fwd.input.name
             self.head = [n for n in self.graph.inputs if n != image]
+            self.head_session = None
             try:
                 got = self._evaluate(x, np.ones((1, int(self.layer.channels or 0))))[0]
             except ModelError:
@@ -482,7 +485,12 @@ class Ablation(Analysis[AblationParams, AblationResult]):
         feeds = {fwd.input.name: x}
         if not self.head:
             return feeds
-        sess = fwd.session(self.head)
+        if self.head_session is None:
+            from pyanalyzer.model.surgery import head_graph
+
+            proto = fwd._batchable_proto()
+            self.head_session = fwd.make_session(head_graph(proto, self.head), self.head)
+        sess = self.head_session
         if fwd.batch_mode == "loop" and x.shape[0] > 1:
             parts = [sess.run(self.head, {fwd.input.name: x[i : i + 1]}) for i in range(len(x))]
             outs = [np.concatenate([p[k] for p in parts]) for k in range(len(self.head))]

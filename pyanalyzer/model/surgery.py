@@ -233,3 +233,37 @@ def ablation_graph(
         outputs=tuple(kept),
         mask_dtype=int(dtype),
     )
+
+
+def head_graph(proto: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
+    """The part of ``proto`` that computes ``outputs`` (tensors of the graph) from its inputs:
+    the nodes they depend on and nothing after them (the head of an ablation's cut, run once
+    per image without the rest of the network)."""
+    g = proto.graph
+    producer = {o: k for k, node in enumerate(g.node) for o in node.output if o}
+    needed: set[int] = set()
+    stack = [producer[o] for o in outputs if o in producer]
+    while stack:
+        k = stack.pop()
+        if k in needed:
+            continue
+        needed.add(k)
+        stack.extend(producer[i] for i in _node_inputs(g.node[k]) if i in producer)
+    nodes = [g.node[k] for k in sorted(needed)]
+    used = {name for n in nodes for name in _node_inputs(n)}
+    types = tensor_elem_types(proto)
+    init = {i.name for i in g.initializer}
+    graph = helper.make_graph(
+        nodes,
+        f"{g.name or 'model'}_head",
+        [i for i in g.input if i.name not in init],
+        [
+            helper.make_tensor_value_info(o, types.get(o) or TensorProto.FLOAT, None)
+            for o in outputs
+        ],
+        initializer=[i for i in g.initializer if i.name in used],
+    )
+    model = helper.make_model(graph, opset_imports=list(proto.opset_import))
+    model.ir_version = proto.ir_version
+    model.functions.extend(proto.functions)
+    return model

@@ -185,6 +185,10 @@ def test_skip_connections_and_batch_shapes_cross_the_cut(skip_model):
     y = a.scores(x, [[0], [2, 4]])
     assert a.graph is not None and a.graph.cut == "tail"
     assert len(a.graph.inputs) >= 2  # the layer and the skip
+    from pyanalyzer.model.surgery import head_graph
+
+    head_ops = [n.op_type for n in head_graph(m.proto, a.head).graph.node]
+    assert head_ops.count("Conv") == 2 and "Gemm" not in head_ops  # nothing after the cut
     whole = a._graph("whole")  # the fallback graph gives the same numbers
     assert whole.cut == "whole"
     # brute force: zero the conv producing b

@@ -161,6 +161,7 @@ def test_model_upload_is_content_addressed(shared: Any, default_model: Path) -> 
         ("actmax", {"layer": "relu5", "units": "0-1", "steps": 6}, {}),
         ("invert-optim", {"layers": ["relu5"], "steps": 5}, "image"),
         ("ablate", {"layer": "relu6", "units": "0-3", "top": 1}, {"n_images": 24}),
+        ("compose", {"layers": ["relu6"], "units": "0-3", "max_length": 2}, {"n_images": SCENES}),
         (
             "atlas",
             {
@@ -184,7 +185,7 @@ def test_each_method_equals_the_library(
                             "params": params, "inputs": body_inputs})  # fmt: skip
     assert got["from_store"] is False and got["job"]["state"] == "done"
     # the library, on a store of its own
-    if method in ("dissect", "atlas"):
+    if method in ("dissect", "atlas", "compose"):
         from pyanalyzer.data.defaults import concept_dataset
 
         source: Any = concept_dataset(shared["root"] / "concepts", SCENES, 64, 0, progress=False)
