@@ -73,18 +73,7 @@ inline ComposeArgs check_compose_args(const py::array& acts, const py::array& th
   require_writeable(mf_area, f, "mf_area");
 
   require_no_nan_4d(acts, f, "acts");
-  {
-    const auto* t = static_cast<const float*>(thresholds.data());
-    int64_t nan_at = -1;
-    {
-      py::gil_scoped_release release;
-      nan_at = find_nan(t, units);
-    }
-    if (nan_at >= 0) {
-      throw py::value_error(std::string(f) + ": thresholds[" + std::to_string(nan_at) +
-                            "] is NaN");
-    }
-  }
+  require_no_nan_1d(thresholds, f, "thresholds");
   require_ids_in_range(seg, f, "seg", 0, concepts, "a concept id (0 = unlabelled)");
   require_ids_in_range(image_labels, f, "image_labels", 0, concepts,
                        "a concept id (0 = padding)");

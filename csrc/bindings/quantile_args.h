@@ -46,6 +46,20 @@ inline void require_no_nan_4d(const py::array& a, const char* func, const char* 
   }
 }
 
+// Throws ValueError naming the index when the float32 vector [n] holds a NaN.
+inline void require_no_nan_1d(const py::array& a, const char* func, const char* name) {
+  const auto* p = static_cast<const float*>(a.data());
+  int64_t nan_at = -1;
+  {
+    py::gil_scoped_release release;
+    nan_at = find_nan(p, a.shape(0));
+  }
+  if (nan_at >= 0) {
+    throw py::value_error(std::string(func) + ": " + name + "[" + std::to_string(nan_at) +
+                          "] is NaN");
+  }
+}
+
 // Checks state [U, k] and batch [N, U, h, w] for topk_merge.
 inline void check_topk_merge_args(const py::array& state, const py::array& batch) {
   constexpr const char* f = "topk_merge";
