@@ -9,10 +9,11 @@ from typing import Any
 import click
 
 from pyanalyzer.cli.options import (
-    FiniteFloat,
     Outputs,
+    checkpoint_option,
     concept_data_options,
     concepts_dir,
+    dissection_options,
     json_option,
     layers_option,
     model_options,
@@ -34,35 +35,8 @@ __all__ = ["compare"]
     "layer against B's); aliases or ONNX names; repeatable."
 )
 @out_option("Folder for the HTML page (index.html) and summary.json.")
-@click.option(
-    "--quantile",
-    type=FiniteFloat(),
-    default=0.005,
-    show_default=True,
-    help="The dissections' top fraction of each unit's activations that counts as firing.",
-)
-@click.option(
-    "--iou-threshold",
-    type=FiniteFloat(),
-    default=0.04,
-    show_default=True,
-    help="A unit is a detector when its best IoU exceeds this.",
-)
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per pass.")
-@click.option(
-    "--top-k",
-    type=int,
-    default=10,
-    show_default=True,
-    help="Strongest images the dissections keep per unit (as `dissect --top-k`).",
-)
-@click.option(
-    "--checkpoint-every",
-    type=FiniteFloat(minimum=0),
-    default=2.0,
-    show_default=True,
-    help="Seconds between resumable checkpoints in the store (0: every batch).",
-)
+@dissection_options(top_k_help="Strongest images the dissections keep per unit.")
+@checkpoint_option
 @progress_option
 @json_option
 @store_option

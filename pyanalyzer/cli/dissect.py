@@ -7,11 +7,12 @@ from typing import Any
 import click
 
 from pyanalyzer.cli.options import (
-    FiniteFloat,
     Outputs,
+    checkpoint_option,
     concept_data_options,
     concepts_dir,
     device_option,
+    dissection_options,
     engine_options,
     json_option,
     layers_option,
@@ -32,24 +33,7 @@ __all__ = ["dissect"]
 @concept_data_options
 @layers_option(help="Layer to dissect (alias or ONNX name); repeatable.")
 @out_option("Folder for the CSV, JSON and HTML reports.")
-@click.option(
-    "--quantile",
-    type=FiniteFloat(),
-    default=0.005,
-    show_default=True,
-    help="Top fraction of each unit's activations that counts as firing.",
-)
-@click.option(
-    "--iou-threshold",
-    type=FiniteFloat(),
-    default=0.04,
-    show_default=True,
-    help="A unit is a detector when its best IoU exceeds this.",
-)
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per pass.")
-@click.option(
-    "--top-k", type=int, default=10, show_default=True, help="Strongest images kept per unit."
-)
+@dissection_options()
 @device_option("Where the IoU tally runs.")
 @click.option(
     "--net2vec",
@@ -76,13 +60,7 @@ __all__ = ["dissect"]
     default=None,
     help="With --compositional: formulas kept per unit at each length  [default: 5]",
 )
-@click.option(
-    "--checkpoint-every",
-    type=FiniteFloat(minimum=0),
-    default=2.0,
-    show_default=True,
-    help="Seconds between resumable checkpoints in the store (0: every batch).",
-)
+@checkpoint_option
 @engine_options
 @progress_option
 @json_option

@@ -185,6 +185,53 @@ def concept_data_options(f: F) -> F:
     )
 
 
+def dissection_options(*, top_k_help: str = "Strongest images kept per unit.") -> Callable[[F], F]:
+    """The dissection's ``--quantile``, ``--iou-threshold``, ``--batch-size`` and ``--top-k``
+    (``dissect``, and ``compare``'s dissections of both models)."""
+
+    def apply(f: F) -> F:
+        return _apply(
+            f,
+            [
+                click.option(
+                    "--quantile",
+                    type=FiniteFloat(),
+                    default=0.005,
+                    show_default=True,
+                    help="Top fraction of each unit's activations that counts as firing.",
+                ),
+                click.option(
+                    "--iou-threshold",
+                    type=FiniteFloat(),
+                    default=0.04,
+                    show_default=True,
+                    help="A unit is a detector when its best IoU exceeds this.",
+                ),
+                click.option(
+                    "--batch-size",
+                    type=int,
+                    default=64,
+                    show_default=True,
+                    help="Images per pass.",
+                ),  # fmt: skip
+                click.option("--top-k", type=int, default=10, show_default=True, help=top_k_help),
+            ],
+        )
+
+    return apply
+
+
+def checkpoint_option(f: F) -> F:
+    """``--checkpoint-every SECONDS`` between resumable checkpoints in the store."""
+    return click.option(
+        "--checkpoint-every",
+        type=FiniteFloat(minimum=0),
+        default=2.0,
+        show_default=True,
+        help="Seconds between resumable checkpoints in the store (0: every batch).",
+    )(f)
+
+
 def engine_options(f: F) -> F:
     """``--engine local|ray`` and ``--ray-address ADDR``: where the work's shards run."""
     return _apply(
