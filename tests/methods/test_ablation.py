@@ -414,3 +414,19 @@ def test_the_repeated_inputs_are_capped_without_changing_results(model, scenes, 
     got = a.scores(x, sets)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert calls == [8] * 11  # one ablation (8 image rows) per pass
+
+
+def test_cli_on_a_broden_dataset(capsys, default_model, tmp_path):
+    """--dataset DIR: the dataset's images, classes taken from the intact model's top-1."""
+    from pyanalyzer.data.broden import synth_dataset
+
+    ds = synth_dataset(tmp_path / "ds", n_images=12, size=64, progress=False)
+    code, stdout, err = run_cli(
+        capsys, "ablate", str(default_model), "--layer", "relu6", "--units", "0-3",
+        "--dataset", str(ds), "--out", str(tmp_path / "o"), "--store", str(tmp_path / "s"),
+        "--no-progress", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    s = json.loads(stdout)["summary"]
+    assert s["images"] == 12 and s["labels"] == "predicted" and s["base_accuracy"] == 1.0
+    assert "agreement with the intact model" in (tmp_path / "o" / "index.html").read_text()
