@@ -44,9 +44,20 @@ def network_ms_per_image(
     return min(times) * 1e3 / batch
 
 
-def report(label: str, fn, shape, batch: int, one_by_one_ms: float, target: float) -> float:
+def report(
+    label: str,
+    fn,
+    shape,
+    batch: int,
+    one_by_one_ms: float,
+    target: float,
+    batched_ms: float | None = None,
+    overhead_target: float = 1.15,
+) -> float:
     """Print the network's cost per image at batch 1 and ``batch``, and the ceiling of the
-    batched/one-by-one ratio; returns the ceiling."""
+    batched/one-by-one ratio; with ``batched_ms`` (the method's batched cost per image and
+    step), last, that cost over the network alone at the same batch, against
+    ``overhead_target``. Returns the ceiling."""
     single = network_ms_per_image(fn, shape, 1, repeat=50)
     many = network_ms_per_image(fn, shape, batch)
     ceiling = one_by_one_ms / many
@@ -59,4 +70,10 @@ def report(label: str, fn, shape, batch: int, one_by_one_ms: float, target: floa
         f"network alone at batch {batch}"
         + (f"; the target {target:g}x is above it on this machine" if ceiling < target else "")
     )
+    if batched_ms is not None:
+        print(
+            f"overhead    {batched_ms / many:8.2f}x  = batched {batched_ms:.3f} ms per image and "
+            f"step / network alone at batch {batch} {many:.3f} ms (target <= "
+            f"{overhead_target:g}x)"
+        )
     return ceiling

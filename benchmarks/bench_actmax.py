@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         len(units),
         t_single * 1e3 / (len(units) * args.steps),
         args.target,
+        batched_ms=t_batch * 1e3 / (len(units) * args.steps),
     )
     return 0 if ratio >= args.target else 1
 

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         args.images * len(layers),
         ts * 1e3 / (args.images * len(layers) * args.steps),
         args.target,
+        batched_ms=tb * 1e3 / (args.images * len(layers) * args.steps),
     )
     return 0 if ts / tb >= args.target else 1
 
