@@ -508,9 +508,12 @@ def scan_topk(
         a = np.asarray(outs[layer.name])  # [B, C, h, w] (the engine hands out NCHW)
         b, c, h, w = a.shape
         flat = a.reshape(b, c, h * w).astype(np.float32, copy=False)
-        flat = np.where(np.isnan(flat), -np.inf, flat)  # NaN never wins
-        arg = flat.argmax(axis=2)  # the first maximum in raster order
+        arg = flat.argmax(axis=2)  # the first maximum in raster order (NaN wins argmax...)
         best = np.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
+        if np.isnan(best).any():  # ... so only then: NaN never wins
+            flat = np.where(np.isnan(flat), -np.inf, flat)
+            arg = flat.argmax(axis=2)
+            best = np.take_along_axis(flat, arg[..., None], axis=2)[..., 0]
         new_pos = np.stack([arg // w, arg % w], axis=-1).astype(np.int64)
         new_img = np.broadcast_to(np.asarray(idx, np.int64)[:, None], (b, c))
         values, images, positions = merge_topk(

@@ -264,3 +264,28 @@ def test_gray_patches_and_projections(tmp_path):
     assert views.shape == (2, 28, 28, 3) and (views == views[..., :1]).all()
     (unit, layer) = write_patches(res, tmp_path / "out", src, min_side=16)
     assert unit.name == "relu2_unit0000.png" and layer.name == "relu2.png"
+
+
+def test_scan_skips_nan_activations():
+    """A NaN never wins a unit's maximum, wherever it stands in the map (the scan looks for
+    NaN only when argmax found one)."""
+    from types import SimpleNamespace
+
+    from pyanalyzer.methods.patches import scan_topk
+
+    maps = np.zeros((2, 2, 2, 3), np.float32)  # [B, C, h, w]
+    maps[0, 0] = [[np.nan, 5.0, 1.0], [2.0, np.nan, 0.0]]  # unit 0, image 0: 5.0 at (0, 1)
+    maps[1, 0] = [[1.0, 1.0, 7.0], [1.0, 1.0, 1.0]]  # unit 0, image 1: 7.0 at (0, 2)
+    maps[0, 1] = [[0.0, 0.0, 0.0], [0.0, 3.0, 0.0]]
+    maps[1, 1] = np.nan  # unit 1, image 1: all NaN, never chosen over image 0's 3.0
+
+    def iter_layers(source, names, **kw):
+        yield range(0, 2), {names[0]: maps}
+
+    fake = SimpleNamespace(forward=SimpleNamespace(iter_layers=iter_layers))
+    layer = SimpleNamespace(channels=2, name="x", alias="x")
+    values, imgs, pos = scan_topk(fake, layer, None, k=2, progress=False)
+    assert values[0].tolist() == [7.0, 5.0] and imgs[0].tolist() == [1, 0]
+    assert pos[0].tolist() == [[0, 2], [0, 1]]
+    assert values[1, 0] == 3.0 and imgs[1, 0] == 0 and pos[1, 0].tolist() == [1, 1]
+    assert imgs[1, 1] in (-1, 1) and not (values[1, 1] > 3.0)
