@@ -435,38 +435,17 @@ def test_cli_on_a_broden_dataset(capsys, default_model, tmp_path):
 def test_report_page_in_a_browser_at_375_px(model, scenes, tmp_path):
     """The ablation page in real Chromium: no request leaves it, nothing is wider than a
     phone, and it shows the numbers of the result."""
-    playwright = pytest.importorskip("playwright.sync_api")
-    from report.conftest import find_browser
+    from report.conftest import offline_page
 
-    exe = find_browser()
-    if exe is None:
-        pytest.skip("no chromium on PATH (apt-get install -y chromium)")
     r = Ablation(model, layer="relu6", units="0-7", top=2, joint=[1, 2], progress=False).run(
         AblationInputs(scenes, scenes.labels)
     )
     paths = write_ablation(r, tmp_path / "out", model=model)
-    external: list[str] = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        try:
-            ctx = browser.new_context(viewport={"width": 375, "height": 700})
-
-            def route(req):
-                if req.request.url.startswith("file:"):
-                    req.continue_()
-                else:
-                    external.append(req.request.url)
-                    req.abort()
-
-            ctx.route("**/*", route)
-            page = ctx.new_page()
-            page.goto(Path(paths["index"]).resolve().as_uri())
-            width = page.evaluate("document.documentElement.scrollWidth")
-            rows = page.eval_on_selector_all(
-                "table:last-of-type tbody tr", "rs => rs.map(r => r.cells[0].innerText)"
-            )
-        finally:
-            browser.close()
+    with offline_page(paths["index"]) as (page, external):
+        width = page.evaluate("document.documentElement.scrollWidth")
+        rows = page.eval_on_selector_all(
+            "table:last-of-type tbody tr", "rs => rs.map(r => r.cells[0].innerText)"
+        )
     assert external == [] and width <= 375, width
     # the last table lists every unit, most disruptive first
     order = np.argsort(-r.flipped, kind="stable")

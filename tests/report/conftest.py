@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,36 @@ def find_browser() -> str | None:
         if path:
             return path
     return None
+
+
+@contextlib.contextmanager
+def offline_page(path: Path, width: int = 375, height: int = 700) -> Iterator[tuple[Any, list]]:
+    """A real Chromium (Playwright) showing the local file ``path`` in a ``width`` px window,
+    with every request that is not a local file refused and recorded: yields ``(page,
+    external)``. Skips the test without Playwright or a Chromium on PATH."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    exe = find_browser()
+    if exe is None:
+        pytest.skip("no chromium on PATH (apt-get install -y chromium)")
+    external: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            ctx = browser.new_context(viewport={"width": width, "height": height})
+
+            def route(r: Any) -> None:
+                if r.request.url.startswith("file:"):
+                    r.continue_()
+                else:
+                    external.append(r.request.url)
+                    r.abort()
+
+            ctx.route("**/*", route)
+            page = ctx.new_page()
+            page.goto(Path(path).resolve().as_uri())
+            yield page, external
+        finally:
+            browser.close()
 
 
 @pytest.fixture

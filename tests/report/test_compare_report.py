@@ -6,7 +6,6 @@ the window."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,32 +92,11 @@ def test_files(tmp_path):
 
 
 def test_page_in_a_browser_at_375_px(tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    from report.conftest import find_browser
+    from report.conftest import offline_page
 
-    exe = find_browser()
-    if exe is None:
-        pytest.skip("no chromium on PATH (apt-get install -y chromium)")
     paths = write_comparison(make_result(), tmp_path / "out")
-    external: list[str] = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        try:
-            ctx = browser.new_context(viewport={"width": 375, "height": 700})
-
-            def route(r):
-                if r.request.url.startswith("file:"):
-                    r.continue_()
-                else:
-                    external.append(r.request.url)
-                    r.abort()
-
-            ctx.route("**/*", route)
-            page = ctx.new_page()
-            page.goto(Path(paths["index"]).resolve().as_uri())
-            width = page.evaluate("document.documentElement.scrollWidth")
-            text = page.inner_text("body")
-        finally:
-            browser.close()
+    with offline_page(paths["index"]) as (page, external):
+        width = page.evaluate("document.documentElement.scrollWidth")
+        text = page.inner_text("body")
     assert external == [] and width <= 375, width
     assert "80.0%" in text and "wheel" in text and SCRIPT in text  # shown as text, not run
