@@ -71,7 +71,7 @@ def main() -> None:
     def ours(cut: str) -> tuple[float, np.ndarray]:
         a = Ablation(model, layer=args.layer, top=0, progress=False)
         if cut == "whole":
-            a._setup = lambda x, a=a: _force_whole(a)  # type: ignore[method-assign]
+            a._setup = lambda x, a=a: a._use("whole")  # type: ignore[method-assign]
         t = time.perf_counter()
         r = a.run(src)
         return time.perf_counter() - t, r.delta_score
@@ -96,13 +96,6 @@ def main() -> None:
         print(f"  {label:<52} {med[k]:7.2f} s  ({', '.join(f'{v:.2f}' for v in times[k])})")
     print(f"speed-up over the whole graph: {med['whole'] / med['tail']:.2f}x")
     print(f"speed-up over the brute force: {med['brute'] / med['tail']:.2f}x")
-
-
-def _force_whole(a: Ablation) -> None:
-    fwd = a.model.forward
-    a.graph = a._graph("whole")
-    a.session = fwd.make_session(a.graph.proto, list(a.graph.outputs))
-    a.head = [n for n in a.graph.inputs if n != fwd.input.name]
 
 
 if __name__ == "__main__":

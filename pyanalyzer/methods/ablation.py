@@ -450,11 +450,16 @@ class Ablation(Analysis[AblationParams, AblationResult]):
         return result
 
     # ---- the graphs --------------------------------------------------------------------------
-    def _graph(self, cut: str) -> AblationGraph:
+    def _use(self, cut: str) -> None:
+        """Build the ablatable graph cut as ``cut`` (``"tail"`` or ``"whole"``) and its
+        session; the head's session is made on first use."""
         from pyanalyzer.model.surgery import ablation_graph
 
         fwd = self.model.forward
-        return ablation_graph(fwd._batchable_proto(), self.layer, [self.output.name], cut)
+        self.graph = ablation_graph(fwd.graph, self.layer, [self.output.name], cut)
+        self.session = fwd.make_session(self.graph.proto, list(self.graph.outputs))
+        self.head = [n for n in self.graph.inputs if n != fwd.input.name]
+        self.head_session = None
 
     def _setup(self, x: np.ndarray) -> None:
         """Build the tail graph and check it against the intact model on the first batch;
@@ -464,11 +469,7 @@ class Ablation(Analysis[AblationParams, AblationResult]):
         fwd = self.model.forward
         intact = fwd.run(x, [self.output.name], nchw=False)[self.output.name]
         for cut in ("tail", "whole"):
-            self.graph = self._graph(cut)
-            self.session = fwd.make_session(self.graph.proto, list(self.graph.outputs))
-            image = fwd.input.name
-            self.head = [n for n in self.graph.inputs if n != image]
-            self.head_session = None
+            self._use(cut)
             try:
                 got = self._evaluate(x, np.ones((1, int(self.layer.channels or 0))))[0]
             except ModelError:
@@ -488,8 +489,8 @@ class Ablation(Analysis[AblationParams, AblationResult]):
         if self.head_session is None:
             from pyanalyzer.model.surgery import head_graph
 
-            proto = fwd._batchable_proto()
-            self.head_session = fwd.make_session(head_graph(proto, self.head), self.head)
+            assert self.graph is not None
+            self.head_session = fwd.make_session(head_graph(fwd.graph, self.graph), self.head)
         sess = self.head_session
         if fwd.batch_mode == "loop" and x.shape[0] > 1:
             parts = [sess.run(self.head, {fwd.input.name: x[i : i + 1]}) for i in range(len(x))]

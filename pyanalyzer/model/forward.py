@@ -112,6 +112,12 @@ class ForwardEngine:
         self._batchable_proto()
         return self._batch_mode
 
+    @property
+    def graph(self) -> onnx.ModelProto:
+        """The graph the sessions run: the model, with a fixed batch of 1 made symbolic when
+        that was checked to give the same results (:attr:`batch_mode`)."""
+        return self._batchable_proto()
+
     def _batchable_proto(self) -> onnx.ModelProto:
         if self._batchable is None:
             self._batchable = self._make_batchable()

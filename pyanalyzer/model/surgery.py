@@ -30,7 +30,7 @@ from onnx import TensorProto, helper
 from pyanalyzer.errors import UserInputError
 from pyanalyzer.model.graph import LayerInfo, tensor_elem_types
 
-__all__ = ["MASK_INPUT", "AblationGraph", "ablation_graph", "mask_shape"]
+__all__ = ["MASK_INPUT", "AblationGraph", "ablation_graph", "head_graph", "mask_shape"]
 
 MASK_INPUT = "pyanalyzer_ablation_mask"
 """The name of the mask's graph input."""
@@ -49,6 +49,7 @@ class AblationGraph:
             (for ``"whole"``, the model's inputs).
         outputs: the outputs computed (the requested outputs that depend on the layer).
         mask_dtype: the ONNX element type of the mask (the layer's).
+        input_types: the ONNX element type of each of ``inputs`` (for :func:`head_graph`).
     """
 
     proto: onnx.ModelProto
@@ -56,6 +57,7 @@ class AblationGraph:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     mask_dtype: int
+    input_types: dict[str, int]
 
 
 def mask_shape(layer: LayerInfo, rows: int) -> tuple[int, ...]:
@@ -232,13 +234,17 @@ def ablation_graph(
         inputs=tuple(crossing),
         outputs=tuple(kept),
         mask_dtype=int(dtype),
+        input_types={vi.name: int(vi.type.tensor_type.elem_type) for vi in input_vis},
     )
 
 
-def head_graph(proto: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
-    """The part of ``proto`` that computes ``outputs`` (tensors of the graph) from its inputs:
-    the nodes they depend on and nothing after them (the head of an ablation's cut, run once
-    per image without the rest of the network)."""
+def head_graph(proto: onnx.ModelProto, cut: AblationGraph) -> onnx.ModelProto:
+    """The part of ``proto`` that computes the tensors crossing ``cut`` (its ``inputs`` that
+    are not graph inputs) from the graph's inputs: the nodes they depend on and nothing after
+    them (the head of an ablation's cut, run once per image without the rest of the
+    network)."""
+    graph_inputs = {i.name for i in proto.graph.input}
+    outputs = [n for n in cut.inputs if n not in graph_inputs]
     g = proto.graph
     producer = {o: k for k, node in enumerate(g.node) for o in node.output if o}
     needed: set[int] = set()
@@ -251,16 +257,12 @@ def head_graph(proto: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProt
         stack.extend(producer[i] for i in _node_inputs(g.node[k]) if i in producer)
     nodes = [g.node[k] for k in sorted(needed)]
     used = {name for n in nodes for name in _node_inputs(n)}
-    types = tensor_elem_types(proto)
     init = {i.name for i in g.initializer}
     graph = helper.make_graph(
         nodes,
         f"{g.name or 'model'}_head",
         [i for i in g.input if i.name not in init],
-        [
-            helper.make_tensor_value_info(o, types.get(o) or TensorProto.FLOAT, None)
-            for o in outputs
-        ],
+        [helper.make_tensor_value_info(o, cut.input_types[o], None) for o in outputs],
         initializer=[i for i in g.initializer if i.name in used],
     )
     model = helper.make_model(graph, opset_imports=list(proto.opset_import))

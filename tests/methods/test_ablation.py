@@ -187,10 +187,11 @@ def test_skip_connections_and_batch_shapes_cross_the_cut(skip_model):
     assert len(a.graph.inputs) >= 2  # the layer and the skip
     from pyanalyzer.model.surgery import head_graph
 
-    head_ops = [n.op_type for n in head_graph(m.proto, a.head).graph.node]
+    head_ops = [n.op_type for n in head_graph(m.forward.graph, a.graph).graph.node]
     assert head_ops.count("Conv") == 2 and "Gemm" not in head_ops  # nothing after the cut
-    whole = a._graph("whole")  # the fallback graph gives the same numbers
-    assert whole.cut == "whole"
+    a._use("whole")  # the fallback graph gives the same numbers
+    assert a.graph.cut == "whole" and a.head == []
+    np.testing.assert_allclose(a.scores(x, [[0], [2, 4]]), y, rtol=1e-5, atol=1e-6)
     # brute force: zero the conv producing b
     prod = next(n for n in m.proto.graph.node if layer.name in n.output)
     conv_out = prod.input[0]
