@@ -50,7 +50,7 @@ def main() -> None:
         x = model.preprocessing.normalize(pix)
 
         def timed(mode: str) -> tuple[float, np.ndarray]:
-            proto = eng._batchable_proto() if mode == "rewritten" else model.proto
+            proto = eng.graph if mode == "rewritten" else model.proto
             sess = eng._make_session(proto, [layer])
             best, out = float("inf"), None
             for _ in range(args.repeat):

@@ -74,6 +74,7 @@ __all__ = [
     "Result",
     "StoredRun",
     "Units",
+    "stored_data",
     "stored_runs",
 ]
 
@@ -413,6 +414,17 @@ class Result:
 # ---- analyses -------------------------------------------------------------------------------
 
 
+def stored_data(value: Any) -> Any:
+    """JSON data as the store keeps it (tuples as lists, numpy scalars as numbers): what a
+    request's parameters, inputs or preprocessing are compared with a :class:`StoredRun`'s
+    as."""
+    import json
+
+    from pyanalyzer.store import canonical_json
+
+    return json.loads(canonical_json(value))
+
+
 def stored_runs(store: Store, method: str, model_sha256: str) -> list[StoredRun]:
     """The results of analysis ``method`` stored for a model, newest first, with the
     parameters, inputs and preprocessing each ran with (no array is read): e.g. to find a
@@ -609,6 +621,20 @@ class Analysis(ABC, Generic[P, R]):
     def stored(cls, store: Store, model_sha256: str) -> list[StoredRun]:
         """This analysis' results stored for a model, newest first (:func:`stored_runs`)."""
         return stored_runs(store, cls.method, model_sha256)
+
+    @classmethod
+    def stored_usable(cls, store: Store, model: Model) -> list[StoredRun]:
+        """This analysis' finished results stored for ``model`` that still apply: the current
+        :attr:`revision` and the model's current preprocessing (checkpoints left out), newest
+        first."""
+        preprocessing = stored_data(model.preprocessing.to_dict())
+        return [
+            run
+            for run in cls.stored(store, model.sha256)
+            if not run.info.key.is_partial
+            and run.revision == cls.revision
+            and stored_data(run.preprocessing) == preprocessing
+        ]
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

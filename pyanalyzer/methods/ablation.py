@@ -285,15 +285,8 @@ def stored_unit_labels(store: Store | None, model: Any, layer: LayerInfo) -> dic
     from pyanalyzer.methods.dissection import Dissection
     from pyanalyzer.methods.dissection.result import DissectionResult
 
-    prep = model.preprocessing.to_dict()
-    for run in Dissection.stored(store, model.sha256):
-        layers = run.params.get("layers") or []
-        if (
-            run.info.key.is_partial
-            or run.revision != Dissection.revision
-            or layer.name not in layers
-            or run.preprocessing != prep
-        ):
+    for run in Dissection.stored_usable(store, model):
+        if layer.name not in (run.params.get("layers") or []):
             continue
         entry = store.get(run.info.key)
         if entry is None:

@@ -22,7 +22,6 @@ The site itself is written by :mod:`pyanalyzer.report.atlas`.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from pyanalyzer.analysis import Analysis, Int, Params, Result, Units
+from pyanalyzer.analysis import Analysis, Int, Params, Result, Units, stored_data
 from pyanalyzer.analysis import Layers as LayersField
 from pyanalyzer.errors import UserInputError
 
@@ -67,13 +66,6 @@ _TITLES = {
     "actmax": "activation maximization",
     "invert": "inversion strip",
 }
-
-
-def _normal(value: Any) -> Any:
-    """JSON data as the store keeps it (tuples as lists, numpy scalars as numbers)."""
-    from pyanalyzer.store import canonical_json
-
-    return json.loads(canonical_json(value))
 
 
 @dataclass
@@ -124,24 +116,22 @@ def run_covering(
 
     probe = make(list(wanted))
     prepared = probe.prepare(inputs)
-    want = _normal(probe.key_params(prepared))
+    want = stored_data(probe.key_params(prepared))
     items = want["params"].get(field_name)
     if store is None or not isinstance(items, list):
         return [Piece(probe.run(inputs), list(items or []), probe.from_store)]
     rest = {k: v for k, v in want["params"].items() if k != field_name}
     left = list(items)
     pieces: list[Piece] = []
-    for stored in cls.stored(store, model.sha256):
+    # (checkpoints are not listed: a checkpoint is resumed only by the same request)
+    for stored in cls.stored_usable(store, model):
         if not left:
             break
         have = stored.params.get(field_name)
         if (
-            stored.info.key.is_partial  # a checkpoint: resumed only by the same request
-            or stored.revision != cls.revision
-            or not isinstance(have, list)
-            or _normal(stored.inputs) != want["inputs"]
-            or _normal(stored.preprocessing) != want["preprocessing"]
-            or {k: v for k, v in _normal(stored.params).items() if k != field_name} != rest
+            not isinstance(have, list)
+            or stored_data(stored.inputs) != want["inputs"]
+            or {k: v for k, v in stored_data(stored.params).items() if k != field_name} != rest
         ):
             continue
         use = [x for x in left if x in have]
@@ -592,7 +582,7 @@ class Atlas(Analysis[AtlasParams, AtlasResult]):
             },
             samples=samples,
             layers=layers,
-            params=_normal(self.resolved()),
+            params=stored_data(self.resolved()),
             parts=parts,
         )
         # no key of its own: the atlas is "from the store" when every part was

@@ -44,7 +44,6 @@ concept; the formula's IoU is to be compared with ``single_iou``.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -650,24 +649,16 @@ class Compositional(Analysis[CompositionalParams, CompositionalResult]):
         and preprocessing (its other parameters do not change thresholds or labels), else from
         one new dissection of the layers no stored one holds."""
         from pyanalyzer.methods.dissection.pipeline import Dissection
-        from pyanalyzer.store import canonical_json
-
-        def normal(value: Any) -> Any:
-            return json.loads(canonical_json(value))
 
         p = self.params
         want = [i.name for i in self.infos]
         found: dict[str, LayerDissection] = {}
         if self.store is not None:
-            preprocessing = normal(self.model.preprocessing.to_dict())
-            for run in Dissection.stored(self.store, self.model.sha256):
+            for run in Dissection.stored_usable(self.store, self.model):
                 layers = run.params.get("layers")
                 if (
-                    run.info.key.is_partial
-                    or run.revision != Dissection.revision
-                    or not isinstance(run.inputs, dict)
+                    not isinstance(run.inputs, dict)
                     or run.inputs.get("dataset") != ds.digest
-                    or normal(run.preprocessing) != preprocessing
                     or run.params.get("quantile") != p.quantile
                     or not isinstance(layers, list)
                     or not any(n in layers and n not in found for n in want)
