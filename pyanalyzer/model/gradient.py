@@ -9,6 +9,7 @@ forward hooks on that submodule. Hooks live in a context manager and are removed
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,12 @@ import torch
 import torch.fx
 from torch import nn
 
-from pyanalyzer.errors import GradientUnavailableError, UserInputError, first_line
+from pyanalyzer.errors import (
+    BackendUnavailableError,
+    GradientUnavailableError,
+    UserInputError,
+    first_line,
+)
 from pyanalyzer.model.graph import to_nchw
 
 
@@ -56,6 +62,38 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
             label = node.op_type if not domain else f"{domain}.{node.op_type}"
             missing[f"{label} (opset {_opset(model, domain)})"] = None
     return list(missing)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+"""The ``device`` values the gradient methods take."""
+
+
+def torch_device(device: str | torch.device = "auto") -> torch.device:
+    """Where torch runs a gradient method: ``"cpu"``, ``"cuda"`` (the current CUDA device) or
+    ``"auto"`` (CUDA when torch sees a device, else the CPU). A ``torch.device`` is returned as
+    it is.
+
+    Raises:
+        BackendUnavailableError: ``"cuda"`` was asked for and torch sees no CUDA device (the
+            message says whether this torch build has CUDA at all).
+        UserInputError: any other value.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device not in DEVICES:
+        raise UserInputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if device == "auto":
+        return torch.device("cpu")
+    reason = (
+        f"this torch build ({torch.__version__}) has no CUDA support"
+        if torch.version.cuda is None
+        else "torch sees no CUDA device"
+    )
+    raise BackendUnavailableError(f"device='cuda' was requested but CUDA is unavailable: {reason}")
 
 
 class GradientEngine:
@@ -126,6 +164,27 @@ class GradientEngine:
         for b in module.buffers():
             b.requires_grad_(False)
         self.module: torch.fx.GraphModule = module
+        self.device = torch.device("cpu")
+        """Where :attr:`module`'s weights live (:meth:`on` makes the engine of another
+        device)."""
+        self._on: dict[torch.device, GradientEngine] = {self.device: self}
+
+    def on(self, device: str | torch.device = "auto") -> GradientEngine:
+        """This engine on ``device`` (:func:`torch_device`): itself on the CPU, else a copy of
+        the module moved there, made once per device and kept. Inputs handed to the returned
+        engine must be on its :attr:`device`.
+
+        Raises:
+            BackendUnavailableError: CUDA was asked for and is unavailable.
+        """
+        dev = torch_device(device)
+        if dev not in self._on:
+            other = copy.copy(self)
+            other.module = copy.deepcopy(self.module).to(dev)
+            other.device = dev
+            other._truncated = {}
+            self._on[dev] = other
+        return self._on[dev]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return self.module(x)
