@@ -8,6 +8,7 @@ import click
 
 from pyanalyzer.cli.options import (
     Outputs,
+    device_option,
     engine_options,
     json_option,
     layers_option,
@@ -91,6 +92,10 @@ COLOR_IMAGES = 1000
 @click.option(
     "--one-by-one", is_flag=True, help="Optimise units one after another instead of in batches."
 )
+@device_option(
+    "Where torch optimises the images: auto (CUDA when torch sees a GPU, else the CPU), cpu "
+    "or cuda. Results agree across devices to float rounding."
+)
 @out_option("Folder for the PNGs.")
 @engine_options
 @progress_option
@@ -113,6 +118,7 @@ def actmax(
     reference: str | None,
     batch_size: int,
     one_by_one: bool,
+    device: str,
     out_dir: str,
     engine: str,
     ray_address: str | None,
@@ -163,7 +169,8 @@ def actmax(
     options: dict[str, Any] = dict(
         layer=layer, units=units, objective=objective, param=param, regularizers=regularizers,
         steps=steps, size=size, seed=seed, batch=not one_by_one, batch_size=batch_size,
-        directions=directions, start=start, store=store, progress=not no_progress,
+        directions=directions, start=start, device=device, store=store,
+        progress=not no_progress,
     )  # fmt: skip
     method = ActivationMaximization(m, **options)
     source = ImageFolder(reference) if reference else None

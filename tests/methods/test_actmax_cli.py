@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from cli_helpers import run_cli
 
 from pyanalyzer.store import Store
@@ -34,6 +35,11 @@ def test_actmax_cli_writes_pngs_and_reuses_the_store(capsys, default_model, tmp_
             "unit -1 is out of range: layer relu6 has units 0..127",
         ),
         (["--layer", "relu4", "--objective", "class"], "class objectives read class scores [N, K]"),
+        pytest.param(
+            ["--layer", "relu6", "--device", "cuda"],
+            "device='cuda' was requested but CUDA is unavailable",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available"),
+        ),
     ],
 )
 def test_actmax_bad_input(capsys, default_model, tmp_path, extra, msg):

@@ -48,6 +48,7 @@ from pyanalyzer.methods.actmax.render import (
     image_size,
     render,
 )
+from pyanalyzer.model.gradient import DEVICES, torch_device
 from pyanalyzer.units import select_units
 
 if TYPE_CHECKING:
@@ -213,6 +214,11 @@ class ActmaxParams(Params):
     directions: Directions = Field(
         None, description="For the direction objective: one direction per row, [K, C]."
     )
+    device: Annotated[str, Choice("device", DEVICES)] = Field(
+        "auto",
+        description="Where torch runs: auto (CUDA when torch sees a GPU), cpu or cuda. The "
+        "images agree across devices to float rounding; not part of the stored key.",
+    )
 
     @field_serializer("regularizers")
     def _regularizers_id(self, value: str | RegularizerSet) -> str:
@@ -333,7 +339,8 @@ class ActivationMaximization(Analysis[ActmaxParams, ActmaxResult]):
     ``redirect_steps``, ``color`` (the FFT colour square root;
     :func:`~.param.color_correlation_from_images`), ``batch`` and ``batch_size`` (units in
     batches of near-equal size; a unit's image does not depend on its batch up to float
-    rounding, which Adam can amplify over many steps).
+    rounding, which Adam can amplify over many steps), ``device`` (where torch runs; not part
+    of the stored key).
 
     :meth:`run` takes an optional reference image source over which each unit's maximum
     activation is measured (``reference_max``, ``relative``).
@@ -342,12 +349,13 @@ class ActivationMaximization(Analysis[ActmaxParams, ActmaxResult]):
         UserInputError: unknown objective, parametrization or regularizer set, Yosinski sets
             with ``fft``, bad numbers, missing or malformed directions, units out of range;
             GradientUnavailableError (a UserInputError) naming the ops when the model has no
-            torch twin.
+            torch twin; BackendUnavailableError when CUDA was asked for and is unavailable.
     """
 
     method: ClassVar[str] = "actmax"
     inputs: ClassVar[str] = "reference"
     params_type: ClassVar[type[Params]] = ActmaxParams
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"device"})
     result_type: ClassVar[type[Result]] = ActmaxResult
     revision: ClassVar[int] = 3
     """3: the contract's key layout (2: the standard transforms fill with mid-grey)."""
@@ -360,6 +368,7 @@ class ActivationMaximization(Analysis[ActmaxParams, ActmaxResult]):
     def check(self) -> None:
         p = self.params
         _ = self.model.gradient  # fail now, naming the ops, when there is no torch twin
+        torch_device(p.device)  # and when CUDA was asked for and is unavailable
         self.directions = (
             None if p.directions is None else np.asarray(p.directions, dtype=np.float32)
         )
@@ -471,6 +480,7 @@ class ActivationMaximization(Analysis[ActmaxParams, ActmaxResult]):
             start=self.start,
             redirect_steps=p.redirect_steps,
             color=self.color,
+            device=p.device,
         )
 
     def _render_sharded(
@@ -531,7 +541,7 @@ class ActivationMaximization(Analysis[ActmaxParams, ActmaxResult]):
         if inputs is not None:
             ref_max = reference_maxima(
                 self.model, p.objective, p.layer, self.units, inputs, progress=self.progress,
-                directions=self.directions,
+                directions=self.directions, device=p.device,
             )  # fmt: skip
         names = self.model.class_names if p.objective == "class" else None
         if names and len(names) != tref.channels:  # scores of another head: no class names
@@ -585,6 +595,7 @@ def reference_maxima(
     batch_size: int = 32,
     progress: bool = True,
     directions: np.ndarray | None = None,
+    device: str = "auto",
 ) -> np.ndarray:
     """Each unit's maximum over ``source`` of what activation maximization reports as
     ``reached`` (the channel mean, the centre neuron, the class logit, or for
@@ -592,7 +603,8 @@ def reference_maxima(
     ``[U]``.
 
     Layers of the catalogue stream through onnxruntime (``model.forward.iter_layers``); the
-    logits behind a softmax, which the catalogue does not list, through the torch twin.
+    logits behind a softmax, which the catalogue does not list, through the torch twin (on
+    ``device``).
     """
     if len(source) == 0:
         raise UserInputError("the reference image set is empty")
@@ -613,7 +625,7 @@ def reference_maxima(
     else:
         from pyanalyzer._progress import progress_bar
 
-        net = Net(model, {ref: tref})
+        net = Net(model, {ref: tref}, device)
         spec = model.preprocessing
         starts = range(0, len(source), batch_size)
         with progress_bar(len(starts), label="reference", enabled=progress) as bar:
@@ -621,6 +633,7 @@ def reference_maxima(
                 idx = range(s, min(len(source), s + batch_size))
                 pix = np.stack([source.pixels(i, spec) for i in idx])
                 with torch.no_grad():
-                    update(net(torch.from_numpy(pix).permute(0, 3, 1, 2).float() / 255.0))
+                    rgb01 = torch.from_numpy(pix).to(net.device).permute(0, 3, 1, 2).float()
+                    update(net(rgb01 / 255.0))
                 bar.update(1)
     return best.astype(np.float32)

@@ -167,6 +167,11 @@ class Activations:
     def n(self) -> int:
         return int(next(iter(self._values.values())).shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are (the gradient engine's device)."""
+        return next(iter(self._values.values())).device
+
 
 # ---- the composable base -------------------------------------------------------------------
 
@@ -252,7 +257,7 @@ class _Linear(Objective):
             v = c * o.value(acts)
             total = v if total is None else total + v
         if total is None:
-            return torch.full((acts.n,), self.const)
+            return torch.full((acts.n,), self.const, device=acts.device)
         return total + self.const if self.const else total
 
     def refs(self) -> frozenset[str]:
@@ -503,7 +508,7 @@ class Direction(Objective):
     def value(self, acts: Activations) -> torch.Tensor:
         # mean over positions of <a[:, :, y, x], v> equals <mean over positions, v>.
         mean = acts(self.ref).mean(dim=(2, 3))  # [N, C]
-        vec = self.vector.to(mean.dtype)
+        vec = self.vector.to(mean.device, mean.dtype)
         if self.per_image:
             if vec.shape[0] != mean.shape[0]:
                 raise UserInputError(
@@ -556,7 +561,7 @@ class Diversity(Objective):
         t = acts(self.ref)
         n, c = t.shape[:2]
         if n < 2:
-            return t.sum() * 0.0 + torch.zeros(n, dtype=t.dtype)
+            return t.sum() * 0.0 + torch.zeros(n, dtype=t.dtype, device=t.device)
         flat = t.reshape(n, c, -1)
         grams = F.normalize((flat @ flat.transpose(1, 2)).reshape(n, -1), p=2, dim=1)
         sim = grams @ grams.T  # cosine similarity of every pair

@@ -110,8 +110,11 @@ class ImageParam:
 
     pixel_space = False
 
-    def __init__(self, n: int, channels: int, size: tuple[int, int]):
+    def __init__(
+        self, n: int, channels: int, size: tuple[int, int], device: torch.device | None = None
+    ):
         self.n, self.channels, self.size = int(n), int(channels), (int(size[0]), int(size[1]))
+        self.device = torch.device("cpu") if device is None else device
 
     def parameters(self) -> list[torch.Tensor]:
         """The tensors the optimiser updates."""
@@ -134,7 +137,9 @@ class PixelParam(ImageParam):
         size: ``(height, width)``.
         centre: per-channel 0..1 colour of the mean image (:func:`mean_color`).
         start: ``"mean"`` (``delta = 0``) or ``"noise"`` (N(0, 10/255) per pixel).
-        generators: one per image, for the noise.
+        generators: one per image, for the noise (drawn on the CPU whatever the device, so
+            that every device starts from the same images).
+        device: where the parameters live (default the CPU).
     """
 
     pixel_space = True
@@ -147,14 +152,16 @@ class PixelParam(ImageParam):
         *,
         start: str = "noise",
         generators: Sequence[torch.Generator] = (),
+        device: torch.device | None = None,
     ):
-        super().__init__(n, len(centre), size)
+        super().__init__(n, len(centre), size, device)
         h, w = self.size
-        self.centre = torch.tensor(centre, dtype=torch.float32).view(1, -1, 1, 1)
+        dev = self.device
+        self.centre = torch.tensor(centre, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
         if start == "noise":
-            delta = _image_normal(generators, (self.channels, h, w)) * PIXEL_NOISE_SD
+            delta = (_image_normal(generators, (self.channels, h, w)) * PIXEL_NOISE_SD).to(dev)
         else:
-            delta = torch.zeros(self.n, self.channels, h, w)
+            delta = torch.zeros(self.n, self.channels, h, w, device=dev)
         self.delta = delta.requires_grad_(True)
         self.project()
 
@@ -196,6 +203,7 @@ class FFTParam(ImageParam):
             one-channel images.
         sd: the noise of ``start="noise"`` (lucid: 0.01).
         decay_power: the exponent of the 1/f scaling (lucid: 1).
+        device: where the parameters live (default the CPU); the noise is drawn on the CPU.
     """
 
     def __init__(
@@ -209,25 +217,27 @@ class FFTParam(ImageParam):
         color: np.ndarray | None | bool = None,
         sd: float = 0.01,
         decay_power: float = 1.0,
+        device: torch.device | None = None,
     ):
-        super().__init__(n, len(centre), size)
+        super().__init__(n, len(centre), size, device)
         h, w = self.size
+        dev = self.device
         freqs = _rfft2d_freqs(h, w)
         # lucid's "/ 4" is folded into the scale (one pass less over the batch).
         scale = 0.25 / np.maximum(freqs, 1.0 / max(h, w)) ** decay_power
-        self.scale = torch.tensor(scale, dtype=torch.float32)[None, None, :, :, None]
+        self.scale = torch.tensor(scale, dtype=torch.float32, device=dev)[None, None, :, :, None]
         shape = (self.channels, *freqs.shape, 2)  # real and imaginary parts
         if start == "noise":
-            spectrum = _image_normal(generators, shape) * sd
+            spectrum = (_image_normal(generators, shape) * sd).to(dev)
         else:
-            spectrum = torch.zeros(self.n, *shape)
+            spectrum = torch.zeros(self.n, *shape, device=dev)
         self.spectrum = spectrum.requires_grad_(True)
         c = torch.tensor(centre, dtype=torch.float64)
-        self.offset = torch.log(c / (1 - c)).to(torch.float32).view(1, -1, 1, 1)
+        self.offset = torch.log(c / (1 - c)).to(dev, torch.float32).view(1, -1, 1, 1)
         self.color: torch.Tensor | None = None
         if self.channels == 3 and color is not False:
             m = IMAGENET_COLOR_SQRT if color is None or color is True else color
-            self.color = torch.from_numpy(_normalized_color(np.asarray(m)))
+            self.color = torch.from_numpy(_normalized_color(np.asarray(m))).to(dev)
 
     def parameters(self) -> list[torch.Tensor]:
         return [self.spectrum]
@@ -250,8 +260,10 @@ def make_param(
     start: str,
     generators: Sequence[torch.Generator],
     color: np.ndarray | None | bool = None,
+    device: torch.device | None = None,
 ) -> ImageParam:
-    """Build a parametrization by name (:data:`PARAMS`).
+    """Build a parametrization by name (:data:`PARAMS`), its parameters on ``device``
+    (default the CPU).
 
     Raises:
         UserInputError: an unknown name or start.
@@ -259,9 +271,11 @@ def make_param(
     if start not in STARTS:
         raise UserInputError(f"unknown start {start!r}; choose one of {', '.join(STARTS)}")
     if name == "pixel":
-        return PixelParam(n, size, centre, start=start, generators=generators)
+        return PixelParam(n, size, centre, start=start, generators=generators, device=device)
     if name == "fft":
-        return FFTParam(n, size, centre, start=start, generators=generators, color=color)
+        return FFTParam(
+            n, size, centre, start=start, generators=generators, color=color, device=device
+        )
     raise UserInputError(f"unknown parametrization {name!r}; choose one of {', '.join(PARAMS)}")
 
 

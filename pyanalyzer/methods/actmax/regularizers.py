@@ -124,7 +124,7 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of every channel of ``[N, C, H, W]``, edges reflected about the
     border (scipy's ``reflect``: ``d c b a | a b c d``)."""
-    k = gaussian_kernel(sigma).to(x.dtype)
+    k = gaussian_kernel(sigma).to(x.device, x.dtype)
     r = (len(k) - 1) // 2
     c = x.shape[1]
     for dim, weight in ((3, k.view(1, 1, 1, -1)), (2, k.view(1, 1, -1, 1))):

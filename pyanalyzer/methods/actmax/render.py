@@ -59,14 +59,21 @@ class Net:
     Args:
         model: a loaded model whose graph converted to torch.
         refs: ``{layer reference: TensorRef}`` (:func:`~.objectives.resolve`).
+        device: where the network runs (:func:`~pyanalyzer.model.gradient.torch_device`);
+            the images handed in must be there (:attr:`device`).
 
     Raises:
         GradientUnavailableError: the model has no torch twin (the ops are named).
+        BackendUnavailableError: CUDA was asked for and is unavailable.
         UserInputError: a tensor the torch twin does not compute.
     """
 
-    def __init__(self, model: Model, refs: Mapping[str, TensorRef]):
-        engine = model.gradient  # GradientUnavailableError (a UserInputError) names the ops
+    def __init__(
+        self, model: Model, refs: Mapping[str, TensorRef], device: str | torch.device = "auto"
+    ):
+        # GradientUnavailableError (a UserInputError) names the ops
+        engine = model.gradient.on(device)
+        self.device = engine.device
         for r in refs.values():
             if not engine.has_tensor(r.name):
                 raise UserInputError(
@@ -78,7 +85,8 @@ class Net:
         self.names = [refs[k].name for k in self.keys]
         self.module = engine.truncated(self.names)  # ReLUs are redirected on this module
         self.spec = model.preprocessing
-        # Channels-last convolutions are faster on CPU (oneDNN); the values are the same.
+        # Channels-last convolutions are faster on CPU (oneDNN) and on tensor-core GPUs; the
+        # values are the same.
         self.channels_last = self.spec.layout == "nchw"
 
     def __call__(self, rgb01: torch.Tensor) -> Activations:
@@ -101,7 +109,7 @@ def unit_seed(seed: int, key: int) -> int:
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
     """RGB (or gray) 0..1 ``[N, C, H, W]`` to ``uint8 [N, H, W, C]``."""
-    arr = images.detach().clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    arr = images.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return np.round(arr * 255.0).astype(np.uint8)
 
 
@@ -212,6 +220,7 @@ def render(
     redirect_steps: int = 16,
     color: np.ndarray | None | bool = None,
     on_step: Callable[[], None] | None = None,
+    device: str | torch.device = "auto",
 ) -> Rendering:
     """Optimise ``n`` images for ``objective`` (the sum of its per-image values).
 
@@ -234,12 +243,16 @@ def render(
         redirect_steps: steps with redirected ReLU gradients (lucid's trick for dead units).
         color: :class:`~.param.FFTParam`'s colour square root (None: ImageNet's).
         on_step: called after every step (progress bars).
+        device: where the network and the images live: ``"auto"`` (CUDA when torch sees a
+            device), ``"cpu"`` or ``"cuda"``. Random draws are made on the CPU in every case,
+            so every device starts from the same images and draws the same transforms.
 
     Raises:
         UserInputError: bad arguments, an objective that does not fit the model, regularizers
             that edit pixels with ``param="fft"``, or no gradient path from the objective to
             the image; :class:`~pyanalyzer.errors.GradientUnavailableError` when the model
-            has no torch twin.
+            has no torch twin; :class:`~pyanalyzer.errors.BackendUnavailableError` when CUDA
+            was asked for and is unavailable.
     """
     regs = regularizer_set(regularizers)
     check_options(param, regs, steps, lr, start, redirect_steps)
@@ -252,14 +265,17 @@ def render(
     objective.check(model, n)
     if not objective.refs():
         raise UserInputError(f"objective {objective!r} reads no layer")
-    net = Net(model, {ref: resolve(model, ref) for ref in sorted(objective.refs())})
+    net = Net(model, {ref: resolve(model, ref) for ref in sorted(objective.refs())}, device)
+    dev = net.device
     spec = model.preprocessing
     in_hw = spec.input_size
     hw = image_size(size, in_hw)
     gens = [torch.Generator().manual_seed(unit_seed(seed, k)) for k in keys]
     centre_values = mean_color(spec)
-    centre = torch.tensor(centre_values, dtype=torch.float32).view(1, -1, 1, 1)
-    image = make_param(param, n, hw, centre_values, start=start, generators=gens, color=color)
+    centre = torch.tensor(centre_values, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+    image = make_param(
+        param, n, hw, centre_values, start=start, generators=gens, color=color, device=dev
+    )
     opt = torch.optim.Adam(image.parameters(), lr=lr)
     penalties = [r for r in regs.regularizers if not r.edits_pixels]
     edits = [r for r in regs.regularizers if r.edits_pixels]
@@ -268,11 +284,12 @@ def render(
 
     def measure(rgb01: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return objective.value(net(resize(rgb01, in_hw))).numpy().astype(np.float32)
+            return objective.value(net(resize(rgb01, in_hw))).cpu().numpy().astype(np.float32)
 
     with torch.no_grad():
         start_values = measure(image())
-    curve = np.zeros((steps, n), np.float32)
+    # Kept where the values are: no copy to the host (and no wait for the device) per step.
+    curve = torch.zeros((steps, n), dtype=torch.float32, device=dev)
     with contextlib.ExitStack() as redirect:
         if redirect_steps > 0:
             redirect.enter_context(redirected_relu(net.module))
@@ -302,10 +319,10 @@ def render(
                     for r in edits:
                         r.after_step(delta, delta.grad, step)
                 image.project()
-            curve[step] = values.detach().numpy()
+            curve[step] = values.detach()
             if on_step is not None:
                 on_step()
     with torch.no_grad():
         pixels = _to_uint8(image())
-    reached = measure(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0)
-    return Rendering(pixels, start_values, reached, curve)
+    reached = measure(torch.from_numpy(pixels).to(dev).permute(0, 3, 1, 2).float() / 255.0)
+    return Rendering(pixels, start_values, reached, curve.cpu().numpy())

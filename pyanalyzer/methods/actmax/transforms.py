@@ -153,7 +153,8 @@ def warp(
     theta = (
         _to_normalized(h, w) @ matrix.to(torch.float64) @ torch.linalg.inv(_to_normalized(ho, wo))
     )
-    grid = F.affine_grid(theta[:, :2].to(x.dtype), [n, c, ho, wo], align_corners=False)
+    # The matrices are small and on the CPU (the draws are); the grid is made where x is.
+    grid = F.affine_grid(theta[:, :2].to(x.device, x.dtype), [n, c, ho, wo], align_corners=False)
     if fill:
         shifted = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros",
                                 align_corners=False)  # fmt: skip
@@ -206,8 +207,9 @@ class Jitter(AffineTransform):
         off = self._offsets(n, (h, w), generator)
         ho, wo = h - self.d, w - self.d
         # An exact crop: one gather over the flattened pixels (its backward, one scatter).
-        rows = off[:, :1] + torch.arange(ho)  # [N, ho]
-        cols = off[:, 1:] + torch.arange(wo)  # [N, wo]
+        off = off.to(x.device)  # drawn on the CPU whatever the device (same draws)
+        rows = off[:, :1] + torch.arange(ho, device=x.device)  # [N, ho]
+        cols = off[:, 1:] + torch.arange(wo, device=x.device)  # [N, wo]
         idx = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, -1).expand(n, c, -1)
         return x.flatten(2).gather(2, idx).view(n, c, ho, wo)
 
