@@ -264,13 +264,16 @@ class Client:
         path: str | os.PathLike[str],
         preprocessing: Mapping[str, Any] | None = None,
         name: str | None = None,
+        *,
+        parity: bool = True,
     ) -> dict[str, Any]:
         """Upload an ONNX model (its weights inside the file).
 
         The server checks it as :func:`pyanalyzer.load_model` checks an untrusted file; the
         same bytes with the same preprocessing give the same id (uploading again returns the
-        model already there). The first upload after the server started waits until the
-        server has imported torch (seconds; give a loaded machine a longer ``timeout``).
+        model already there). With ``parity`` the server also compares its torch twin with
+        onnxruntime as ``pyanalyzer info`` does; the first such upload after the server
+        started imports torch there (seconds; give a loaded machine a longer ``timeout``).
 
         Args:
             path: the ONNX file.
@@ -278,6 +281,8 @@ class Client:
                 shows under ``preprocessing``, or ``{"preset": "caffe"}``...), or None for
                 what the server infers.
             name: the name the server lists (default: the file's name).
+            parity: check the onnxruntime/torch parity (``False``: the forward-only checks of
+                ``pyanalyzer info --no-parity``; the server does not import torch for it).
 
         Returns:
             the model document: ``id``, ``name``, ``size``, ``sha256``, ``preprocessing``,
@@ -295,6 +300,8 @@ class Client:
             form["preprocessing"] = json.dumps(spec)
         if name is not None:
             form["name"] = name
+        if not parity:
+            form["parity"] = "false"
         with _open_upload(path, "model") as (filename, fh):
             doc: dict[str, Any] = self._json(
                 "POST", "/v1/models", files={"model": (filename, fh)}, data=form

@@ -82,22 +82,13 @@ class _State:
         self.pool: Any = None
         self.models = LoadedModels(config.models_dir, keep=4)
         self.submit_lock = threading.Lock()
-        self.warm = threading.Event()
-        """Set once torch and onnx2torch are imported (by one thread: importing torch from two
-        threads at once can fail)."""
-
-    def warm_imports(self) -> None:
-        try:
-            with contextlib.suppress(Exception):
-                import onnx2torch  # noqa: F401
-
-                import pyanalyzer.model.gradient  # noqa: F401
-        finally:
-            self.warm.set()
+        """Held by whatever may build a model's torch twin (a job's submission, an upload's
+        parity check): one at a time, since the loaded models are shared and their lazily built
+        parts are not made for threads, and torch is imported (lazily, by the first request
+        that needs it) by one thread only: importing it from two threads at once can fail."""
 
     def model(self, row: dict[str, Any]) -> Any:
         """The loaded model of an uploaded model's row (a few kept loaded)."""
-        self.warm.wait(300)
         return self.models.get(row["id"], row["preprocessing"])
 
 
@@ -122,7 +113,6 @@ def create_app(config: ServiceConfig, *, start_workers: bool = True) -> FastAPI:
 
             state.pool = WorkerPool(config, queue, config.workers)
             state.pool.start()
-        threading.Thread(target=state.warm_imports, name="warm-imports", daemon=True).start()
         try:
             yield
         finally:
@@ -256,10 +246,19 @@ def _api_router() -> APIRouter:
             str | None, Form(description="Preprocessing JSON (as `info` describes it).")
         ] = None,
         name: Annotated[str | None, Form(max_length=200)] = None,
+        parity: Annotated[
+            bool,
+            Form(
+                description="Check the onnxruntime/torch parity as `pyanalyzer info` does (the "
+                "server imports torch for it); false: the forward-only checks of `pyanalyzer "
+                "info --no-parity`."
+            ),
+        ] = True,
     ) -> ModelDoc:
         """Upload an ONNX model, checked as `load_model` checks an untrusted file (external
-        data refused), with the onnxruntime/torch parity checked as `pyanalyzer info` does; the
-        same bytes (and preprocessing) give the same id."""
+        data refused), with the onnxruntime/torch parity checked as `pyanalyzer info` does
+        unless `parity` is false; the same bytes (and preprocessing) give the same id (an upload
+        of a known model returns it as it was first checked)."""
         prep = _parse_preprocessing(preprocessing)
         shown = _display_name(name or model.filename or "model.onnx")
         with _received(sv, model, shown) as (path, sha, size):
@@ -272,10 +271,11 @@ def _api_router() -> APIRouter:
                 return _model_doc(existing)
             from pyanalyzer.model import load_model
 
-            sv.warm.wait(300)
             loaded = load_model(path, prep, check_parity=False, external_data=False)
-            loaded.check_parity()  # as `pyanalyzer info` does; the report is in the info
-            info = loaded.summary()
+            if parity:
+                with sv.submit_lock:  # builds the torch twin (and imports torch the first time)
+                    loaded.check_parity()  # as `pyanalyzer info` does; the report is in the info
+            info = loaded.summary(gradient=parity)  # without parity: torch is not imported
             info["path"] = shown
             final = sv.config.models_dir / f"{model_id}.onnx"
             if not final.exists():
@@ -377,11 +377,13 @@ def _api_router() -> APIRouter:
         return DatasetList(datasets=found)
 
     @r.get("/methods", response_model=MethodList, tags=["jobs"])
-    def methods(owner: Owner) -> MethodList:
+    def methods(sv: Sv, owner: Owner) -> MethodList:
         """Every analysis with its params' JSON Schema."""
         from pyanalyzer.methods import analyses
 
-        return MethodList(methods=[MethodDoc(**a.describe()) for a in analyses().values()])
+        with sv.submit_lock:  # the gradient methods' modules import torch (the first time)
+            found = analyses()
+        return MethodList(methods=[MethodDoc(**a.describe()) for a in found.values()])
 
     # ---- jobs ----
     @r.post(

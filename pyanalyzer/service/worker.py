@@ -244,12 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         import onnxruntime
 
         onnxruntime.set_default_logger_severity(3)
-    from pyanalyzer.methods import analyses
-
-    analyses()  # the heavy imports (torch, onnx2torch, every method) once, before any job
-    with contextlib.suppress(ImportError):
-        import onnx2torch  # noqa: F401
-
+    # Each job imports what its method needs when it starts: torch and onnx2torch with the
+    # first gradient job, never for forward-only ones (dissection, top-k scans, ablation).
     try:
         Worker(config).run()
     except Stop:

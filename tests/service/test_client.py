@@ -130,7 +130,12 @@ def test_uploads_listings_and_health(
     other = client.upload_model(default_model, preprocessing=spec, name="with spec")
     assert other["id"] != model_doc["id"] and other["name"] == "with spec"
     assert other["preprocessing"] == spec
+    assert other["info"]["parity"]["ok"] is True  # checked by default
     client.delete_model(other["id"])
+    # without the parity check (the server does not need torch for it): not checked
+    quick = client.upload_model(default_model, preprocessing=spec, parity=False)
+    assert quick["info"]["parity"] is None and quick["info"]["gradient"]["available"] is None
+    client.delete_model(quick["id"])
     with pytest.raises(NotFoundError):
         client.model(other["id"])
 

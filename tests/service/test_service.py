@@ -659,3 +659,25 @@ def test_internal_errors_carry_a_request_id_and_no_trace(tmp_path: Path) -> None
     assert body["detail"] == f"internal error (request id {body['request_id']})"
     assert r.headers["x-request-id"] == body["request_id"]
     assert "secret" not in r.text and "Traceback" not in r.text
+
+
+def _loads_torch(pid: int) -> bool:
+    """Whether process ``pid`` has torch's shared library mapped (it imported torch)."""
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_serve_imports_torch_only_for_gradient_work(start_server: Any, default_model: Path) -> None:
+    server = start_server()
+    pids = [server.proc.pid, *server.worker_pids()]
+    assert len(pids) >= 2 and not any(map(_loads_torch, pids)), "torch imported at start"
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        model = upload_model(client, default_model, parity="false")
+        assert model["info"]["parity"] is None
+        assert model["info"]["gradient"] == {"available": None, "error": None}  # not checked
+        _run_job(client, {"model": model["id"], "method": "dissect",
+                          "params": {"layers": ["relu5"]}, "inputs": {"n_images": 8}})  # fmt: skip
+        assert not any(map(_loads_torch, pids)), "a forward-only job imported torch"
+        _run_job(client, {"model": model["id"], "method": "actmax",
+                          "params": {"layer": "relu5", "units": "0", "steps": 2}})  # fmt: skip
+        assert _loads_torch(server.proc.pid)  # the submission checks the params on the twin
+        assert any(_loads_torch(p) for p in server.worker_pids())
