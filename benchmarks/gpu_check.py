@@ -7,6 +7,14 @@ network (build requirements already installed)::
     pip install -e . --no-build-isolation --no-deps
     python benchmarks/gpu_check.py            # add --large for the 64-bit indexing path
 
+The gradient methods' GPU paths (``--device cuda`` of actmax, invert, deconv/guided/saliency,
+patches and Net2Vec) need onnx2torch there too (carry it as a wheel). They are checked by
+running their CUDA-vs-CPU tests (``check_gradient_parity``: every CUDA test of the suite, none
+may be skipped) and timed on a 224-px VGG-shaped classifier built here with random weights:
+activation maximization of the 512 units of its last convolution, and optimisation inversion
+of 64 images, each beside the CPU's time per image and step (``bench_actmax_224``,
+``bench_invert_224``).
+
 Every check prints its findings and returns PASS/FAIL; the script ends with a summary and
 exits with status 1 when any check failed. CUDA results must be BITWISE equal to the CPU's:
 unpool sums shared switches in the same order (csrc/include/pyanalyzer/unpool.h), the tally's
@@ -512,6 +520,132 @@ def check_compose_validation() -> Result:
     return Result("compose CUDA validation", False, "a bad operator was accepted")
 
 
+# --- the gradient methods on CUDA (torch) ------------------------------------------------------
+
+GRADIENT_TESTS = [
+    "tests/model/test_gradient_device.py",
+    "tests/methods/test_actmax_device.py",
+    "tests/methods/test_inversion_device.py",
+    "tests/methods/test_deconvnet_device.py",
+    "tests/methods/test_net2vec_device.py",
+]
+
+
+def check_gradient_parity() -> Result:
+    """The CUDA-vs-CPU tests of the gradient methods: all must pass, none may be skipped."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [f for f in GRADIENT_TESTS if (root / f).exists()]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files],
+        cwd=root, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    tail = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]
+    print("    " + "\n    ".join(out.stdout.strip().splitlines()[-15:]))
+    ok = out.returncode == 0 and "skipped" not in tail and "passed" in tail
+    return Result(f"gradient methods on CUDA: {tail}", ok, "" if ok else "failed or skipped")
+
+
+def _vgg224() -> str:
+    """A VGG-shaped 224-px classifier with random weights (conv 64-128-256-512 with 2x2 pools,
+    then a 512-channel convolution), exported to ONNX in a temporary folder."""
+    import tempfile
+
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(0)
+    layers: list[nn.Module] = []
+    c = 3
+    for width in (64, 128, 256, 512):
+        layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        c = width
+    net = nn.Sequential(
+        *layers, nn.Conv2d(512, 512, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(512, 10),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        for p in net.parameters():
+            fan_in = p[0].numel() if p.dim() > 1 else 1
+            p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+    path = tempfile.mkdtemp(prefix="gpu_check_") + "/vgg224.onnx"
+    torch.onnx.export(
+        net, (torch.zeros(1, 3, 224, 224),), path, input_names=["input"],
+        output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+    return path
+
+
+def _vgg_model():  # type: ignore[no-untyped-def]
+    import pyanalyzer as pa
+
+    model = pa.load_model(_vgg224(), check_parity=False)
+    last = [x for x in model.layers if x.op == "Relu" and x.channels == 512][-1]  # 14x14
+    return model, last.alias
+
+
+def bench_actmax_224() -> Result:
+    """Activation maximization of the 512 units of a 224-px layer on CUDA (128 steps, batches
+    of 128), beside the CPU's cost per image and step measured on 8 units and 4 steps."""
+    from pyanalyzer.methods.actmax import ActivationMaximization
+
+    model, layer = _vgg_model()
+    steps = 128
+    kw = dict(layer=layer, steps=steps, batch_size=128, progress=False)
+
+    def run(device: str, units: str, n_steps: int) -> tuple[float, np.ndarray]:
+        t0 = time.perf_counter()
+        res = ActivationMaximization(model, **{**kw, "units": units, "steps": n_steps,
+                                              "device": device}).run(None)  # fmt: skip
+        return time.perf_counter() - t0, res.reached
+
+    run("cuda", "0-7", 2)  # warm-up (cuDNN autotuning, the twin copied to the device)
+    t_gpu, reached = run("cuda", "all", steps)
+    t_cpu, _ = run("cpu", "0-7", 4)
+    per_gpu = t_gpu / (512 * steps) * 1e3
+    per_cpu = t_cpu / (8 * 4) * 1e3
+    print(f"    CUDA: 512 units x {steps} steps at 224 px in {t_gpu:.1f} s "
+          f"({per_gpu:.3f} ms per image and step); mean reached {float(reached.mean()):.3f}")  # fmt: skip
+    print(f"    CPU: {per_cpu:.1f} ms per image and step (8 units, 4 steps): CUDA "
+          f"{per_cpu / per_gpu:.0f}x faster")  # fmt: skip
+    ok = bool(np.isfinite(reached).all())
+    return Result(f"actmax 512 units at 224 px: {t_gpu:.1f} s on CUDA", ok)
+
+
+def bench_invert_224() -> Result:
+    """Optimisation inversion of 64 images from the 224-px model's last layer on CUDA (100
+    steps), beside the CPU's cost per image and step on 2 images and 4 steps."""
+    import pyanalyzer as pa
+    from pyanalyzer.methods.inversion import OptimInversion
+
+    model, layer = _vgg_model()
+    images = pa.SyntheticImages.for_model(model.preprocessing, 64, seed=0)
+    pixels = np.stack([images.pixels(i, model.preprocessing) for i in range(len(images))])
+    steps = 100
+
+    def run(device: str, x: np.ndarray, n_steps: int) -> tuple[float, pa.InversionResult]:
+        t0 = time.perf_counter()
+        res = OptimInversion(model, layers=[layer], steps=n_steps, device=device,
+                             progress=False).run(x)  # fmt: skip
+        return time.perf_counter() - t0, res
+
+    run("cuda", pixels[:2], 2)  # warm-up
+    t_gpu, res = run("cuda", pixels, steps)
+    t_cpu, _ = run("cpu", pixels[:2], 4)
+    per_gpu = t_gpu / (64 * steps) * 1e3
+    per_cpu = t_cpu / (2 * 4) * 1e3
+    err = float(np.mean(res.feature_error))
+    print(f"    CUDA: 64 images x {steps} steps at 224 px in {t_gpu:.1f} s "
+          f"({per_gpu:.3f} ms per image and step); mean feature error {err:.3f}")  # fmt: skip
+    print(f"    CPU: {per_cpu:.1f} ms per image and step: CUDA {per_cpu / per_gpu:.0f}x faster")
+    return Result(
+        f"inversion of 64 images at 224 px: {t_gpu:.1f} s on CUDA", bool(np.isfinite(err))
+    )
+
+
 # The checks, in order. ADD NEW CHECKS HERE.
 CHECKS: list[Callable[[], Result]] = [
     check_info,
@@ -525,6 +659,9 @@ CHECKS: list[Callable[[], Result]] = [
     check_topk_equality,
     bench_topk,
     bench_tally_broden,
+    check_gradient_parity,
+    bench_actmax_224,
+    bench_invert_224,
 ]
 LARGE_CHECKS: list[Callable[[], Result]] = [check_unpool_large]
 
