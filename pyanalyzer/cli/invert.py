@@ -11,6 +11,7 @@ import click
 
 from pyanalyzer.cli.options import (
     Outputs,
+    device_option,
     engine_options,
     json_option,
     layers_option,
@@ -41,11 +42,15 @@ def invert() -> None:
     """Network inversion: reconstruct an image from a layer's features.
 
     \b
-    pyanalyzer invert MODEL --image FILE --layer NAME [--layer NAME ...] [--method optim|upconv] --out DIR
-    pyanalyzer invert train MODEL --layer NAME [--images DIR]
+    pyanalyzer invert MODEL --image FILE --layer NAME [--layer NAME ...] [--method optim|upconv] [--device auto|cpu|cuda] --out DIR
+    pyanalyzer invert train MODEL --layer NAME [--images DIR] [--device auto|cpu|cuda]
 
     Mahendran & Vedaldi, CVPR 2015 (optim: regularised optimisation); Dosovitskiy & Brox,
     CVPR 2016 (upconv: a trained up-convolutional decoder, kept in the store).
+    --device says where torch runs the optimisation, the decoder and its training (auto:
+    CUDA when torch sees a GPU, else the CPU); the features that train and feed a decoder,
+    and the reported errors, come from onnxruntime. The device is not part of what the store
+    keys: a decoder trained on a GPU is found and used on a CPU, and the other way round.
     The options of the first form: `pyanalyzer invert MODEL --help`.
     """
 
@@ -81,6 +86,11 @@ def invert() -> None:
     "--seed", type=int, default=0, show_default=True, help="Starting noise and jitter (optim)."
 )
 @out_option("Folder for the PNGs and metrics.json.")
+@device_option(
+    "Where torch runs the optimisation (optim) and the decoder (upconv); auto: CUDA when "
+    "torch sees a GPU, else the CPU. Features for the decoder and the errors come from "
+    "onnxruntime."
+)
 @engine_options
 @progress_option
 @json_option
@@ -96,6 +106,7 @@ def invert_run(
     jitter: int,
     seed: int,
     out_dir: str,
+    device: str,
     engine: str,
     ray_address: str | None,
     no_progress: bool,
@@ -128,7 +139,12 @@ def invert_run(
     progress = not no_progress
     analyses: dict[str, Any] = {}
     if method in ("optim", "both"):
-        options: dict[str, Any] = {"optimizer": optimizer, "seed": seed, "jitter": jitter}
+        options: dict[str, Any] = {
+            "optimizer": optimizer,
+            "seed": seed,
+            "jitter": jitter,
+            "device": device,
+        }
         if steps is not None:
             options["steps"] = steps
         analyses["optim"] = OptimInversion(
@@ -137,7 +153,7 @@ def invert_run(
     if method in ("upconv", "both"):
         try:
             analyses["upconv"] = UpconvInversion(
-                m, layers=list(layers), store=store, progress=progress
+                m, layers=list(layers), store=store, progress=progress, device=device
             )
         except DecoderMissingError as exc:  # say which command trains them, into this store
             where = f" --store {store_path}" if store_path else ""
@@ -186,6 +202,10 @@ def invert_run(
 )
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: the method's).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@device_option(
+    "Where torch trains the decoder; auto: CUDA when torch sees a GPU, else the CPU (the "
+    "features come from onnxruntime). The stored decoder's weights are read on any device."
+)
 @progress_option
 @json_option
 @store_option
@@ -196,6 +216,7 @@ def invert_train(
     images: str | None,
     epochs: int | None,
     seed: int,
+    device: str,
     no_progress: bool,
     as_json: bool,
     store_path: str | None,
@@ -207,7 +228,7 @@ def invert_train(
 
     store = open_store(store_path)  # the decoder is kept there: checked before anything runs
     m = open_model(model, kw)
-    options: dict[str, Any] = {"seed": seed}
+    options: dict[str, Any] = {"seed": seed, "device": device}
     if epochs is not None:
         options["epochs"] = epochs
     training = UpconvTraining(m, layer=layer, store=store, progress=not no_progress, **options)

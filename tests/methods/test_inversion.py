@@ -31,19 +31,25 @@ from pyanalyzer.methods.inversion._common import pixel_centre
 from pyanalyzer.report.inversion import strip, write_inversion
 from pyanalyzer.report.montage import upscale
 
+# The tests here run on the CPU wherever they run (their bounds and bit-for-bit equalities were
+# measured there); test_inversion_device.py compares the GPU with it and the default with it.
+
 
 def invert_optim(model, images, layers, **kw):
-    return OptimInversion(model, layers=layers, **kw).run(images)
+    return OptimInversion(model, layers=layers, **{"device": "cpu", **kw}).run(images)
 
 
 def train_upconv(model, layer, source=None, *, store=None, progress=False, **kw):
+    kw = {"device": "cpu", **kw}
     return UpconvTraining(model, layer=layer, store=store, progress=progress, **kw).run(source)
 
 
 def invert_upconv(model, decoder, images, *, layer=None):
     """Invert with one given decoder (checked against ``layer``, default its own)."""
     layers = [layer or decoder.layer]
-    return UpconvInversion(model, layers=layers, decoders=[decoder], progress=False).run(images)
+    return UpconvInversion(
+        model, layers=layers, decoders=[decoder], device="cpu", progress=False
+    ).run(images)
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +359,7 @@ def test_layer_sweep_strip(model, decoder, store, images, tmp_path):
     relu4 = train_upconv(model, "relu4", store=store, n_images=64, epochs=1)
     upconv = UpconvInversion(
         model, layers=["relu2", "relu4"], decoders={"relu2": decoder, "relu4": relu4},
-        progress=False,
+        device="cpu", progress=False,
     ).run(images[0])  # fmt: skip
     results = {"optim": optim, "upconv": upconv}
     for r in results.values():

@@ -112,3 +112,34 @@ def test_invert_cli_vector_layer_and_upconv_refuses_optim_options(capsys, defaul
                            str(tmp_path / "s2.h5"))  # fmt: skip
     assert code == 2 and "--steps, --seed apply to --method optim or both" in err, err
     assert not (tmp_path / "o2").exists() and not (tmp_path / "s2.h5").exists()
+
+
+def test_invert_device_option(capsys, default_model, image, tmp_path):
+    # documented in the group's help and in each form's options
+    for args in (["invert", "--help"], ["invert", str(default_model), "--help"],
+                 ["invert", "train", "--help"]):  # fmt: skip
+        code, out, _ = run_cli(capsys, *args)
+        assert code == 0 and "--device" in out and "cuda" in out, args
+    # --device reaches both methods and the training; it is not part of what the store keys
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(synthetic.render(i, seed=i, size=64).image).save(folder / f"{i}.png")
+    store = ["--store", str(tmp_path / "s.h5"), "--no-progress"]
+    train = ["invert", "train", str(default_model), "--layer", "relu4", "--images", str(folder),
+             "--epochs", "1", *store]  # fmt: skip
+    code, out, err = run_cli(capsys, *train, "--device", "cpu")
+    assert code == 0 and "trained in" in out, err
+    code, out, err = run_cli(capsys, *train)  # auto: found whatever the device
+    assert code == 0 and "loaded from the store" in out, err
+    both = ["invert", str(default_model), "--image", str(image), "--layer", "relu4", "--method",
+            "both", "--steps", "3", "--json", *store]  # fmt: skip
+    code, out, err = run_cli(capsys, *both, "--device", "cpu", "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    assert json.loads(out)["from_store"] == {"optim": False, "upconv": False}
+    code, out, err = run_cli(capsys, *both, "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    assert json.loads(out)["from_store"] == {"optim": True, "upconv": True}
+    assert (tmp_path / "a" / "metrics.json").read_text() == (
+        tmp_path / "b" / "metrics.json"
+    ).read_text()

@@ -11,11 +11,15 @@ times a power of two is met by one bilinear resize before that last convolution.
 
 A trained decoder (:class:`UpconvDecoder`) is the result of
 :class:`~pyanalyzer.methods.inversion.upconv.UpconvTraining`, stored like any result;
-:func:`find_decoder` finds the newest one that fits a model as it is read now.
+:func:`find_decoder` finds the newest one that fits a model as it is read now. Its weights are
+kept, stored and hashed from the CPU whatever device trained it; :meth:`UpconvDecoder.on` is the
+decoder on another device (a copy of the network moved there).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping
@@ -29,6 +33,8 @@ from pyanalyzer.errors import UserInputError
 from pyanalyzer.methods.inversion._common import as_maps
 
 if TYPE_CHECKING:
+    import torch
+
     from pyanalyzer.model.graph import LayerInfo
     from pyanalyzer.model.model import Model
     from pyanalyzer.store import Store
@@ -174,7 +180,8 @@ class UpconvDecoder(Result):
     """A trained UpconvNet for one layer of one model.
 
     Attributes:
-        net: the torch module (``[N, C, h, w]`` scaled features → ``[N, C_img, H, W]`` 0..1).
+        net: the torch module (``[N, C, h, w]`` scaled features → ``[N, C_img, H, W]`` 0..1);
+            on the CPU as training and the store hand it out (:meth:`on`: on another device).
         arch: its :func:`architecture`.
         layer, alias: the layer it inverts (ONNX name, alias).
         model_sha256, model_file: the model it was trained on.
@@ -244,24 +251,51 @@ class UpconvDecoder(Result):
         if error is not None:
             raise error
 
+    @property
+    def device(self) -> torch.device:
+        """Where :attr:`net`'s weights live."""
+        import torch
+
+        first = next(iter(self.net.parameters()), None)
+        return first.device if first is not None else torch.device("cpu")
+
+    def on(self, device: str | torch.device = "auto") -> UpconvDecoder:
+        """This decoder on ``device`` (:func:`~pyanalyzer.model.gradient.torch_device`): itself
+        where its network already lives, else a copy with a copy of the network moved there
+        (this one is left as it is). :meth:`decode` runs where the network lives.
+
+        Raises:
+            BackendUnavailableError: CUDA was asked for and is unavailable.
+        """
+        from pyanalyzer.model.gradient import torch_device
+
+        dev = torch_device(device)
+        if self.device == dev:
+            return self
+        return dataclasses.replace(self, net=copy.deepcopy(self.net).to(dev))
+
     def decode(self, features: np.ndarray, layer: LayerInfo) -> np.ndarray:
         """Images from layer features (as the engines hand them out: maps ``[N, C, h, w]``,
-        vectors ``[N, K]``).
+        vectors ``[N, K]``), decoded where :attr:`net` lives (the features are moved there).
 
         Returns:
-            float32 ``[N, H, W, C]`` in 0..1.
+            float32 ``[N, H, W, C]`` in 0..1, on the host.
         """
         import torch
 
         f = as_maps(np.asarray(features, np.float32), layer) / self.feature_scale
         self.net.eval()
         with torch.no_grad():
-            y = self.net(torch.from_numpy(np.ascontiguousarray(f, np.float32)))
-        return y.permute(0, 2, 3, 1).contiguous().numpy()
+            x = torch.from_numpy(np.ascontiguousarray(f, np.float32)).to(self.device)
+            y = self.net(x)
+        return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """What the store keeps: ``state/<name>`` weights, ``curve``, ``feature_scale``."""
-        out = {f"state/{k}": v.detach().numpy().copy() for k, v in self.net.state_dict().items()}
+        """What the store keeps: ``state/<name>`` weights (copied from wherever they live to
+        the host, so that any machine loads them), ``curve``, ``feature_scale``."""
+        out = {
+            f"state/{k}": v.detach().cpu().numpy().copy() for k, v in self.net.state_dict().items()
+        }
         out["curve"] = np.asarray(self.curve, np.float32)
         out["feature_scale"] = np.asarray(self.feature_scale, np.float64)
         return out
@@ -281,10 +315,11 @@ class UpconvDecoder(Result):
     def from_stored(
         cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
     ) -> UpconvDecoder:
-        """Rebuild a decoder from the store (:meth:`to_arrays`, :meth:`to_meta`)."""
+        """Rebuild a decoder from the store (:meth:`to_arrays`, :meth:`to_meta`), its network on
+        the CPU whichever device trained it (the arrays are host copies)."""
         import torch
 
-        net = build_decoder(meta["arch"])
+        net = build_decoder(meta["arch"])  # on the CPU
         state = {k[len("state/") :]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
                  if k.startswith("state/")}  # fmt: skip
         net.load_state_dict(state)
@@ -308,7 +343,7 @@ class UpconvDecoder(Result):
         h = hashlib.sha256(repr(self.feature_scale).encode())
         for k, v in sorted(self.net.state_dict().items()):
             h.update(k.encode())
-            h.update(np.ascontiguousarray(v.detach().numpy()).tobytes())
+            h.update(np.ascontiguousarray(v.detach().cpu().numpy()).tobytes())
         return h.hexdigest()
 
     def summary(self) -> dict[str, Any]:

@@ -16,6 +16,13 @@ percent, as they do for a relative change of 1e-6 in the learning rate of a sing
 The optimiser's state is checkpointed in the store as it runs (the image, the optimiser's
 buffers, the step and the curve so far), so an interrupted inversion resumes at the step it
 reached and ends with the same result.
+
+Where it runs (``device``: ``"auto"``, ``"cpu"``, ``"cuda"``): the whole loop runs on the torch
+twin on that device (:meth:`~pyanalyzer.model.gradient.GradientEngine.on`), every tensor it
+makes lives there, and the per-step curve stays there until the end (or a checkpoint). The
+random draws come from the same CPU-side generators whatever the device, so a CUDA run starts
+from the CPU run's noise and jitter; it then differs from it by the float rounding of the GPU's
+kernels. The device is not part of the result's key.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from pyanalyzer.methods.inversion._common import (
     resolve_layers,
 )
 from pyanalyzer.methods.inversion.result import InversionResult, feature_error, pixel_error
+from pyanalyzer.model.gradient import DEVICES
 
 if TYPE_CHECKING:
     import torch
@@ -109,6 +117,11 @@ class OptimParams(Params):
         "batch. Batches round floats their own way, so this is part of the result; with an "
         "executor the batches run on its workers.",
     )
+    device: Annotated[str, Choice("device", DEVICES)] = Field(
+        "auto",
+        description="Where the optimisation runs (torch): auto (CUDA when torch sees a GPU, "
+        "else the CPU), cpu or cuda. Not part of the result's key.",
+    )
 
 
 class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
@@ -125,7 +138,8 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
     (random shifts per step, 0 as in the paper); ``clamp`` (project the image back into the
     0..255 box after every step, so that the image optimised is the image returned; the paper
     relies on R_alpha alone, which ``clamp=False`` reproduces); ``seed`` (the starting noise
-    and the jitter).
+    and the jitter); ``device`` (where torch runs the loop: ``"auto"``, ``"cpu"`` or
+    ``"cuda"``; not part of the key).
 
     :meth:`run` takes uint8 ``[N, H, W, C]`` RGB images at the model's input size (or one
     ``[H, W, C]`` image, or an image source) and returns an :class:`InversionResult` with
@@ -134,6 +148,8 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
     Raises:
         GradientUnavailableError: the model could not be converted, or a layer cannot be
             reached by gradients (the ops are named).
+        BackendUnavailableError: ``device="cuda"`` and torch sees no CUDA device (raised by
+            the constructor, before anything runs).
         UserInputError: a parameter is out of range.
         ImageError: the images are not uint8 ``[N, H, W, C]`` at the input size.
     """
@@ -142,13 +158,15 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
     missing_inputs: ClassVar[str] = "give the images to invert"
     params_type: ClassVar[type[Params]] = OptimParams
     result_type: ClassVar[type[Result]] = InversionResult
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"device"})
     summary_line: ClassVar[str] = (
         "Network inversion by regularised optimisation: an image whose features at a layer "
         "match the original's (Mahendran & Vedaldi, CVPR 2015)."
     )
 
     def check(self) -> None:
-        self.engine = self.model.gradient
+        # the torch twin where the loop runs (raises now when CUDA is asked for and missing)
+        self.engine = self.model.gradient.on(self.params.device)
         self.infos = resolve_layers(self.model, self.params.layers)
         p = self.params
         self.lr = p.lr if p.lr is not None else (obj.LR if p.optimizer == "sgd" else obj.ADAM_LR)
@@ -277,17 +295,22 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
     def _optimise(
         self, originals: np.ndarray, infos: list[LayerInfo], checkpoint: Checkpoint
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Returns ``(images float32 [N·L, H, W, C] in 0..1, history [steps, N·L])``."""
+        """Returns ``(images float32 [N·L, H, W, C] in 0..1, history [steps, N·L])``.
+
+        Runs on :attr:`engine`'s device: every tensor is made there (the random draws on the
+        CPU, then moved), and the curve is kept there and copied back once at the end.
+        """
         import torch
 
         from pyanalyzer._progress import progress_bar
 
-        p, model, spec = self.params, self.model, self.model.preprocessing
+        p, model, spec, eng = self.params, self.model, self.model.preprocessing, self.engine
+        dev = eng.device
         n, nl = len(originals), len(infos)
         rows = n * nl
         c, (h, w) = spec.channels, spec.input_size
         names = [i.name for i in infos]
-        centre = torch.from_numpy(pixel_centre(model)).view(1, c, 1, 1)
+        centre = torch.from_numpy(pixel_centre(model)).view(1, c, 1, 1).to(dev)
         x0 = obj.image_norm(h, w, c)
         lo, hi = -centre / x0, (255.0 - centre) / x0  # the 0..255 pixel box, in u units
 
@@ -298,20 +321,23 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
         # targets take the same layout, or every elementwise op against them is a slow gather.
         fast = rows >= _CHANNELS_LAST_ROWS and spec.layout == "nchw"
         fmt = torch.channels_last if fast else torch.contiguous_format
-        rgb = torch.from_numpy(originals).permute(0, 3, 1, 2).float() / 255.0
-        phi0 = self.engine.features(spec.normalize_torch(rgb), names)
+        rgb = torch.from_numpy(originals).to(dev).permute(0, 3, 1, 2).float() / 255.0
+        phi0 = eng.features(spec.normalize_torch(rgb), names)
         targets = [
             t.detach().contiguous(memory_format=fmt) if t.ndim == 4 else t.detach()
             for t in (phi0[name] for name in names)
         ]
         norms = torch.stack([t.pow(2).flatten(1).sum(1) for t in targets], 1).clamp_min(1e-12)
         norms = norms.flatten()
-        lam_tv = torch.tensor([self.lambda_tv_for(i) for i in infos]).repeat(n).view(-1, 1, 1, 1)
+        lam_tv = torch.tensor([self.lambda_tv_for(i) for i in infos], device=dev)
+        lam_tv = lam_tv.repeat(n).view(-1, 1, 1, 1)
 
+        # The draws come from CPU-side generators whatever the device: a CUDA run starts from
+        # the CPU run's noise and takes its jitter offsets.
         rng = np.random.default_rng(p.seed)
         noise = rng.standard_normal((c, h, w)).astype(np.float32)
         noise /= np.linalg.norm(noise)  # the code's x = randn / norm(randn) * x0_sigma
-        u = torch.from_numpy(noise)[None].repeat(rows, 1, 1, 1)
+        u = torch.from_numpy(noise).to(dev)[None].repeat(rows, 1, 1, 1)
         if p.clamp:  # the box holds from the start; without it, the paper's raw noise
             u = u.clamp(lo, hi)
         u.requires_grad_(True)
@@ -323,7 +349,8 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
         else:
             opt = torch.optim.Adam([u], lr=self.lr)
 
-        hist = np.empty((p.steps, rows), np.float64)
+        # The curve stays on the device (no host sync per step); float32, as it is returned.
+        hist = torch.empty((p.steps, rows), dtype=torch.float32, device=dev)
         prev: float | None = None
         first = _resume(checkpoint, u, opt, hist)
         if first:
@@ -346,10 +373,10 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
                 if p.jitter:
                     img = torch.roll(img, (int(shifts[t, 0]), int(shifts[t, 1])), dims=(2, 3))
                 x = spec.normalize_torch(img).contiguous(memory_format=fmt)
-                feats = self.engine.features(x, names)
+                feats = eng.features(x, names)
                 diffs = [feats[name][j::nl] - targets[j] for j, name in enumerate(names)]
                 data = torch.stack([(d * d).flatten(1).sum(1) for d in diffs], 1).flatten() / norms
-                hist[t] = data.detach().sqrt().numpy()
+                hist[t] = data.detach().sqrt()
                 opt.zero_grad(set_to_none=True)
                 data.sum().backward()
                 # The priors' gradients in closed form (as in the authors' code): cheaper than
@@ -364,40 +391,51 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
                     with torch.no_grad():
                         u.clamp_(lo, hi)
                 bar.update(1)
-                if t + 1 < p.steps:
+                # the state is copied to the host only when a checkpoint is written
+                if t + 1 < p.steps and checkpoint.due():
                     checkpoint.save(_state(u, opt, hist, t + 1), {"step": t + 1, "rate": prev})
         with torch.no_grad():
             out = ((u * x0 + centre) / 255.0).clamp(0.0, 1.0)
-        return out.permute(0, 2, 3, 1).contiguous().numpy(), hist
+        images = out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return images, hist.cpu().numpy().astype(np.float64)
 
 
 def _state(
-    u: torch.Tensor, opt: torch.optim.Optimizer, hist: np.ndarray, step: int
+    u: torch.Tensor, opt: torch.optim.Optimizer, hist: torch.Tensor, step: int
 ) -> dict[str, np.ndarray]:
-    """Checkpoint arrays: the image variable, the optimiser's buffers and the curve so far."""
-    arrays = {"u": u.detach().numpy(), "history": hist[:step]}
+    """Checkpoint arrays (on the host, whatever the device): the image variable, the
+    optimiser's buffers and the curve so far (float64, as checkpoints always kept it)."""
+    arrays = {
+        "u": u.detach().cpu().numpy(),
+        "history": hist[:step].cpu().numpy().astype(np.float64),
+    }
     for name, value in opt.state.get(u, {}).items():
         if value is not None:  # tensors (buffers, Adam's step); SGD's cleared buffer is None
-            arrays[f"opt/{name}"] = np.asarray(value.detach().numpy())
+            arrays[f"opt/{name}"] = np.asarray(value.detach().cpu().numpy())
     return arrays
 
 
 def _resume(
-    checkpoint: Checkpoint, u: torch.Tensor, opt: torch.optim.Optimizer, hist: np.ndarray
+    checkpoint: Checkpoint, u: torch.Tensor, opt: torch.optim.Optimizer, hist: torch.Tensor
 ) -> int:
-    """Restore a checkpoint of the same run into ``u``, ``opt`` and ``hist``; the step to go on
-    from (0 when there is none, or it does not fit)."""
+    """Restore a checkpoint of the same run into ``u``, ``opt`` and ``hist`` (on their device,
+    whichever device wrote the checkpoint); the step to go on from (0 when there is none, or
+    it does not fit)."""
     import torch
 
     state, step = checkpoint.state, int(checkpoint.meta.get("step", 0))
     if state is None or not 0 < step <= len(hist) or tuple(state["u"].shape) != tuple(u.shape):
         return 0
+    dev = u.device
     with torch.no_grad():
-        u.copy_(torch.from_numpy(np.asarray(state["u"])))
-    hist[:step] = np.asarray(state["history"])
+        u.copy_(torch.from_numpy(np.asarray(state["u"])).to(dev))
+        hist[:step] = torch.from_numpy(np.asarray(state["history"], np.float32)).to(dev)
     buffers = {k[len("opt/") :]: v for k, v in state.items() if k.startswith("opt/")}
     if buffers:
-        opt.state[u] = {k: torch.from_numpy(np.array(v)) for k, v in buffers.items()}
+        # buffers on the image's device; Adam's step count stays a CPU scalar, as torch keeps
+        # it (and as Optimizer.load_state_dict places it) unless the optimiser is capturable
+        restored = {k: torch.from_numpy(np.array(v)) for k, v in buffers.items()}
+        opt.state[u] = {k: v if k == "step" else v.to(dev) for k, v in restored.items()}
     return step
 
 

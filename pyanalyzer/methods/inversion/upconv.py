@@ -11,6 +11,12 @@ parameters load it instead of training.
 
 :class:`UpconvInversion` reconstructs images from a layer's features with a trained decoder
 (given, or the newest fitting one in the store): one forward pass.
+
+Both take ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``; not part of the result's key): the
+decoder and its batches run there, fed from onnxruntime's features moved to it. The weights'
+initialisation and the batch order are drawn on the CPU whatever the device, and a trained
+decoder is handed back (and stored) with its weights on the CPU, so that a decoder trained on a
+GPU loads and decodes on a machine without one, and the other way round.
 """
 
 from __future__ import annotations
@@ -24,7 +30,16 @@ import numpy as np
 from pydantic import Field
 
 from pyanalyzer import budget
-from pyanalyzer.analysis import Analysis, Float, ImageAnalysis, Int, Layers, Params, Result
+from pyanalyzer.analysis import (
+    Analysis,
+    Choice,
+    Float,
+    ImageAnalysis,
+    Int,
+    Layers,
+    Params,
+    Result,
+)
 from pyanalyzer.errors import UserInputError
 from pyanalyzer.methods.inversion._common import as_maps, resolve_layers
 from pyanalyzer.methods.inversion.decoder import (
@@ -38,8 +53,11 @@ from pyanalyzer.methods.inversion.decoder import (
     find_decoder,
 )
 from pyanalyzer.methods.inversion.result import InversionResult, feature_error, pixel_error
+from pyanalyzer.model.gradient import DEVICES
 
 if TYPE_CHECKING:
+    import torch
+
     from pyanalyzer.model.forward import ImageSource
     from pyanalyzer.model.graph import LayerInfo
     from pyanalyzer.model.model import Model
@@ -75,16 +93,26 @@ class TrainParams(Params):
     seed: Annotated[int, Int("seed", 0)] = Field(
         0, description="Weight initialisation and batch order."
     )
+    device: Annotated[str, Choice("device", DEVICES)] = Field(
+        "auto",
+        description="Where the decoder trains (torch): auto (CUDA when torch sees a GPU, else "
+        "the CPU), cpu or cuda. Not part of the decoder's key.",
+    )
 
 
 class UpconvTraining(Analysis[TrainParams, UpconvDecoder]):
     """Train an UpconvNet decoder that inverts ``layer`` (Dosovitskiy & Brox, CVPR 2016).
 
     Parameters (:class:`TrainParams`): ``layer`` (a spatial map or a vector output),
-    ``n_images``, ``epochs``, ``batch_size``, ``lr``, ``seed``. :meth:`run` takes the training
-    images (an image source; default: synthetic scenes) and returns the
-    :class:`~.decoder.UpconvDecoder`, loaded from the store when it was trained before with the
-    same parameters and images.
+    ``n_images``, ``epochs``, ``batch_size``, ``lr``, ``seed``, ``device`` (where torch trains
+    it; not part of the key). :meth:`run` takes the training images (an image source; default:
+    synthetic scenes) and returns the :class:`~.decoder.UpconvDecoder` (its weights on the
+    CPU), loaded from the store when it was trained before with the same parameters and
+    images.
+
+    Raises:
+        BackendUnavailableError: ``device="cuda"`` and torch sees no CUDA device (raised by
+            the constructor, before anything runs).
     """
 
     method: ClassVar[str] = TRAIN_METHOD
@@ -92,14 +120,18 @@ class UpconvTraining(Analysis[TrainParams, UpconvDecoder]):
     params_type: ClassVar[type[Params]] = TrainParams
     result_type: ClassVar[type[Result]] = UpconvDecoder
     revision: ClassVar[int] = FORMAT_VERSION
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"device"})
     summary_line: ClassVar[str] = (
         "Train an UpconvNet decoder from a layer's features back to the image "
         "(Dosovitskiy & Brox, CVPR 2016)."
     )
 
     def check(self) -> None:
+        from pyanalyzer.model.gradient import torch_device
+
         self.info = self.model.layer(self.params.layer)
         self.arch = architecture(self.model, self.info)
+        self.device = torch_device(self.params.device)  # CUDA asked for and missing: now
 
     def resolved(self) -> dict[str, Any]:
         p = self.params
@@ -143,9 +175,8 @@ class UpconvTraining(Analysis[TrainParams, UpconvDecoder]):
         p, info, model = self.params, self.info, self.model
         t0 = time.perf_counter()
         feats, pix, scale = _features(model, info, inputs, 64, self.progress)
-        net, curve = _fit(
-            self.arch, feats, pix, p.epochs, p.batch_size, p.lr, p.seed, info.alias, self.progress
-        )
+        net, curve = _fit(self.arch, feats, pix, p.epochs, p.batch_size, p.lr, p.seed,
+                          info.alias, self.progress, self.device)  # fmt: skip
         params = decoder_params(
             self.resolved(), self.identify(inputs), model.preprocessing.to_dict(), self.revision
         )
@@ -217,19 +248,26 @@ def _fit(
     seed: int,
     alias: str,
     progress: bool,
+    device: torch.device | None = None,
 ) -> tuple[Any, np.ndarray]:
-    """Adam on pixel MSE. Returns ``(net, curve [epochs])``; weights and order from ``seed``."""
+    """Adam on pixel MSE. Returns ``(net, curve [epochs])``; weights and order from ``seed``.
+
+    The network and every batch live on ``device`` (default: the CPU); the weights are drawn on
+    the CPU first and the returned network is back on the CPU. The loss is summed on the device
+    and read back once, at the end.
+    """
     import torch
     from torch.nn import functional as F
 
     from pyanalyzer._progress import progress_bar
 
+    dev = torch.device("cpu") if device is None else device
     with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
         torch.manual_seed(seed)
         net = build_decoder(arch)
     # Channels-last batches make mkldnn's (transposed) convolutions ~25 % faster here.
     cl = torch.channels_last
-    net = net.to(memory_format=cl).train()
+    net = net.to(dev).to(memory_format=cl).train()
     rng = np.random.default_rng(seed)
     n = len(feats)
     per_epoch = math.ceil(n / batch_size)
@@ -238,27 +276,31 @@ def _fit(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total))
     )
-    curve = np.empty(epochs, np.float32)
+    sums = torch.zeros(epochs, dtype=torch.float64, device=dev)  # sum of loss x batch size
     with (
         torch.enable_grad(),
         progress_bar(total, label=f"train upconv {alias}", enabled=progress) as bar,
     ):
         for e in range(epochs):
             order = rng.permutation(n)
-            acc = 0.0
             for b in range(per_epoch):
                 idx = np.sort(order[b * batch_size : (b + 1) * batch_size])
-                f = torch.from_numpy(feats[idx].astype(np.float32)).contiguous(memory_format=cl)
-                y = torch.from_numpy(pix[idx]).permute(0, 3, 1, 2).float() / 255.0  # NHWC already
+                # float16 and uint8 cross to the device (without waiting for it: the host
+                # arrays are staged as the copy is queued), widened there exactly
+                f = torch.from_numpy(feats[idx]).to(dev, non_blocking=True)
+                f = f.float().contiguous(memory_format=cl)
+                y = torch.from_numpy(pix[idx]).to(dev, non_blocking=True)
+                y = y.permute(0, 3, 1, 2).float() / 255.0  # NHWC already
                 loss = F.mse_loss(net(f), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                acc += float(loss.detach()) * len(idx)
+                sums[e] += loss.detach().double() * len(idx)
                 bar.update(1)
-            curve[e] = acc / n
-    return net.to(memory_format=torch.contiguous_format).eval(), curve
+    curve = (sums.cpu().numpy() / n).astype(np.float32)
+    net = net.to(memory_format=torch.contiguous_format).cpu()
+    return net.eval(), curve
 
 
 # ---- inverting -------------------------------------------------------------------------------
@@ -273,6 +315,11 @@ class UpconvParams(Params):
     batch_size: Annotated[int, Int("batch_size", 1)] = Field(
         64, description="Images per forward pass."
     )
+    device: Annotated[str, Choice("device", DEVICES)] = Field(
+        "auto",
+        description="Where the decoders run (torch): auto (CUDA when torch sees a GPU, else "
+        "the CPU), cpu or cuda. Not part of the result's key.",
+    )
 
 
 class UpconvInversion(ImageAnalysis[UpconvParams, InversionResult]):
@@ -284,10 +331,15 @@ class UpconvInversion(ImageAnalysis[UpconvParams, InversionResult]):
             (:func:`~.decoder.find_decoder`).
         model, params, store, progress, options: as for every :class:`Analysis`.
 
+    Parameters (:class:`UpconvParams`): ``layers``, ``batch_size`` and ``device`` (where the
+    decoders run; the features come from onnxruntime and are moved there); neither of the last
+    two is part of the key.
+
     :meth:`run` takes uint8 ``[N, H, W, C]`` images at the model's input size (or an image
     source) and returns an :class:`InversionResult`.
 
     Raises:
+        BackendUnavailableError: ``device="cuda"`` and torch sees no CUDA device.
         DecoderMismatchError: a decoder was trained for another model, layer, preprocessing or
             input size.
         DecoderMissingError: a layer without any decoder.
@@ -297,7 +349,7 @@ class UpconvInversion(ImageAnalysis[UpconvParams, InversionResult]):
     missing_inputs: ClassVar[str] = "give the images to invert"
     params_type: ClassVar[type[Params]] = UpconvParams
     result_type: ClassVar[type[Result]] = InversionResult
-    key_excludes: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
     summary_line: ClassVar[str] = (
         "Network inversion with a trained up-convolutional decoder (Dosovitskiy & Brox, CVPR 2016)."
     )
@@ -314,6 +366,9 @@ class UpconvInversion(ImageAnalysis[UpconvParams, InversionResult]):
         super().__init__(model, params, **kwargs)
 
     def check(self) -> None:
+        from pyanalyzer.model.gradient import torch_device
+
+        self.device = torch_device(self.params.device)  # CUDA asked for and missing: now
         given: dict[str, UpconvDecoder] = {}
         names = list(self.params.layers)
         if isinstance(self._given, Mapping):
@@ -367,7 +422,7 @@ class UpconvInversion(ImageAnalysis[UpconvParams, InversionResult]):
 
     def compute(self, inputs: np.ndarray, checkpoint: Checkpoint) -> InversionResult:
         parts = [
-            _decode(self.model, dec, info, inputs, self.params.batch_size)
+            _decode(self.model, dec.on(self.device), info, inputs, self.params.batch_size)
             for dec, info in zip(self.decoders, self.infos, strict=True)
         ]
         return InversionResult(
@@ -386,7 +441,8 @@ class UpconvInversion(ImageAnalysis[UpconvParams, InversionResult]):
 def _decode(
     model: Model, decoder: UpconvDecoder, info: LayerInfo, originals: np.ndarray, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(images [N, H, W, C] 0..1, feature error [N], pixel error [N])`` of one layer."""
+    """``(images [N, H, W, C] 0..1, feature error [N], pixel error [N])`` of one layer, decoded
+    where the decoder's network lives (:meth:`UpconvDecoder.on`)."""
     spec = model.preprocessing
     n = len(originals)
     recon = np.empty((n, *originals.shape[1:]), np.float32)
