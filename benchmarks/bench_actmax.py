@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     units = list(range(min(args.units, info.channels)))
     kw = dict(
         steps=args.steps, param=args.param, regularizers=args.regularizers, seed=args.seed,
-        progress=False,
+        progress=False, device="cpu",  # the CPU's cost (benchmarks/gpu_check.py times CUDA)
     )  # fmt: skip
     print(
         f"{model.path.name} {info.alias} ({info.channels}x{info.height}x{info.width}), "
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio       {ratio:8.2f}x  (target >= {args.target:g}x); mean |image difference| "
           f"{diff:.2f} / 255")  # fmt: skip
     # The render loop's network: RGB 0..1 -> preprocessing -> the torch twin cut after the layer.
-    net = Net(model, {info.name: resolve(model, info.name)})
+    net = Net(model, {info.name: resolve(model, info.name)}, "cpu")
     report(
         f"to {info.alias}",
         lambda x: net(x)(info.name),

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     model = pa.load_model(args.model, check_parity=False)
     layers = args.layer or ["relu4"]
     images = synthetic.render_batch(args.images, seed=0)[0]
-    kw = dict(steps=args.steps, optimizer=args.optimizer, seed=0, progress=False)
+    # the CPU's cost, as the network alone below (benchmarks/gpu_check.py times CUDA)
+    kw = dict(steps=args.steps, optimizer=args.optimizer, seed=0, progress=False, device="cpu")
     print(
         f"{model.path.name} {', '.join(layers)}, {args.images} images, {args.steps} steps "
         f"({args.optimizer}), {torch.get_num_threads()} threads"
