@@ -17,12 +17,15 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from pyanalyzer.errors import BackendUnavailableError
+
+if TYPE_CHECKING:  # torch is imported lazily, by unpool_tensor only
+    import torch
 
 __all__ = [
     "AND",
@@ -40,6 +43,7 @@ __all__ = [
     "topk_merge",
     "topk_merge_states",
     "unpool",
+    "unpool_tensor",
     "upsample_bilinear",
 ]
 
@@ -201,6 +205,94 @@ def unpool(
         _pair(padding, "padding"),
         _pair(dilation, "dilation"),
     )
+
+
+def unpool_tensor(
+    values: torch.Tensor,
+    switches: torch.Tensor,
+    out_size: int | tuple[int, int],
+    kernel: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+) -> torch.Tensor:
+    """:func:`unpool` for torch tensors, run where they are.
+
+    CPU tensors go through the CPU kernel (``_core``) by way of numpy, without a copy when
+    they are C-contiguous float32/int64; CUDA tensors go through ``_core_cuda`` on their own
+    device, from device memory to device memory (no trip through the host): the switches are
+    checked there (the call waits for that answer), then the gather is queued on torch's
+    current stream of that device and the call returns without waiting, so torch's later
+    work on that stream sees the result. Values are cast to float32 and switches to int64
+    (on their device) when they are not.
+
+    Args:
+        values: [N, C, Ho, Wo] real (not complex) tensor; ``switches``: [N, C, Ho, Wo] integer
+            (not bool) tensor on the same device, as
+            ``torch.nn.functional.max_pool2d(..., return_indices=True)`` gives them.
+        out_size, kernel, stride, padding, dilation: as :func:`unpool`.
+
+    Returns:
+        float32 [N, C, H, W] on the inputs' device, bitwise the CPU kernel's result.
+
+    Raises:
+        ValueError: not tensors, tensors on different devices or on a device that is neither
+            the CPU nor CUDA, bad dtype, rank or shapes, bad geometry, or a switch out of
+            range or outside its pool window (the same messages as :func:`unpool`).
+        BackendUnavailableError: CUDA tensors and ``pyanalyzer._core_cuda`` is missing or
+            sees no device.
+    """
+    import torch
+
+    if not isinstance(values, torch.Tensor) or not isinstance(switches, torch.Tensor):
+        raise ValueError(
+            "unpool_tensor takes torch tensors, got "
+            f"{type(values).__name__} and {type(switches).__name__} (use unpool for arrays)"
+        )
+    if values.device != switches.device:
+        raise ValueError(
+            f"unpool: values and switches must be on one device, got {values.device} and "
+            f"{switches.device}"
+        )
+    if values.is_complex():
+        raise ValueError(f"values must have a float32-compatible dtype, got {values.dtype}")
+    if switches.is_floating_point() or switches.is_complex() or switches.dtype == torch.bool:
+        raise ValueError(f"switches must have a int64-compatible dtype, got {switches.dtype}")
+    values = values.detach().to(torch.float32)
+    switches = switches.detach().to(torch.int64)
+    out_h, out_w = _pair(out_size, "out_size")
+    k = _pair(kernel, "kernel")
+    s = k if stride is None else _pair(stride, "stride")
+    pad, dil = _pair(padding, "padding"), _pair(dilation, "dilation")
+    if values.device.type == "cpu":  # the arrays' path: the binding checks the rest
+        up = unpool(values.numpy(), switches.numpy(), (out_h, out_w), k, s, pad, dil, "cpu")
+        return torch.from_numpy(up)
+    if values.device.type != "cuda":
+        raise ValueError(f"unpool: tensors on {values.device} are not supported (cpu or cuda)")
+    dims = "[N, C, Ho, Wo]"
+    if values.dim() != 4:
+        raise ValueError(
+            f"unpool: values must have shape {dims} (rank 4), got shape {tuple(values.shape)}"
+        )
+    if values.shape != switches.shape:
+        raise ValueError(
+            f"unpool: values and switches must have the same shape {dims}, got "
+            f"{tuple(values.shape)} and {tuple(switches.shape)}"
+        )
+    module = kernels("cuda")
+    values, switches = values.contiguous(), switches.contiguous()
+    n, c, ho, wo = (int(v) for v in values.shape)
+    out = torch.empty(
+        (n, c, max(out_h, 0), max(out_w, 0)), dtype=torch.float32, device=values.device
+    )  # a negative size is refused by the binding, with the CPU's message
+    index = values.device.index
+    index = torch.cuda.current_device() if index is None else int(index)
+    stream = torch.cuda.current_stream(index).cuda_stream
+    module.unpool_device(
+        values.data_ptr(), switches.data_ptr(), out.data_ptr(), n, c, ho, wo, out_h, out_w,
+        k, s, pad, dil, index, stream,
+    )  # fmt: skip
+    return out
 
 
 def topk_empty(units: int, k: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-// pybind11 module pyanalyzer._core_cuda: the CUDA kernels, host numpy arrays in and out.
+// pybind11 module pyanalyzer._core_cuda: the CUDA kernels, host numpy arrays in and out (and,
+// for unpool, also device pointers in place, for torch tensors that already live on the GPU).
 // The CUDA runtime is linked statically, so this imports on a machine without a GPU or driver
 // and then reports device_count() == 0.
 #include <pybind11/numpy.h>
@@ -6,6 +7,8 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
 #include <string>
 
 #include "checks.h"
@@ -50,6 +53,62 @@ py::array_t<float> unpool_cuda(const py::array& values, const py::array& switche
     cuda::unpool(v, s, args.shape, args.geometry, o, device);
   }
   return out;
+}
+
+// The product of sizes, or a ValueError naming `what` when it does not fit in int64.
+int64_t checked_product(std::initializer_list<int64_t> sizes, const char* what) {
+  int64_t total = 1;
+  for (const int64_t s : sizes) {
+    if (s != 0 && total > std::numeric_limits<int64_t>::max() / s) {
+      throw py::value_error(std::string("unpool_device: ") + what + " has too many elements");
+    }
+    total *= s;
+  }
+  return total;
+}
+
+// `ptr` must be memory of device `device` whenever `count` > 0.
+void require_device_pointer(std::uintptr_t ptr, int64_t count, int device, const char* name) {
+  if (count == 0) return;
+  if (!cuda::is_device_pointer(reinterpret_cast<const void*>(ptr), device)) {
+    throw py::value_error(std::string("unpool_device: ") + name +
+                          " is not memory of CUDA device " + std::to_string(device) +
+                          " (pass tensor.data_ptr() of a tensor on that device)");
+  }
+}
+
+void unpool_device_cuda(std::uintptr_t values, std::uintptr_t switches, std::uintptr_t out,
+                        int64_t n, int64_t c, int64_t pooled_h, int64_t pooled_w, int64_t out_h,
+                        int64_t out_w, const Pair& kernel, const Pair& stride,
+                        const Pair& padding, const Pair& dilation, int device,
+                        std::uintptr_t stream) {
+  constexpr const char* f = "unpool_device";
+  require_at_least(n, 0, f, "N");
+  require_at_least(c, 0, f, "C");
+  require_at_least(pooled_h, 0, f, "Ho");
+  require_at_least(pooled_w, 0, f, "Wo");
+  const UnpoolArgs args =
+      check_unpool_sizes(n, c, pooled_h, pooled_w, out_h, out_w, kernel, stride, padding,
+                         dilation);
+  const int64_t pooled = checked_product({n, c, pooled_h, pooled_w}, "values");
+  const int64_t total = checked_product({n, c, out_h, out_w}, "out");
+  require_device(device, "unpool_device");
+  require_device_pointer(values, pooled, device, "values");
+  require_device_pointer(switches, pooled, device, "switches");
+  require_device_pointer(out, total, device, "out");
+  const auto* v = reinterpret_cast<const float*>(values);
+  const auto* s = reinterpret_cast<const int64_t*>(switches);
+  auto* o = reinterpret_cast<float*>(out);
+  int64_t bad = -1, value = 0;
+  {
+    // The gather needs valid switches: checked on the device, as the host path checks them
+    // on the host (same rule, same first bad index).
+    py::gil_scoped_release release;
+    bad = cuda::find_invalid_switch_device(s, args.shape, args.geometry, device, stream, &value);
+  }
+  if (bad >= 0) raise_invalid_switch(bad, value, args);
+  py::gil_scoped_release release;
+  cuda::unpool_device(v, s, args.shape, args.geometry, o, device, stream);
 }
 
 py::array_t<float> topk_merge_cuda(const py::array& state, const py::array& batch, int device) {
@@ -140,6 +199,31 @@ PYBIND11_MODULE(_core_cuda, m) {
 
 Host arrays in and out (copied to the device and back). Switches are checked on the host
 before the kernel runs, exactly as on the CPU; the result is bitwise equal to the CPU's.
+)doc");
+
+  m.def("unpool_device", &unpool_device_cuda, py::arg("values_ptr"), py::arg("switches_ptr"),
+        py::arg("out_ptr"), py::arg("n"), py::arg("c"), py::arg("pooled_h"), py::arg("pooled_w"),
+        py::arg("out_h"), py::arg("out_w"), py::arg("kernel"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("device"), py::arg("stream") = 0,
+        R"doc(The unpool contract on CUDA device `device`, with device pointers (no host copies).
+
+Args:
+    values_ptr: data_ptr() of C-contiguous float32 [n, c, pooled_h, pooled_w] on the device.
+    switches_ptr: data_ptr() of C-contiguous int64 of the same shape on the device.
+    out_ptr: data_ptr() of C-contiguous float32 [n, c, out_h, out_w] on the device, allocated
+        by the caller; overwritten.
+    kernel, stride, padding, dilation: (h, w) geometry of the max-pool.
+    device: the CUDA device index the three live on.
+    stream: the cudaStream_t (an integer, e.g. torch.cuda.current_stream().cuda_stream; 0 is
+        the legacy default stream) the work is queued on, behind what the stream holds.
+
+The switches are checked on the device first, as the host paths check them (the call waits
+for the stream to learn the answer); the gather is then queued on the stream and the call
+returns without waiting for it. The result is bitwise equal to the CPU's.
+
+Raises:
+    ValueError: bad sizes or geometry, a pointer that is not memory of the device, a switch
+        out of range or outside its pool window (named as the host paths name it).
 )doc");
 
   m.def("topk_merge", &topk_merge_cuda, py::arg("state"), py::arg("batch"), py::arg("device") = 0,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pyanalyzer import _backend
+from pyanalyzer.errors import BackendUnavailableError
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -357,3 +358,291 @@ def test_huge_geometry_does_not_overflow(geometry, switch):
     else:
         with pytest.raises(ValueError, match="not inside the window"):
             _backend.unpool(values, switches, 4, *geometry, device="cpu")
+
+
+# --- unpool_tensor: torch tensors, unpooled where they are ---------------------------------------
+#
+# CPU tensors go through the CPU kernel by way of numpy; CUDA tensors through _core_cuda's
+# device-pointer entry (no host copies), whose switches are checked on the device. Both must
+# give the CPU kernel's result bit for bit and reject exactly the switches it rejects, with the
+# same message. The CUDA cases run where torch and pyanalyzer._core_cuda both see a device.
+
+
+def _cuda_tensors_usable() -> bool:
+    return torch.cuda.is_available() and _backend.info()["cuda_devices"] > 0
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def tensor_device(request: pytest.FixtureRequest) -> str:
+    if request.param == "cuda" and not _cuda_tensors_usable():
+        pytest.skip("CUDA unavailable to torch or to pyanalyzer._core_cuda")
+    return request.param
+
+
+needs_cuda = pytest.mark.skipif(
+    not _cuda_tensors_usable(), reason="CUDA unavailable to torch or to pyanalyzer._core_cuda"
+)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+def _pool_on(device: str, x: np.ndarray, geometry: tuple):
+    """values (random) and switches of torch's max_pool2d of x, computed on ``device``."""
+    _, _, _, kernel, stride, padding, dilation, ceil_mode = geometry
+    _, switches = F.max_pool2d(
+        torch.from_numpy(x).to(device), kernel, stride, padding, dilation, ceil_mode,
+        return_indices=True,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(int(zlib.crc32(geometry[0].encode())))
+    values = torch.randn(tuple(switches.shape), generator=gen).to(device)
+    return values, switches
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
+@pytest.mark.parametrize("geometry", FUZZ_GEOMETRIES, ids=[g[0] for g in FUZZ_GEOMETRIES])
+def test_unpool_tensor_equals_the_cpu_kernel(geometry, tensor_device, ties):
+    """Switches from torch's own max_pool2d on the tensors' device (overlapping 3x3/2 windows
+    included): the result stays on that device and is bitwise the CPU kernel's."""
+    _, h, w, kernel, stride, padding, dilation, _ = geometry
+    rng = np.random.default_rng(7)
+    shape = (3, 4, h, w)
+    x = (rng.integers(0, 3, size=shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+    values, switches = _pool_on(tensor_device, x, geometry)
+    got = _backend.unpool_tensor(values, switches, (h, w), kernel, stride, padding, dilation)
+    assert got.device == values.device and got.dtype == torch.float32
+    expected = _backend.unpool(
+        values.cpu().numpy(), switches.cpu().numpy(), (h, w), kernel, stride, padding, dilation,
+        device="cpu",
+    )  # fmt: skip
+    np.testing.assert_array_equal(_bits(got.cpu().numpy()), _bits(expected))
+
+
+def test_unpool_tensor_on_cpu_tensors_is_unpool_exactly():
+    """The CPU path is the numpy path: same array, bit for bit, for every geometry (runs
+    everywhere)."""
+    for geometry in FUZZ_GEOMETRIES:
+        _, h, w, kernel, stride, padding, dilation, _ = geometry
+        x = np.random.default_rng(3).standard_normal((2, 3, h, w)).astype(np.float32)
+        values, switches = _pool_on("cpu", x, geometry)
+        got = _backend.unpool_tensor(values, switches, (h, w), kernel, stride, padding, dilation)
+        ref = _backend.unpool(
+            values.numpy(), switches.numpy(), (h, w), kernel, stride, padding, dilation,
+            device="cpu",
+        )  # fmt: skip
+        assert isinstance(got, torch.Tensor) and got.device.type == "cpu"
+        np.testing.assert_array_equal(_bits(got.numpy()), _bits(ref))
+
+
+def test_unpool_tensor_casts_and_copies(tensor_device):
+    """float64 / int32 / non-contiguous / autograd tensors are converted, not rejected."""
+    x = torch.arange(16, dtype=torch.float64).reshape(1, 1, 4, 4)
+    values = x[:, :, ::2, ::2].transpose(2, 3).transpose(2, 3).to(tensor_device)  # strided
+    values.requires_grad_(True)
+    switches = torch.tensor([[[[5, 7], [13, 15]]]], dtype=torch.int32).to(tensor_device)
+    got = _backend.unpool_tensor(values, switches, (4, 4), (2, 2))
+    assert got.dtype == torch.float32 and not got.requires_grad
+    got = got.cpu().numpy()
+    assert got[0, 0, 1, 1] == 0 and got[0, 0, 1, 3] == 2 and got[0, 0, 3, 1] == 8
+    assert got[0, 0, 3, 3] == 10 and got.sum() == 20
+    wide = torch.zeros(1, 1, 2, 4, device=tensor_device)[..., ::2]  # non-contiguous float32
+    wide[..., 0, 0] = 3.0
+    narrow = torch.tensor([[[[5, 7], [13, 15]]]], device=tensor_device)
+    assert _backend.unpool_tensor(wide, narrow, 4, 2).cpu().numpy()[0, 0, 1, 1] == 3.0
+
+
+def test_unpool_tensor_empty(tensor_device):
+    for n, out in ((0, 4), (2, 0)):
+        values = torch.zeros((n, 3, 2, 2), device=tensor_device)
+        switches = torch.zeros((n, 3, 2, 2), dtype=torch.int64, device=tensor_device)
+        if out == 0:
+            with pytest.raises(ValueError, match="out of range"):  # no pixel to name
+                _backend.unpool_tensor(values, switches, out, 2)
+            continue
+        got = _backend.unpool_tensor(values, switches, out, 2)
+        assert tuple(got.shape) == (0, 3, 4, 4) and got.device == values.device
+
+
+@pytest.mark.parametrize("geometry", FUZZ_GEOMETRIES, ids=[g[0] for g in FUZZ_GEOMETRIES])
+def test_unpool_tensor_switch_check_matches_brute_force(geometry, tensor_device):
+    """As test_switch_check_matches_brute_force, through unpool_tensor: on CUDA the switches
+    are checked on the device, and the first bad one is named exactly as on the CPU."""
+    _, h, w, kernel, stride, padding, dilation, _ = geometry
+    geom = (kernel, stride, padding, dilation)
+    rng = np.random.default_rng(zlib.crc32(geometry[0].encode()) + 1)
+    x = rng.integers(0, 3, size=(2, 3, h, w)).astype(np.float32)
+    _, base, _ = torch_reference(x, None, geometry)
+    values = rng.standard_normal(base.shape, dtype=np.float32)
+    nudges = [1, -1, w, -w, dilation[1], -dilation[1], dilation[0] * w, h * w, -(2**62)]
+    outcomes = set()
+    for trial in range(24):
+        switches = base.copy()
+        for _ in range(1 + trial % 3):
+            flat = int(rng.integers(switches.size))
+            nudge = nudges[trial % len(nudges)] if trial < 18 else int(rng.integers(-h * w, h * w))
+            switches.flat[flat] += nudge
+        bad, expected = reference_unpool(values, switches, h, w, geom)
+        v = torch.from_numpy(values).to(tensor_device)
+        s = torch.from_numpy(switches).to(tensor_device)
+        if bad is None:
+            outcomes.add("valid")
+            got = _backend.unpool_tensor(v, s, (h, w), *geom)
+            np.testing.assert_array_equal(got.cpu().numpy(), expected)
+        else:
+            outcomes.add("invalid")
+            pattern = re.escape(f"{_where(bad, switches.shape)} = {switches.flat[bad]}")
+            with pytest.raises(ValueError, match=pattern) as raised:
+                _backend.unpool_tensor(v, s, (h, w), *geom)
+            with pytest.raises(ValueError) as on_cpu:
+                _backend.unpool(values, switches, (h, w), *geom, device="cpu")
+            assert str(raised.value) == str(on_cpu.value)
+    assert outcomes == {"valid", "invalid"}
+
+
+def test_unpool_tensor_first_bad_switch_whatever_the_threads(tensor_device):
+    values = torch.ones((4, 8, 2, 2), device=tensor_device)
+    switches = np.tile(np.array([[0, 2], [8, 10]], dtype=np.int64), (4, 8, 1, 1))
+    switches[3, 7, 1, 1] = 0  # last plane: outside its window
+    switches[0, 1, 0, 1] = 99  # plane 1: out of range
+    s = torch.from_numpy(switches).to(tensor_device)
+    for _ in range(5):
+        with pytest.raises(ValueError, match=r"switches\[0, 1, 0, 1\] = 99 is out of range"):
+            _backend.unpool_tensor(values, s, 4, 2)
+
+
+@pytest.mark.parametrize("s", [np.iinfo(np.int64).min, np.iinfo(np.int64).max, -(2**32), 2**32])
+def test_unpool_tensor_extreme_switch_values(s, tensor_device):
+    values, switches = _good()
+    switches[0, 0, 1, 1] = s
+    v, sw = torch.from_numpy(values).to(tensor_device), torch.from_numpy(switches).to(tensor_device)
+    with pytest.raises(ValueError, match=rf"switches\[0, 0, 1, 1\] = {s} is out of range"):
+        _backend.unpool_tensor(v, sw, 4, 2)
+
+
+@pytest.mark.parametrize(
+    ("geometry", "switch"),
+    [
+        (((1, 1 << 62), (1, 1), (0, 0), (1, 1)), 3),
+        (((2, 2), (1 << 62, 1 << 62), (0, 0), (1, 1)), 5),
+        (((3, 3), (1, 1), (1 << 62, 1 << 62), (1, 1)), 5),
+        (((3, 3), (1, 1), (0, 0), (1 << 62, 1 << 62)), 0),
+        (((3, 3), (1, 1), (0, 0), (1 << 62, 1 << 62)), 1),
+    ],
+)
+def test_unpool_tensor_huge_geometry_does_not_overflow(geometry, switch, tensor_device):
+    """The switch check (on the device for CUDA tensors) neither overflows nor wraps into a
+    false acceptance. The CUDA gather itself walks every tap of a window (2**62 of them for
+    the first case) and is only run here on the CPU."""
+    values = np.ones((1, 1, 1, 1), dtype=np.float32)
+    switches = np.full((1, 1, 1, 1), switch, dtype=np.int64)
+    bad, expected = reference_unpool(values, switches, 4, 4, geometry)
+    if bad is None and tensor_device == "cuda":
+        pytest.skip("a valid switch: the CUDA gather is not made for 2**62-wide windows")
+    v, s = torch.from_numpy(values).to(tensor_device), torch.from_numpy(switches).to(tensor_device)
+    if bad is None:
+        got = _backend.unpool_tensor(v, s, 4, *geometry)
+        np.testing.assert_array_equal(got.cpu().numpy(), expected)
+    else:
+        with pytest.raises(ValueError, match="not inside the window"):
+            _backend.unpool_tensor(v, s, 4, *geometry)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda v, s: (v.cpu().numpy(), s), "takes torch tensors"),
+        (lambda v, s: (v.to(torch.complex64), s), "values must have a float32-compatible"),
+        (lambda v, s: (v, s.to(torch.float32)), "switches must have a int64-compatible"),
+        (lambda v, s: (v, s.to(torch.bool)), "switches must have a int64-compatible"),
+        (lambda v, s: (v[0], s[0]), r"must have shape \[N, C, Ho, Wo\] \(rank 4\)"),
+        (lambda v, s: (v, s[:, :1]), "same shape"),
+    ],
+    ids=["numpy", "complex", "float-switches", "bool-switches", "rank", "mismatched-shapes"],
+)
+def test_unpool_tensor_rejects_bad_tensors(change, match, tensor_device):
+    values, switches = (torch.from_numpy(a).to(tensor_device) for a in _good())
+    v, s = change(values, switches)
+    with pytest.raises(ValueError, match=match):
+        _backend.unpool_tensor(v, s, 4, 2)
+
+
+def test_unpool_tensor_bad_geometry_as_unpool(tensor_device):
+    values, switches = (torch.from_numpy(a).to(tensor_device) for a in _good())
+    for kwargs, match in (
+        ({"kernel": 0}, r"kernel\[0\] must be >= 1"),
+        ({"stride": (2, 0)}, r"stride\[1\] must be >= 1"),
+        ({"padding": -1}, r"padding\[0\] must be >= 0"),
+        ({"dilation": 0}, r"dilation\[0\] must be >= 1"),
+        ({"out_size": (-1, 4)}, "out_h must be >= 0"),
+    ):
+        args = {"out_size": 4, "kernel": 2} | kwargs
+        with pytest.raises(ValueError, match=match):
+            _backend.unpool_tensor(values, switches, **args)
+
+
+def test_unpool_device_binding_checks_before_any_device_work():
+    """The device-pointer entry checks sizes and geometry first, then the device (here: the
+    module may be built on a machine without a GPU)."""
+    if not _backend.info()["cuda_module_loaded"]:
+        pytest.skip("pyanalyzer._core_cuda not built")
+    cuda = _backend._core_cuda
+    geometry = ((2, 2), (2, 2), (0, 0), (1, 1))
+    with pytest.raises(ValueError, match="N must be >= 0"):
+        cuda.unpool_device(0, 0, 0, -1, 1, 1, 1, 2, 2, *geometry, 0)
+    with pytest.raises(ValueError, match=r"dilation\[1\] must be >= 1"):
+        cuda.unpool_device(0, 0, 0, 1, 1, 1, 1, 2, 2, (2, 2), (2, 2), (0, 0), (1, 0), 0)
+    with pytest.raises(ValueError, match="too many elements"):
+        cuda.unpool_device(0, 0, 0, 1 << 40, 1 << 40, 1, 1, 2, 2, *geometry, 0)
+    if _backend.info()["cuda_devices"] == 0:
+        with pytest.raises(ValueError, match="CUDA device 0 is not available"):
+            cuda.unpool_device(0, 0, 0, 1, 1, 1, 1, 2, 2, *geometry, 0)
+
+
+def test_unpool_tensor_cuda_without_cuda_is_one_clear_error():
+    if _cuda_tensors_usable():
+        pytest.skip("CUDA is available here")
+    if not torch.cuda.is_available():
+        pytest.skip("torch cannot make CUDA tensors here")  # pragma: no cover
+    values, switches = (torch.from_numpy(a).cuda() for a in _good())  # pragma: no cover
+    with pytest.raises(BackendUnavailableError, match="CUDA is unavailable"):  # pragma: no cover
+        _backend.unpool_tensor(values, switches, 4, 2)
+
+
+@needs_cuda
+def test_unpool_tensor_cuda_mixed_devices_and_host_pointers():
+    values, switches = (torch.from_numpy(a) for a in _good())
+    with pytest.raises(ValueError, match="must be on one device"):
+        _backend.unpool_tensor(values.cuda(), switches, 4, 2)
+    cuda = _backend._core_cuda
+    out = torch.empty((1, 2, 4, 4), device="cuda")
+    with pytest.raises(ValueError, match="values is not memory of CUDA device"):
+        cuda.unpool_device(
+            values.data_ptr(), switches.cuda().data_ptr(), out.data_ptr(), 1, 2, 2, 2, 4, 4,
+            (2, 2), (2, 2), (0, 0), (1, 1), out.device.index,
+        )  # fmt: skip
+
+
+@needs_cuda
+def test_unpool_tensor_cuda_runs_on_the_current_stream():
+    """On a side stream, behind a long kernel that writes the values: the gather is queued on
+    torch's current stream, so it reads the finished values."""
+    geometry = GEOMETRIES[1]  # 3x3/2, overlapping
+    _, h, w, kernel, stride, padding, dilation, _ = geometry
+    x = np.random.default_rng(11).standard_normal((8, 16, h, w)).astype(np.float32)
+    _, switches = _pool_on("cuda", x, geometry)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        big = torch.randn(4096, 4096, device="cuda")
+        for _ in range(4):  # keep the stream busy before the values are written
+            big = big @ big / 64.0
+        values = torch.full(tuple(switches.shape), 2.0, device="cuda") + 0 * big[0, 0]
+        got = _backend.unpool_tensor(values, switches, (h, w), kernel, stride, padding, dilation)
+        done = got.cpu()  # ordered on the side stream too
+    torch.cuda.synchronize()
+    ref = _backend.unpool(
+        values.cpu().numpy(), switches.cpu().numpy(), (h, w), kernel, stride, padding, dilation,
+        device="cpu",
+    )  # fmt: skip
+    np.testing.assert_array_equal(done.numpy(), ref)

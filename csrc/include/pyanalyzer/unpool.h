@@ -15,9 +15,11 @@
 //
 // Switches must lie inside their own pool window (as any matching max-pool produces them):
 // the CUDA kernel is a gather that only looks at the windows covering a pixel. The CPU
-// `unpool` checks every switch in the same pass as its scatter; the CUDA binding runs
-// `find_invalid_switch` (the same check, no scatter) on the host before copying anything.
-// Both report the smallest flat index of a bad switch, whatever the thread count.
+// `unpool` checks every switch in the same pass as its scatter; the CUDA binding of host
+// arrays runs `find_invalid_switch` (the same check, no scatter) on the host before copying
+// anything, and the CUDA binding of device pointers runs `cuda::find_invalid_switch_device`
+// (the same check, on the device) before its gather. All report the smallest flat index of a
+// bad switch, whatever the thread count.
 #pragma once
 
 #include <cstdint>
@@ -66,10 +68,33 @@ std::string device_name(int index);
 
 // Same contract as pyanalyzer::unpool, on device `device`, with HOST pointers: copies the
 // inputs to the device, runs the gather kernel (one thread per output pixel, no atomics) and
-// copies the result back into `out`. Switches must have been validated by
-// find_invalid_switch. Throws std::runtime_error on any CUDA error.
+// copies the result back into `out`, on the legacy default stream, and returns once `out` is
+// filled. Switches must have been validated by find_invalid_switch. Throws
+// std::runtime_error on any CUDA error.
 void unpool(const float* values, const int64_t* switches, const UnpoolShape& shape,
             const PoolGeometry& geometry, float* out, int device);
+
+// The same gather with DEVICE pointers: `values`, `switches` and `out` (planes * out_h * out_w
+// floats, allocated by the caller, overwritten) live in device `device`'s memory. The kernel
+// is queued on `stream` (a cudaStream_t as an integer; 0 is the legacy default stream) behind
+// whatever that stream already holds, and the call returns without waiting: read `out` in
+// that stream's order (or synchronise it). Bitwise equal to the host path and to the CPU.
+// Switches must have been validated (find_invalid_switch_device). Throws std::runtime_error on
+// any CUDA error.
+void unpool_device(const float* values, const int64_t* switches, const UnpoolShape& shape,
+                   const PoolGeometry& geometry, float* out, int device, std::uintptr_t stream);
+
+// find_invalid_switch for DEVICE switches (device `device`), computed there on `stream`: the
+// smallest flat index of a switch that is out of [0, H*W) or outside its pool window, or -1.
+// Waits for `stream` (the answer is read back); when a switch is bad, its value is stored in
+// `*value` for the error message. Throws std::runtime_error on any CUDA error.
+int64_t find_invalid_switch_device(const int64_t* switches, const UnpoolShape& shape,
+                                   const PoolGeometry& geometry, int device,
+                                   std::uintptr_t stream, int64_t* value);
+
+// Whether `ptr` is memory that device `device` can read and write as its own (device or
+// managed memory of that device). Never throws: false for host memory or on any CUDA error.
+bool is_device_pointer(const void* ptr, int device) noexcept;
 
 }  // namespace cuda
 }  // namespace pyanalyzer
