@@ -88,7 +88,10 @@ _SETTINGS = (
     "--iou-threshold", type=FiniteFloat(), default=0.04, show_default=True,
     help="Dissection: a unit is a detector when its best IoU exceeds this.",
 )  # fmt: skip
-@device_option("Where the IoU tally and the unpooling kernel run.")
+@device_option(
+    "Where every part runs: the IoU tally, the projections, activation maximization and the "
+    "inversion (auto: CUDA where available)."
+)
 @engine_options
 @progress_option
 @json_option
@@ -171,8 +174,8 @@ def atlas(
         dissect={"quantile": settings["quantile"], "iou_threshold": settings["iou_threshold"],
                  "device": device},
         patches={"k": settings["top_k"], "projection": settings["projection"], "device": device},
-        actmax={"steps": settings["steps"]},
-        invert={"steps": settings["invert_steps"]},
+        actmax={"steps": settings["steps"], "device": device},
+        invert={"steps": settings["invert_steps"], "device": device},
         store=store,
         progress=progress,
     )  # fmt: skip

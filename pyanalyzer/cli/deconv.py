@@ -63,7 +63,10 @@ __all__ = ["deconv"]
     help="Synthetic scenes scanned when neither --image nor --images is given.",
 )
 @out_option("Folder for the PNGs.")
-@device_option("Where the unpooling kernel runs.")
+@device_option(
+    "Where the projections run (the torch walk and the unpooling kernel); auto: CUDA when "
+    "available, else the CPU."
+)
 @engine_options
 @progress_option
 @json_option

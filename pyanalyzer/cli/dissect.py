@@ -34,7 +34,7 @@ __all__ = ["dissect"]
 @layers_option(help="Layer to dissect (alias or ONNX name); repeatable.")
 @out_option("Folder for the CSV, JSON and HTML reports.")
 @dissection_options()
-@device_option("Where the IoU tally runs.")
+@device_option("Where the IoU tally and the Net2Vec training (--net2vec) run.")
 @click.option(
     "--net2vec",
     "net2vec",

@@ -65,6 +65,14 @@ The transpose of a linear op is its vector-Jacobian product at the recorded inpu
 walker uses torch's autograd for it; the bias never enters. Overlapping max-pools (3×3 stride 2)
 send two values to one switch: the unpool kernel sums them, which equals autograd's max-pool
 backward.
+
+Where it runs. The forward recording and the whole walk run on one torch device (the
+``device`` parameter: ``"cpu"``, ``"cuda"``, or ``"auto"``: CUDA when torch sees a GPU and
+pyanalyzer's CUDA module is built, else the CPU), on the torch twin moved there
+(:meth:`~pyanalyzer.model.gradient.GradientEngine.on`); the unpooling kernel then runs on that
+device too (:func:`pyanalyzer._backend.unpool_tensor`: on CUDA from device memory to device
+memory), and only the results come back to the host. CUDA agrees with the CPU to float32
+rounding (to TF32's where torch allows TF32 convolutions, its default on recent GPUs).
 """
 
 from __future__ import annotations
@@ -176,11 +184,19 @@ class Projector:
         model: a loaded :class:`~pyanalyzer.model.model.Model` whose graph converted to torch.
         method: ``"deconv"`` (Zeiler & Fergus), ``"guided"`` (Springenberg et al.) or
             ``"saliency"`` (Simonyan et al., the plain gradient).
-        device: where the unpooling kernel runs (``"auto"``, ``"cpu"``, ``"cuda"``).
+        device: where the forward recording, the walk and the unpooling kernel run:
+            ``"cpu"``, ``"cuda"`` (torch's current CUDA device), or ``"auto"`` (CUDA when torch
+            sees a GPU and pyanalyzer's CUDA module is built, else the CPU).
+
+    Attributes:
+        device: the torch device everything runs on (the results come back to the host).
+        engine: the model's torch twin on that device.
 
     Raises:
         GradientUnavailableError: the model could not be converted (names the ops).
-        UserInputError: an unknown method.
+        BackendUnavailableError: ``device="cuda"`` and torch sees no CUDA device, or
+            pyanalyzer's CUDA module is missing.
+        UserInputError: an unknown method or device.
     """
 
     def __init__(self, model: Model, method: str = "deconv", device: str = "auto"):
@@ -188,9 +204,9 @@ class Projector:
             raise UserInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self.model = model
         self.method = method
-        self.device = device
-        self.engine = model.gradient
-        _backend.kernels(device)
+        engine = model.gradient  # GradientUnavailableError first, as before
+        self.device = _walk_device(device)
+        self.engine = engine.on(self.device)
 
     # ---- public --------------------------------------------------------------------------
     def project(
@@ -244,10 +260,12 @@ class Projector:
             raise UserInputError(
                 f"{len(units)} unit(s) given for {len(x) * reps} image row(s): one per row"
             )
+        dev = self.device
         rows = torch.from_numpy(units if per_row else np.full(len(x) * reps, int(units[0])))
+        rows = rows.to(dev)
         with torch.no_grad():
             rec = self.engine.record(
-                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), [info.name]
+                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev), [info.name]
             )
         target = rec.nodes[info.name]
         act = rec.values[target.name]
@@ -256,7 +274,7 @@ class Projector:
         act = info.to_nchw(act.detach())  # [N, C, h, w] whatever the model's layout
         if reps > 1:  # the forward ran once; the walk runs on the images repeated
             act = act.repeat(reps, 1, 1, 1)
-        index = torch.arange(len(act))
+        index = torch.arange(len(act), device=dev)
         chan = act[index, rows]  # [N, h, w]
         flat = chan.reshape(len(chan), -1)
         pos = flat.argmax(dim=1)
@@ -273,13 +291,14 @@ class Projector:
         signal[index, rows] = kept
         pixels = self._walk(rec.module, rec.values, target, info.from_nchw(signal), reps)
         pixels = to_nchw(pixels, self.model.input.layout)
-        out = pixels.detach().numpy().astype(np.float32)
+        out = pixels.detach().cpu().numpy().astype(np.float32)
         if self.model.input.channels == 3 and self.model.preprocessing.channel_order == "bgr":
             out = out[:, ::-1].copy()
         w = chan.shape[-1]
-        positions = torch.stack([pos // w, pos % w], dim=1).numpy().astype(np.int64)
+        positions = torch.stack([pos // w, pos % w], dim=1).cpu().numpy().astype(np.int64)
+        activation = kept.reshape(len(kept), -1).sum(1).cpu().numpy().astype(np.float32)
         return Projection(
-            pixels=out, activation=kept.reshape(len(kept), -1).sum(1).numpy().astype(np.float32),
+            pixels=out, activation=activation,
             positions=positions, method=self.method, mode=mode, layer=info.name,
             unit=units.copy() if per_row else int(units[0]),
         )  # fmt: skip
@@ -367,7 +386,9 @@ class Projector:
         if isinstance(sig, list):  # a multi-output node: missing outputs get zeros
             out = values[n.name]
             sig = tuple(
-                torch.zeros((o.shape[0] * reps, *o.shape[1:]), dtype=o.dtype) if s is None else s
+                torch.zeros((o.shape[0] * reps, *o.shape[1:]), dtype=o.dtype, device=o.device)
+                if s is None
+                else s
                 for s, o in zip(sig, out, strict=True)
             )
         if op in _RECTIFIERS and self.method != "saliency":
@@ -430,9 +451,9 @@ class Projector:
         return [by_name.get(a.name) for a in ins]
 
     def _unpool(self, node, x, sig, reps=1):
-        """Max-unpooling with switches, through pyanalyzer's C++/CUDA kernel (the switches
-        of the images ``x``, repeated ``reps`` times as the signal's rows are)."""
-        import torch
+        """Max-unpooling with switches, through pyanalyzer's C++/CUDA kernel on the walk's
+        device (the switches of the images ``x``, repeated ``reps`` times as the signal's rows
+        are)."""
         import torch.nn.functional as F
 
         from pyanalyzer.model.graph import same_pads
@@ -467,12 +488,33 @@ class Projector:
                 f"max-pool node {node.name}: recomputed output {list(shape)} does not "
                 f"match the graph's {list(sig.shape)}"
             )
-        up = _backend.unpool(
-            sig.detach().numpy(), switches.numpy(), tuple(xp.shape[-2:]), kernel, strides, 0, dil,
-            device=self.device,
-        )  # fmt: skip
-        up = torch.from_numpy(up)
+        up = _backend.unpool_tensor(sig, switches, tuple(xp.shape[-2:]), kernel, strides, 0, dil)
         return up[..., pt : pt + h, pl : pl + w]
+
+
+def _walk_device(device: str) -> Any:
+    """The torch device a projection runs on (:func:`~pyanalyzer.model.gradient.torch_device`);
+    ``"auto"`` falls back to the CPU when torch sees a GPU but pyanalyzer's CUDA module cannot
+    run there (the unpooling kernel would have nowhere to run).
+
+    Raises:
+        BackendUnavailableError: ``"cuda"`` without a CUDA device or the CUDA module.
+        UserInputError: an unknown device.
+    """
+    import torch
+
+    from pyanalyzer.errors import BackendUnavailableError
+    from pyanalyzer.model.gradient import torch_device
+
+    dev = torch_device(device)
+    if dev.type == "cuda":
+        try:
+            _backend.kernels("cuda")
+        except BackendUnavailableError:
+            if device != "auto":
+                raise
+            return torch.device("cpu")
+    return dev
 
 
 @dataclass(frozen=True)
@@ -608,7 +650,9 @@ class ProjectionParams(Params):
         16, description="Images per backward walk."
     )
     device: Annotated[str, Choice("device", DEVICES)] = Field(
-        "auto", description="Where the unpooling kernel runs."
+        "auto",
+        description="Where the projection runs (torch and the unpooling kernel): auto (CUDA "
+        "when available, else the CPU), cpu or cuda.",
     )
 
 

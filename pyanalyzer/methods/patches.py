@@ -14,8 +14,10 @@ Ordering is deterministic: by value (descending), ties by image index (ascending
 image, the first maximum in raster order (lowest row, then lowest column).
 
 With ``projection`` set, each chosen unit's top activations are also projected back to pixels
-(:class:`~pyanalyzer.methods.deconvnet.Projector`): DeconvNet, guided backprop or saliency. The
-whole result is cached: a second run answers from the store without scanning an image.
+(:class:`~pyanalyzer.methods.deconvnet.Projector`): DeconvNet, guided backprop or saliency, on
+the ``device`` parameter's torch device (the walk and its unpooling kernel; only the finished
+images come back to the host). The whole result is cached: a second run answers from the store
+without scanning an image.
 The montages are drawn by :mod:`pyanalyzer.report.patches`.
 """
 
@@ -275,7 +277,9 @@ class TopPatchesParams(Params):
         32, description="Images per forward pass."
     )
     device: Annotated[str, Choice("device", DEVICES)] = Field(
-        "auto", description="Where the unpooling kernel runs."
+        "auto",
+        description="Where the projections run (torch and the unpooling kernel): auto (CUDA "
+        "when available, else the CPU), cpu or cuda. The scan runs on the forward engine.",
     )
 
 
@@ -290,7 +294,8 @@ class TopPatches(Analysis[TopPatchesParams, TopPatchesResult]):
         LayerNotFoundError: no such layer.
         UserInputError: the layer is not a spatial map, ``k``/``batch_size`` < 1, units out of
             range, an empty source; GradientUnavailableError when projections are asked for
-            and the model has no torch twin.
+            and the model has no torch twin; BackendUnavailableError when they are asked for
+            with ``device="cuda"`` and CUDA is unavailable.
     """
 
     method: ClassVar[str] = "patches"

@@ -11,6 +11,11 @@ the concept's category take part (as in NetDissect's IoU). Training and evaluati
 disjoint images; the result is the **set IoU** on held-out images,
 ``Σ |pred ∩ concept| / Σ |pred ∪ concept|``, beside that of the best single unit (chosen on
 the training images, thresholded at its dissection threshold).
+
+Training and scoring run on one torch device (``device``: the weights, the activations and
+masks of each side, the optimiser); the results come back to the host. The initial weights
+are drawn on the CPU whatever the device, so a CUDA run starts from the CPU run's weights and
+differs from it by float32 rounding only.
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ def net2vec(
     lr: float = 0.1,
     max_images: int = 1000,
     seed: int = 0,
+    device: str = "cpu",
 ) -> list[Net2VecResult]:
     """Learn one filter combination per concept and compare it with the best single unit.
 
@@ -119,12 +125,19 @@ def net2vec(
         batch_size: images read at a time.
         max_images: at most this many training and held-out images each (a seeded random
             subset), which bounds memory.
-        seed: for the subsets and the initial weights.
+        seed: for the subsets and the initial weights (drawn on the CPU).
+        device: where the training and the scoring run: ``"cpu"``, ``"cuda"`` or ``"auto"``
+            (:func:`~pyanalyzer.model.gradient.torch_device`).
 
     Raises:
         UserInputError: an unknown concept, or one with no labelled images on either side.
+        BackendUnavailableError: ``device="cuda"`` and torch sees no CUDA device.
     """
     import torch
+
+    from pyanalyzer.model.gradient import torch_device
+
+    dev = torch_device(device)
 
     c_total = len(concept_names)
     for c in concepts:
@@ -165,7 +178,10 @@ def net2vec(
                 seg, labels, _ = segmentation_of(b)
                 masks.append((seg == c).any(axis=1) | (labels == c).any(axis=1)[:, None, None])
                 acts.append(np.asarray(acts_of(b), dtype=np.float32))
-            return torch.from_numpy(np.concatenate(acts)), torch.from_numpy(np.concatenate(masks))
+            return (
+                torch.from_numpy(np.concatenate(acts)).to(dev),
+                torch.from_numpy(np.concatenate(masks)).to(dev),
+            )
 
         a_tr, m_tr = load(train)
         size = tuple(m_tr.shape[-2:])
@@ -173,10 +189,10 @@ def net2vec(
         flat = a_tr.double().transpose(0, 1).reshape(units, -1)
         mean, std = flat.mean(1).float(), flat.std(1).clamp_min(1e-6).float()
         alpha = 1.0 - float(m_tr.float().mean())  # the paper's weight of the (rare) positives
-        w = torch.zeros(units, requires_grad=True)
-        b = torch.zeros(1, requires_grad=True)
-        with torch.no_grad():
-            w.normal_(0.0, 0.01, generator=gen)
+        w = torch.zeros(units)
+        w.normal_(0.0, 0.01, generator=gen)  # on the CPU: the same start on every device
+        w = w.to(dev).requires_grad_(True)
+        b = torch.zeros(1, device=dev, requires_grad=True)
         opt = torch.optim.Adam([w, b], lr=lr)
         mf = m_tr.float()
         for _ in range(steps):  # full-batch: the training set is in memory
@@ -190,7 +206,7 @@ def net2vec(
             opt.step()
 
         # Single units: chosen on the training images, all scored on the held-out ones.
-        thr = torch.from_numpy(np.asarray(thresholds, np.float32)).view(1, -1, 1, 1)
+        thr = torch.from_numpy(np.asarray(thresholds, np.float32)).view(1, -1, 1, 1).to(dev)
 
         def unit_counts(a, m, size=size, thr=thr) -> tuple[np.ndarray, np.ndarray]:
             inter = np.zeros(a.shape[1], np.int64)
@@ -198,8 +214,8 @@ def net2vec(
             for s in range(0, a.shape[0], batch_size):
                 fire = _upsample(a[s : s + batch_size], size) > thr  # [B, U, S, S]
                 mm = m[s : s + batch_size, None]
-                inter += (fire & mm).sum(dim=(0, 2, 3)).numpy()
-                union += (fire | mm).sum(dim=(0, 2, 3)).numpy()
+                inter += (fire & mm).sum(dim=(0, 2, 3)).cpu().numpy()
+                union += (fire | mm).sum(dim=(0, 2, 3)).cpu().numpy()
             return inter, union
 
         inter_tr, union_tr = unit_counts(a_tr, m_tr)
@@ -214,7 +230,7 @@ def net2vec(
             Net2VecResult(
                 concept=c,
                 name=str(concept_names[c]),
-                weights=(w.detach() / std).numpy().astype(np.float32),
+                weights=(w.detach() / std).cpu().numpy().astype(np.float32),
                 bias=float(b.detach() - (w.detach() * mean / std).sum()),
                 set_iou=ci / cu if cu else 0.0,
                 best_unit=best,

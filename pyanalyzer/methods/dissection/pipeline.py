@@ -199,7 +199,9 @@ class DissectionParams(Params):
         64, description="Images per forward pass."
     )
     device: Annotated[str, Choice("device", ("auto", "cpu", "cuda"))] = Field(
-        "auto", description="Where the IoU tally runs."
+        "auto",
+        description="Where the IoU tally (pyanalyzer's kernels) and the Net2Vec training "
+        "(torch) run: auto (CUDA where available), cpu or cuda.",
     )
 
 
@@ -209,8 +211,8 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
     Parameters (:class:`DissectionParams`): ``layers``; ``quantile`` (the top fraction of
     each unit's activations that counts as firing, NetDissect's 0.005); ``iou_threshold``
     (0.04); ``top_k`` (strongest images kept per unit for the report); ``net2vec``
-    (concepts for Net2Vec on every layer); ``batch_size`` and ``device`` (where the tally runs:
-    auto, cpu or cuda), which do not change the result.
+    (concepts for Net2Vec on every layer); ``batch_size`` and ``device`` (where the tally and
+    the Net2Vec training run: auto, cpu or cuda), which do not change the result.
 
     :meth:`run` takes the :class:`~pyanalyzer.data.broden.BrodenDataset` and returns a
     :class:`DissectionResult` (one :class:`LayerDissection` per layer, in the order given).
@@ -231,6 +233,10 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         if len({i.name for i in self.infos}) != len(self.infos):
             raise UserInputError("a layer was given twice")
         _backend.kernels(self.params.device)  # fail now if CUDA was asked for and is missing
+        if self.params.net2vec:  # and where Net2Vec trains (torch: imported for it anyway)
+            from pyanalyzer.model.gradient import torch_device
+
+            torch_device(self.params.device)
         self.timings: dict[str, float] = {}
         self.resumed_from: tuple[int, int] | None = None
         self._check_memory(None)  # the batch now; prepare() adds the dataset's state
@@ -344,7 +350,10 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
                 def acts_of(idx: np.ndarray, spill: np.memmap = spill) -> np.ndarray:
                     return np.asarray(spill[idx], dtype=np.float32)
 
-                found = net2vec_on(ds, acts_of, r.thresholds, self.concepts, self.params.batch_size)
+                found = net2vec_on(
+                    ds, acts_of, r.thresholds, self.concepts, self.params.batch_size,
+                    device=self.params.device,
+                )  # fmt: skip
                 r.extra["net2vec"] = [x.to_dict() for x in found]
             self.timings["net2vec"] = time.perf_counter() - t2
         for st in states:
@@ -628,13 +637,16 @@ def net2vec_on(
     thresholds: np.ndarray,
     concepts: Sequence[int],
     batch_size: int,
+    device: str = "cpu",
 ) -> list[Any]:
     """Net2Vec for ``concepts`` on one layer of ``ds`` (``acts_of(indices)`` gives the layer's
-    NCHW activations), with the dataset's train/held-out split (:func:`net2vec_split`)."""
+    NCHW activations), with the dataset's train/held-out split (:func:`net2vec_split`),
+    trained on ``device`` (:func:`~.net2vec.net2vec`)."""
     return net2vec(
         acts_of, ds.segmentation_batch, n_images=len(ds), concepts=concepts,
         concept_names=list(ds.names), concept_category=np.asarray(ds.concept_category),
         thresholds=thresholds, is_train=net2vec_split(ds), batch_size=batch_size,
+        device=device,
     )  # fmt: skip
 
 
@@ -653,6 +665,11 @@ class Net2VecParams(Params):
     ] = Field(0.005, description="The single units' firing quantile (their dissection thresholds).")
     batch_size: Annotated[int, Int("batch size", 1)] = Field(
         64, description="Images per forward pass."
+    )
+    device: Annotated[str, Choice("device", ("auto", "cpu", "cuda"))] = Field(
+        "auto",
+        description="Where the training (torch) and the dissection's tally run: auto (CUDA "
+        "where available), cpu or cuda. Not part of the result's key.",
     )
 
 
@@ -692,7 +709,7 @@ class Net2Vec(Analysis[Net2VecParams, Net2VecResults]):
     inputs: ClassVar[str] = "concepts"
     params_type: ClassVar[type[Params]] = Net2VecParams
     result_type: ClassVar[type[Result]] = Net2VecResults
-    key_excludes: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    key_excludes: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
     summary_line: ClassVar[str] = (
         "Net2Vec: concepts as learned combinations of filters (Fong & Vedaldi, CVPR 2018)."
     )
@@ -701,6 +718,10 @@ class Net2Vec(Analysis[Net2VecParams, Net2VecResults]):
         self.info = self.model.spatial_layer(self.params.layer)
         if not self.params.concepts:
             raise UserInputError("give at least one concept")
+        from pyanalyzer.model.gradient import torch_device
+
+        _backend.kernels(self.params.device)  # fail now if CUDA was asked for and is missing
+        torch_device(self.params.device)
 
     def resolved(self) -> dict[str, Any]:
         out = super().resolved()
@@ -720,7 +741,7 @@ class Net2Vec(Analysis[Net2VecParams, Net2VecResults]):
         p, ds, model = self.params, inputs, self.model
         dissection = Dissection(
             model, layers=[self.info.name], quantile=p.quantile, batch_size=p.batch_size,
-            store=self.store, progress=self.progress,
+            device=p.device, store=self.store, progress=self.progress,
         )  # fmt: skip
         thresholds = dissection.run(ds)[0].thresholds
         spec = model.preprocessing
@@ -729,7 +750,7 @@ class Net2Vec(Analysis[Net2VecParams, Net2VecResults]):
             x = spec.normalize(np.stack([ds.pixels(int(i), spec) for i in idx]))
             return np.asarray(model.forward.run(x, [self.info.name])[self.info.name], np.float32)
 
-        found = net2vec_on(ds, acts_of, thresholds, self.numbers, p.batch_size)
+        found = net2vec_on(ds, acts_of, thresholds, self.numbers, p.batch_size, device=p.device)
         return Net2VecResults(
             layer=self.info.name,
             alias=self.info.alias,
