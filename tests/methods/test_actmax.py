@@ -367,6 +367,45 @@ def test_redirected_relu6_gradient_on_a_hand_case():
     assert RedirectedReLU6()(x).tolist() == torch.clamp(x, 0, 6).tolist()
 
 
+def _redirected_reference(x, grad, lo, hi):
+    """lucid's redirected gradient written out with masks (the plain, slow spelling)."""
+    blocked_always = (x < lo) | (x > hi)
+    ordinary = grad.masked_fill(blocked_always, 0.0)
+    flat = ordinary.reshape(x.shape[0], -1) if x.ndim else ordinary.reshape(1, -1)
+    dead = (flat != 0).sum(1) == 0
+    redirected = grad.masked_fill(((x < lo) & (grad > 0)) | ((x > hi) & (grad < 0)), 0.0)
+    if x.ndim == 0:
+        return redirected if bool(dead[0]) else ordinary
+    out = ordinary.clone()
+    out[dead] = redirected[dead]
+    return out
+
+
+@pytest.mark.parametrize("six", [False, True], ids=["relu", "relu6"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "vector", "scalar"])
+def test_redirected_backward_equals_the_masked_reference(six, layout):
+    # exact 0 and 6, the numbers either side of them, NaN, dead and live images, any layout
+    gen = torch.Generator().manual_seed(3)
+    shape = {"nchw": (5, 4, 3, 3), "channels_last": (5, 4, 3, 3), "vector": (5,), "scalar": ()}
+    x = torch.randn(shape[layout], generator=gen) * 4
+    grad = torch.randn(shape[layout], generator=gen)
+    special = torch.tensor([0.0, -0.0, 6.0, 1e-45, -1e-45, 6.0000005, 5.9999995, float("nan")])
+    flat = x.view(-1)
+    flat[: min(len(special), flat.numel())] = special[: flat.numel()]
+    if x.ndim == 4:
+        x[1] = -1.0 - x[1].abs()  # image 1: dead (every input below 0)
+        if six:
+            x[2] = 7.0 + x[2].abs()  # image 2: dead (every input above 6)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    leaf = x.clone().requires_grad_(True)
+    (RedirectedReLU6 if six else RedirectedReLU)()(leaf).backward(grad)
+    want = _redirected_reference(x, grad, 0.0, 6.0 if six else float("inf"))
+    assert torch.equal(leaf.grad.nan_to_num(123.0), want.nan_to_num(123.0))
+    assert torch.equal(torch.signbit(leaf.grad), torch.signbit(want))  # no -0.0 for +0.0
+
+
 def test_redirected_relu6_moves_a_dead_unit(tmp_path):
     m = pa.load_model(fac.relu6_cnn(tmp_path), check_parity=False)
     assert any(isinstance(x, torch.nn.ReLU6) for x in m.gradient.module.modules())

@@ -9,12 +9,30 @@ same and whose backward lets the gradient through where that would raise a negat
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 __all__ = ["RedirectedReLU", "RedirectedReLU6", "redirected_relu"]
+
+
+@functools.cache
+def _next(value: float, toward: float, dtype: torch.dtype) -> float:
+    """The ``dtype`` number next to ``value`` in the direction of ``toward``, as a float."""
+    a = torch.tensor(value, dtype=dtype)
+    return float(torch.nextafter(a, torch.tensor(toward, dtype=dtype)).item())
+
+
+def _dead(g: torch.Tensor) -> torch.Tensor:
+    """Per image (first axis), whether ``g`` is zero everywhere: bool ``[N]``; a reduction over
+    the other axes in whatever layout ``g`` has (no flattening copy of a channels-last map, no
+    temporary: its largest and smallest values are both 0)."""
+    if g.ndim == 1:
+        return g == 0
+    dims = tuple(range(1, g.ndim))
+    return (g.amax(dim=dims) == 0) & (g.amin(dim=dims) == 0)
 
 
 class _RedirectedReLUFunction(torch.autograd.Function):
@@ -34,13 +52,17 @@ class _RedirectedReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        neg = x < 0
-        relu_grad = grad.masked_fill(neg, 0.0)
+        # grad where x >= 0, by torch's fused ReLU backward (zero where x <= threshold): x <=
+        # (the largest number below 0) is x < 0 exactly. masked_fill, the obvious spelling, is
+        # about 15x slower on channels-last maps.
+        relu_grad = torch.ops.aten.threshold_backward(grad, x, _next(0.0, -1.0, x.dtype))
         if x.ndim == 0:
-            return relu_grad if bool(relu_grad != 0) else grad.masked_fill(neg & (grad > 0), 0.0)
-        dead = relu_grad.reshape(x.shape[0], -1).abs().amax(dim=1) == 0
+            if bool(relu_grad != 0):
+                return relu_grad
+            return grad.masked_fill((x < 0) & (grad > 0), 0.0)
+        dead = _dead(relu_grad)
         if bool(dead.any()):  # only dead images pay for the redirection
-            g, ng = grad[dead], neg[dead]
+            g, ng = grad[dead], x[dead] < 0
             relu_grad[dead] = g.masked_fill(ng & (g > 0), 0.0)
         return relu_grad
 
@@ -68,11 +90,15 @@ class _RedirectedReLU6Function(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        low, high = x < 0, x > 6
-        relu6_grad = grad.masked_fill(low | high, 0.0)
-        flat = relu6_grad.reshape(x.shape[0], -1) if x.ndim else relu6_grad.reshape(1, -1)
-        dead = flat.abs().amax(dim=1) == 0
+        # grad where 0 <= x <= 6, by torch's fused backward (zero where x <= lo or x >= hi)
+        lo, hi = _next(0.0, -1.0, x.dtype), _next(6.0, 7.0, x.dtype)
+        relu6_grad = torch.ops.aten.hardtanh_backward(grad, x, lo, hi)
+        nan = x.isnan()  # hardtanh_backward zeroes NaN inputs; the masks' rule passes them
+        if bool(nan.any()):
+            relu6_grad = torch.where(nan, grad, relu6_grad)
+        dead = _dead(relu6_grad) if x.ndim else (relu6_grad == 0).reshape(1)
         if bool(dead.any()):
+            low, high = x < 0, x > 6
             blocked = (low & (grad > 0)) | (high & (grad < 0))  # grad of the loss minimised
             redirected = grad.masked_fill(blocked, 0.0)
             if x.ndim == 0:
