@@ -67,6 +67,7 @@ class WorkerPool:
                 "store": str(self.config.store),
                 "datasets": None if self.config.datasets is None else str(self.config.datasets),
                 "ray_address": self.config.ray_address,
+                "parent": os.getpid(),  # the worker exits if this process died before it ran
             }
         )
         env = dict(os.environ, PYANALYZER_PROGRESS="0")

@@ -57,9 +57,16 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         raise Stop()
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the server process that started it dies."""
-    parent = os.getppid()
+def _die_with_parent(parent: int | None = None) -> None:
+    """Linux: SIGKILL this process when the server process that started it dies.
+
+    Args:
+        parent: the server's pid as it started this worker. Python's start-up and imports run
+            before this call, and a server killed meanwhile leaves the worker adopted by
+            another process: compared with the pid the server gave, not with the parent seen
+            on entry here, that is noticed and the worker exits.
+    """
+    parent = os.getppid() if parent is None else int(parent)
     with contextlib.suppress(Exception):
         import ctypes
 
@@ -230,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         datasets=None if data.get("datasets") is None else Path(data["datasets"]),
         ray_address=data.get("ray_address"),
     )
-    _die_with_parent()
+    _die_with_parent(data.get("parent"))
     with contextlib.suppress(OSError):
         os.nice(10)  # below the server: status requests stay fast while a job computes
     signal.signal(signal.SIGTERM, _on_sigterm)

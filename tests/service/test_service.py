@@ -681,3 +681,15 @@ def test_serve_imports_torch_only_for_gradient_work(start_server: Any, default_m
                           "params": {"layer": "relu5", "units": "0", "steps": 2}})  # fmt: skip
         assert _loads_torch(server.proc.pid)  # the submission checks the params on the twin
         assert any(_loads_torch(p) for p in server.worker_pids())
+
+
+def test_a_worker_whose_server_died_before_it_started_exits(tmp_path: Path) -> None:
+    # The server's pid travels in the payload: a worker that finds another parent (the server
+    # was killed while the worker was still importing) exits instead of polling for ever.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that is no one's parent now
+    payload = json.dumps({"store": str(tmp_path / "store"), "parent": gone.pid})
+    run = subprocess.run([sys.executable, "-m", "pyanalyzer.service.worker", payload],
+                         capture_output=True, timeout=60)  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert not (tmp_path / "store").exists()
