@@ -26,3 +26,17 @@ def default_model() -> Path:
     if not path.is_file():
         pytest.fail(f"{path} is missing: run python models/build_default.py")
     return path
+
+
+@pytest.fixture
+def fp32():
+    """Full float32 on a GPU for CUDA-vs-CPU comparisons (no TF32 in cuDNN or cuBLAS: the GPU
+    then rounds as the CPU does), restored afterwards."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -47,6 +47,7 @@ __all__ = [
     "PROBE_WEIGHTS",
     "activation_cnn",
     "activation_probe",
+    "overlapping_pools",
     "caffe_style",
     "channels1",
     "conv_same_dilated",
@@ -1147,4 +1148,36 @@ def unconvertible_op(dir: str | Path, *, seed: int = 0, name: str = "shrink.onnx
         initializer=[w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return _save(model, Path(dir) / name)
+
+
+def overlapping_pools(
+    dir: str | Path, *, padded_tail: bool = False, name: str = "alex.onnx"
+) -> Path:
+    """Conv -> ReLU -> MaxPool 3x3/2 (overlapping, AlexNet's) -> Conv -> ReLU on 27x27 inputs
+    (hand-built, opset 13, no weights' bias); ``padded_tail`` adds a padded MaxPool 3x3/2
+    (pads 1) at the end, the output then being ``p2 [N, 5, 7, 7]`` instead of ``r2``."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(5, 4, 3, 3)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+    ]
+    out = helper.make_tensor_value_info("r2", TensorProto.FLOAT, ["N", 5, 13, 13])
+    if padded_tail:
+        nodes.append(
+            helper.make_node(
+                "MaxPool", ["r2"], ["p2"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+            )
+        )
+        out = helper.make_tensor_value_info("p2", TensorProto.FLOAT, ["N", 5, 7, 7])
+    g = helper.make_graph(
+        nodes, "alex", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 27, 27])],
+        [out], initializer=[w1, w2],
+    )  # fmt: skip
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     return _save(model, Path(dir) / name)

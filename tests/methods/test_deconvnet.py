@@ -106,31 +106,8 @@ def test_overlapping_pools_and_nhwc_same_padding(tmp_path):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 
-def _alexnet_pools(tmp_path):
-    """Conv -> ReLU -> MaxPool 3x3/2 (overlapping, AlexNet's) -> Conv -> ReLU."""
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.normal(size=(5, 4, 3, 3)).astype(np.float32), "w2")
-    g = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c1"], ["r1"]),
-            helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2]),
-            helper.make_node("Conv", ["p1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c2"], ["r2"]),
-        ],
-        "alex",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 27, 27])],
-        [helper.make_tensor_value_info("r2", TensorProto.FLOAT, ["N", 5, 13, 13])],
-        initializer=[w1, w2],
-    )
-    path = tmp_path / "alex.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
-    return path
-
-
 def test_overlapping_pools_sum_shared_switches_like_autograd(tmp_path):
-    m = pa.load_model(_alexnet_pools(tmp_path), check_parity=False)
+    m = pa.load_model(fac.overlapping_pools(tmp_path), check_parity=False)
     x = np.random.default_rng(1).normal(size=(2, 3, 27, 27)).astype(np.float32)
     for mode in ("map", "max"):
         got = Projector(m, "deconv", device="cpu").project(x, "relu2", 1, mode=mode).pixels

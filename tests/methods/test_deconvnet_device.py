@@ -12,12 +12,10 @@ convolutions round to 10 mantissa bits and the comparison would test TF32, not t
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_factory as fac
 import pytest
 import torch
 from cli_helpers import run_cli
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import pyanalyzer as pa
@@ -152,17 +150,6 @@ def test_auto_falls_back_to_the_cpu_when_the_cuda_module_cannot_run(monkeypatch)
 # ---- on CUDA: the same projections as the CPU ----------------------------------------------------
 
 
-@pytest.fixture
-def fp32():
-    """Full float32 on the GPU for the comparison (no TF32 in cuDNN or cuBLAS), restored."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def _close(got, ref, what=""):
     """CUDA against the CPU: float32 rounding through a few layers and their transposes
     (rtol 1e-3, atol 1e-4 of the largest value); the same shapes and dtypes."""
@@ -206,37 +193,10 @@ def test_several_units_on_cuda_match_the_cpu(default, fp32, method):
         _same_projection(g, r, f"{method} unit {u}")
 
 
-def _overlapping_pools(tmp_path):
-    """Conv -> ReLU -> MaxPool 3x3/2 (overlapping, AlexNet's) -> Conv -> ReLU, and a padded
-    MaxPool 3x3/2 (pads 1) at the end."""
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.normal(size=(5, 4, 3, 3)).astype(np.float32), "w2")
-    g = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c1"], ["r1"]),
-            helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2]),
-            helper.make_node("Conv", ["p1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c2"], ["r2"]),
-            helper.make_node(
-                "MaxPool", ["r2"], ["p2"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
-            ),
-        ],
-        "alex",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 27, 27])],
-        [helper.make_tensor_value_info("p2", TensorProto.FLOAT, ["N", 5, 7, 7])],
-        initializer=[w1, w2],
-    )
-    path = tmp_path / "alex.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
-    return path
-
-
 @needs_cuda
 @pytest.mark.parametrize("method", METHODS)
 def test_overlapping_and_padded_pools_and_nhwc_on_cuda(tmp_path, fp32, method):
-    m = pa.load_model(_overlapping_pools(tmp_path), check_parity=False)
+    m = pa.load_model(fac.overlapping_pools(tmp_path, padded_tail=True), check_parity=False)
     x = np.random.default_rng(1).normal(size=(2, 3, 27, 27)).astype(np.float32)
     for layer in ("relu2", "maxpool2"):
         for mode in ("map", "max"):

@@ -116,17 +116,6 @@ def test_dissection_hands_its_device_to_net2vec(default_model, synth, monkeypatc
 # ---- on CUDA: the CPU's training, to float32 rounding --------------------------------------------
 
 
-@pytest.fixture
-def fp32():
-    """Full float32 on the GPU (no TF32 in cuBLAS or cuDNN) for the comparison, restored."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def _agree(gpu, cpu):
     """The same convex problem from the same start: 100 Adam steps whose gradients differ by
     float32 rounding (and the order of CUDA's atomic adds in the upsampling's backward). Weights
