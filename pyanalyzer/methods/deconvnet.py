@@ -93,6 +93,7 @@ from pyanalyzer.model.graph import to_nchw
 from pyanalyzer.units import select_units
 
 if TYPE_CHECKING:
+    from pyanalyzer.model.graph import LayerInfo
     from pyanalyzer.model.model import Model
     from pyanalyzer.store import Checkpoint
 
@@ -113,6 +114,11 @@ __all__ = [
 
 METHODS = ("deconv", "guided", "saliency")
 MODES = ("max", "map", "topk")
+WALK_ROWS = 8
+"""About how many image rows one backward walk of :meth:`Projector.project_units` takes (the
+units are walked in groups of ``max(1, WALK_ROWS // images)``, the forward pass shared). On a
+227-px AlexNet, 8 units of 8 images: 8 rows a walk 634 ms, 16 rows 684 ms, all 64 rows in one
+walk 926 ms (``benchmarks/bench_deconv.py``)."""
 DEVICES = ("auto", "cpu", "cuda")
 
 # Ops that are linear in their path inputs (their transpose is their VJP).
@@ -236,13 +242,23 @@ class Projector:
             UserInputError: unknown layer or mode, unit out of range, an op the chosen method
                 cannot invert (named).
         """
-        import torch
+        info, units, x = self._checked(x, layer, unit, mode, k)
+        per_row = np.ndim(unit) == 1
+        reps = max(1, int(repeat))
+        if per_row and len(units) != len(x) * reps:
+            raise UserInputError(
+                f"{len(units)} unit(s) given for {len(x) * reps} image row(s): one per row"
+            )
+        return self._project_recorded(self._record(x, info), info, units, per_row, reps, mode, k)
 
+    def _checked(
+        self, x: np.ndarray, layer: str, unit: Any, mode: str, k: int
+    ) -> tuple[LayerInfo, np.ndarray, np.ndarray]:
+        """The layer, the units as int64 ``[K]`` (each in range) and the checked input."""
         info = self.model.spatial_layer(layer)
         channels = int(info.channels or 0)
         if mode not in MODES:
             raise UserInputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        per_row = np.ndim(unit) == 1
         units = np.asarray(unit, np.int64).reshape(-1)
         for u in units:
             if not (0 <= int(u) < channels):
@@ -255,22 +271,32 @@ class Projector:
         h, w = spec.input_size
         dims = "N C H W" if self.model.input.layout == "nchw" else "N H W C"
         x = check_shape("x", x, dims, note="(preprocessed model input)", C=spec.channels, H=h, W=w)
-        reps = max(1, int(repeat))
-        if per_row and len(units) != len(x) * reps:
-            raise UserInputError(
-                f"{len(units)} unit(s) given for {len(x) * reps} image row(s): one per row"
-            )
-        dev = self.device
-        rows = torch.from_numpy(units if per_row else np.full(len(x) * reps, int(units[0])))
-        rows = rows.to(dev)
+        return info, units, x
+
+    def _record(self, x: np.ndarray, info: LayerInfo) -> Any:
+        """The forward pass of the images, every value kept (what the walks read)."""
+        import torch
+
         with torch.no_grad():
-            rec = self.engine.record(
-                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev), [info.name]
+            return self.engine.record(
+                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device),
+                [info.name],
             )
+
+    def _project_recorded(
+        self, rec: Any, info: LayerInfo, units: np.ndarray, per_row: bool, reps: int,
+        mode: str, k: int,
+    ) -> Projection:  # fmt: skip
+        """One walk of a recording's images repeated ``reps`` times (:meth:`project`)."""
+        import torch
+
+        dev = self.device
         target = rec.nodes[info.name]
         act = rec.values[target.name]
         if isinstance(act, tuple | list):
             act = act[self.engine.producer(info.name)[1]]
+        n_rows = act.shape[0] * reps
+        rows = torch.from_numpy(units if per_row else np.full(n_rows, int(units[0]))).to(dev)
         act = info.to_nchw(act.detach())  # [N, C, h, w] whatever the model's layout
         if reps > 1:  # the forward ran once; the walk runs on the images repeated
             act = act.repeat(reps, 1, 1, 1)
@@ -312,24 +338,35 @@ class Projector:
         mode: str = "max",
         k: int = 9,
     ) -> list[Projection]:
-        """Project several units of ``layer`` on the same images: one forward pass, then one
-        backward walk of the images repeated once per unit. One :class:`Projection` per unit,
-        equal to :meth:`project` of that unit alone."""
+        """Project several units of ``layer`` on the same images: one forward pass, then
+        backward walks of the images repeated once per unit, about :data:`WALK_ROWS` rows a walk
+        (one walk of every unit's rows is slower per row: its maps no longer fit the cache),
+        the max-pool switches made once. One :class:`Projection` per unit, equal to
+        :meth:`project` of that unit alone (bit for bit where a walk holds one unit)."""
         units = [int(u) for u in units]
         if not units:
             return []
+        info, _, x = self._checked(x, layer, units, mode, k)
         n = len(x)
-        both = self.project(x, layer, np.repeat(units, n), mode=mode, k=k, repeat=len(units))
-        return [
-            replace(
-                both,
-                pixels=both.pixels[j * n : (j + 1) * n],
-                activation=both.activation[j * n : (j + 1) * n],
-                positions=both.positions[j * n : (j + 1) * n],
-                unit=u,
+        rec = self._record(x, info)
+        per_walk = max(1, WALK_ROWS // max(n, 1))
+        found: list[Projection] = []
+        for c in range(0, len(units), per_walk):
+            chunk = units[c : c + per_walk]
+            both = self._project_recorded(
+                rec, info, np.repeat(np.asarray(chunk, np.int64), n), True, len(chunk), mode, k
             )
-            for j, u in enumerate(units)
-        ]
+            found += [
+                replace(
+                    both,
+                    pixels=both.pixels[j * n : (j + 1) * n],
+                    activation=both.activation[j * n : (j + 1) * n],
+                    positions=both.positions[j * n : (j + 1) * n],
+                    unit=u,
+                )
+                for j, u in enumerate(chunk)
+            ]
+        return found
 
     # ---- the reverse walk ----------------------------------------------------------------
     def _walk(self, gm, values: dict[str, Any], target, signal, reps=1):
@@ -401,7 +438,7 @@ class Projector:
             return [sig * (repeated(n.args[0], raw[0]) > 0)]
         if op == "MaxPool":
             sig0 = sig[0] if isinstance(sig, tuple) else sig
-            return [self._unpool(onnx_node, raw[0], sig0, reps)]
+            return [self._unpool(onnx_node, raw[0], sig0, reps, values)]
         if op in _PASS_THROUGH and self.method != "saliency":
             return [sig]
         if op in _NO_SIGNAL:
@@ -450,7 +487,7 @@ class Projector:
                 by_name[name] = g if name not in by_name else by_name[name] + g
         return [by_name.get(a.name) for a in ins]
 
-    def _unpool(self, node, x, sig, reps=1):
+    def _unpool(self, node, x, sig, reps=1, recorded=None):
         """Max-unpooling with switches, through pyanalyzer's C++/CUDA kernel on the walk's
         device (the switches of the images ``x``, repeated ``reps`` times as the signal's rows
         are)."""
@@ -477,9 +514,17 @@ class Projector:
         else:
             pt, pl, pb, pr = list(attrs.get("pads", [0, 0, 0, 0]))
         xp = F.pad(x, [pl, pr, pt, pb], value=float("-inf")) if (pt or pl or pb or pr) else x
-        pooled, switches = F.max_pool2d(
-            xp, kernel, strides, 0, dil, bool(attrs.get("ceil_mode", 0)), return_indices=True
-        )
+        # The switches of a recording are the same for every walk of it: made once, kept in
+        # the recording under a key no fx node name can have.
+        key = f"{node.name}#switches"
+        if recorded is not None and key in recorded:
+            pooled, switches = recorded[key]
+        else:
+            pooled, switches = F.max_pool2d(
+                xp, kernel, strides, 0, dil, bool(attrs.get("ceil_mode", 0)), return_indices=True
+            )
+            if recorded is not None:
+                recorded[key] = pooled, switches
         if reps > 1:
             switches = switches.repeat(reps, 1, 1, 1)
         shape = (pooled.shape[0] * reps, *pooled.shape[1:])
