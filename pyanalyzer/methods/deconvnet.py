@@ -213,6 +213,7 @@ class Projector:
         engine = model.gradient  # GradientUnavailableError first, as before
         self.device = _walk_device(device)
         self.engine = engine.on(self.device)
+        self._pool_same: dict[str, bool] = {}
 
     # ---- public --------------------------------------------------------------------------
     def project(
@@ -274,14 +275,42 @@ class Projector:
         return info, units, x
 
     def _record(self, x: np.ndarray, info: LayerInfo) -> Any:
-        """The forward pass of the images, every value kept (what the walks read)."""
+        """The forward pass of the images, every value kept (what the walks read), the
+        max-pool switches taken from it (:meth:`_pool_in_forward`)."""
         import torch
 
         with torch.no_grad():
             return self.engine.record(
                 torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device),
                 [info.name],
+                intercept=self._pool_in_forward,
             )
+
+    def _pool_in_forward(self, n: Any, args: tuple[Any, ...], values: dict[str, Any]) -> Any:
+        """The forward pass's 2-D max-pools computed with their switches (kept in ``values``
+        for :meth:`_unpool`), so that no walk pools again. The first time a pool node is met
+        its submodule runs too and the two outputs are compared: only a node whose values are
+        equal bit for bit is computed this way from then on (a pool whose padding or rounding
+        the converter handles otherwise keeps its own output, and its switches are still
+        kept)."""
+        import torch
+
+        node = self.engine.onnx_nodes.get(n.target)
+        if node is None or node.op_type != "MaxPool" or len(node.output) != 1:
+            return None
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            return None
+        try:
+            values[f"{node.name}#switches"] = found = _pool_switches(node, x)
+        except UserInputError:  # not a 2-D pool: the walk says so if it reaches it
+            return None
+        same = self._pool_same.get(n.target)
+        if same is None:
+            out = self.engine.module.get_submodule(n.target)(*args)
+            self._pool_same[n.target] = isinstance(out, torch.Tensor) and torch.equal(out, found[0])
+            return out
+        return found[0] if same else None
 
     def _project_recorded(
         self, rec: Any, info: LayerInfo, units: np.ndarray, per_row: bool, reps: int,
@@ -490,41 +519,14 @@ class Projector:
     def _unpool(self, node, x, sig, reps=1, recorded=None):
         """Max-unpooling with switches, through pyanalyzer's C++/CUDA kernel on the walk's
         device (the switches of the images ``x``, repeated ``reps`` times as the signal's rows
-        are)."""
-        import torch.nn.functional as F
-
-        from pyanalyzer.model.graph import same_pads
-
-        attrs = {a.name: onnx_attr(a) for a in node.attribute}
-        kernel = list(attrs["kernel_shape"])
-        if len(kernel) != 2:
-            raise UserInputError(f"only 2-D max-pooling can be unpooled (node {node.name})")
-        strides = list(attrs.get("strides", [1, 1]))
-        dil = list(attrs.get("dilations", [1, 1]))
-        auto = attrs.get("auto_pad", "NOTSET")
-        h, w = x.shape[-2:]
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            lower = auto == "SAME_LOWER"
-            (pt, pb), (pl, pr) = (
-                same_pads(h, kernel[0], strides[0], dil[0], lower),
-                same_pads(w, kernel[1], strides[1], dil[1], lower),
-            )
-        elif auto == "VALID":
-            pt = pl = pb = pr = 0
-        else:
-            pt, pl, pb, pr = list(attrs.get("pads", [0, 0, 0, 0]))
-        xp = F.pad(x, [pl, pr, pt, pb], value=float("-inf")) if (pt or pl or pb or pr) else x
-        # The switches of a recording are the same for every walk of it: made once, kept in
-        # the recording under a key no fx node name can have.
+        are): those the forward pass kept in ``recorded``, else made here (and kept)."""
         key = f"{node.name}#switches"
         if recorded is not None and key in recorded:
-            pooled, switches = recorded[key]
+            pooled, switches, padded, (pt, pl, kernel, strides, dil) = recorded[key]
         else:
-            pooled, switches = F.max_pool2d(
-                xp, kernel, strides, 0, dil, bool(attrs.get("ceil_mode", 0)), return_indices=True
-            )
+            pooled, switches, padded, (pt, pl, kernel, strides, dil) = _pool_switches(node, x)
             if recorded is not None:
-                recorded[key] = pooled, switches
+                recorded[key] = pooled, switches, padded, (pt, pl, kernel, strides, dil)
         if reps > 1:
             switches = switches.repeat(reps, 1, 1, 1)
         shape = (pooled.shape[0] * reps, *pooled.shape[1:])
@@ -533,8 +535,46 @@ class Projector:
                 f"max-pool node {node.name}: recomputed output {list(shape)} does not "
                 f"match the graph's {list(sig.shape)}"
             )
-        up = _backend.unpool_tensor(sig, switches, tuple(xp.shape[-2:]), kernel, strides, 0, dil)
+        up = _backend.unpool_tensor(sig, switches, padded, kernel, strides, 0, dil)
+        h, w = x.shape[-2:]
         return up[..., pt : pt + h, pl : pl + w]
+
+
+def _pool_switches(node, x):
+    """A 2-D ONNX MaxPool of ``x [N, C, H, W]`` with its switches: ``(pooled, switches,
+    padded size, (top pad, left pad, kernel, strides, dilations))``; the padding is explicit
+    (``-inf``), so the switches index the padded plane.
+
+    Raises:
+        UserInputError: not a 2-D pool.
+    """
+    import torch.nn.functional as F
+
+    from pyanalyzer.model.graph import same_pads
+
+    attrs = {a.name: onnx_attr(a) for a in node.attribute}
+    kernel = list(attrs["kernel_shape"])
+    if len(kernel) != 2:
+        raise UserInputError(f"only 2-D max-pooling can be unpooled (node {node.name})")
+    strides = list(attrs.get("strides", [1, 1]))
+    dil = list(attrs.get("dilations", [1, 1]))
+    auto = attrs.get("auto_pad", "NOTSET")
+    h, w = x.shape[-2:]
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        lower = auto == "SAME_LOWER"
+        (pt, pb), (pl, pr) = (
+            same_pads(h, kernel[0], strides[0], dil[0], lower),
+            same_pads(w, kernel[1], strides[1], dil[1], lower),
+        )
+    elif auto == "VALID":
+        pt = pl = pb = pr = 0
+    else:
+        pt, pl, pb, pr = list(attrs.get("pads", [0, 0, 0, 0]))
+    xp = F.pad(x, [pl, pr, pt, pb], value=float("-inf")) if (pt or pl or pb or pr) else x
+    pooled, switches = F.max_pool2d(
+        xp, kernel, strides, 0, dil, bool(attrs.get("ceil_mode", 0)), return_indices=True
+    )
+    return pooled, switches, tuple(xp.shape[-2:]), (pt, pl, kernel, strides, dil)
 
 
 def _walk_device(device: str) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,9 +281,21 @@ class GradientEngine:
             n: to_nchw(t, self.layout(n)) if nchw else t for n, t in zip(names, outs, strict=True)
         }
 
-    def record(self, x: torch.Tensor, names: Sequence[str]) -> Recording:
+    def record(
+        self,
+        x: torch.Tensor,
+        names: Sequence[str],
+        *,
+        intercept: Callable[[torch.fx.Node, tuple[Any, ...], dict[str, Any]], Any] | None = None,
+    ) -> Recording:
         """One forward pass of the network cut after ``names`` with every node's value kept
         (an ``fx.Interpreter``): what graph-walking methods (DeconvNet) read.
+
+        Args:
+            intercept: called as ``intercept(node, args, values)`` before each submodule call;
+                a value it returns is used as the node's output instead of running the
+                submodule (None: run it). It may add entries to ``values`` under keys that are
+                not fx node names (what the walk wants kept from the forward pass).
 
         Returns:
             a :class:`Recording`: the cut module, ``{fx node name: value}`` and, per tensor
@@ -295,7 +307,12 @@ class GradientEngine:
 
         class Recorder(torch.fx.Interpreter):
             def run_node(self, n: torch.fx.Node) -> Any:
-                out = super().run_node(n)
+                out = None
+                if intercept is not None and n.op == "call_module":
+                    args, _ = self.fetch_args_kwargs_from_env(n)
+                    out = intercept(n, args, values)
+                if out is None:
+                    out = super().run_node(n)
                 values[n.name] = out
                 return out
 

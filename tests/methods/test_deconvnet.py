@@ -501,3 +501,40 @@ def test_several_units_in_one_walk_equal_each_alone(default, tmp_path, method):
         np.testing.assert_allclose(got.pixels, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
     with pytest.raises(UserInputError, match="one per row"):
         p.project(x, "avgpool1", [1, 2, 3])
+
+
+def test_switches_come_from_the_forward_pass(tmp_path, monkeypatch):
+    # Each max-pool is pooled once per projection, in the forward pass, with its switches; the
+    # walk reuses them. The converted pool module runs only the first time (to check that the
+    # two agree bit for bit), and the projections are the same either way.
+    from pyanalyzer.methods import deconvnet
+
+    m = pa.load_model(fac.overlapping_pools(tmp_path, padded_tail=True), check_parity=False)
+    x = np.random.default_rng(1).normal(size=(2, 3, 27, 27)).astype(np.float32)
+    p = Projector(m, "deconv", device="cpu")
+    pools = [n for n, node in p.engine.onnx_nodes.items() if node.op_type == "MaxPool"]
+    ran: list[str] = []
+    for name in pools:
+        p.engine.module.get_submodule(name).register_forward_hook(
+            lambda mod, i, o, name=name: ran.append(name)
+        )
+    made: list[str] = []
+    real = deconvnet._pool_switches
+
+    def counting(node, x):
+        made.append(node.name)
+        return real(node, x)
+
+    monkeypatch.setattr(deconvnet, "_pool_switches", counting)
+    first = p.project(x, "relu2", 3, mode="map")
+    assert sorted(ran) == sorted(pools[:1]) and sorted(made) == sorted(pools[:1])
+    assert p._pool_same == {pools[0]: True}
+    ran.clear(), made.clear()
+    again = p.project_units(x, "maxpool2", [3, 1], mode="map")
+    assert ran == pools[1:] and sorted(made) == sorted(pools)  # pool 2 first met: checked
+    ran.clear(), made.clear()
+    p.project_units(x, "maxpool2", [3, 1], mode="map")
+    assert ran == [] and sorted(made) == sorted(pools)  # once each, in the forward pass
+    np.testing.assert_array_equal(first.pixels, Projector(m, "deconv", "cpu").project(
+        x, "relu2", 3, mode="map").pixels)  # fmt: skip
+    assert len(again) == 2
