@@ -32,6 +32,7 @@ __all__ = [
     "AND_NOT",
     "OR",
     "ComposeCounts",
+    "DEVICES",
     "CoreImportError",
     "Device",
     "TallyCounts",
@@ -48,7 +49,8 @@ __all__ = [
 ]
 
 Device = Literal["auto", "cpu", "cuda"]
-_DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")
+"""The values of every ``device`` option: the compiled kernels' and torch's."""
 
 
 class CoreImportError(ImportError):
@@ -126,8 +128,8 @@ def kernels(device: str = "auto") -> ModuleType:
             CUDA device is visible; the message says why.
         ValueError: ``device`` is not one of ``"auto"``, ``"cpu"``, ``"cuda"``.
     """
-    if device not in _DEVICES:
-        raise ValueError(f"device must be one of {', '.join(map(repr, _DEVICES))}, got {device!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
     if device == "cpu":
         return _core
     if _core_cuda is not None and _cuda_device_count() > 0:

@@ -86,6 +86,7 @@ import numpy as np
 from pydantic import Field
 
 from pyanalyzer import _backend
+from pyanalyzer._backend import DEVICES
 from pyanalyzer._checks import check_shape
 from pyanalyzer.analysis import Choice, ImageAnalysis, Int, Params, Result, Units
 from pyanalyzer.errors import UserInputError
@@ -119,7 +120,6 @@ WALK_ROWS = 8
 units are walked in groups of ``max(1, WALK_ROWS // images)``, the forward pass shared). On a
 227-px AlexNet, 8 units of 8 images: 8 rows a walk 634 ms, 16 rows 684 ms, all 64 rows in one
 walk 926 ms (``benchmarks/bench_deconv.py``)."""
-DEVICES = ("auto", "cpu", "cuda")
 
 # Ops that are linear in their path inputs (their transpose is their VJP).
 _LINEAR = {
@@ -516,17 +516,14 @@ class Projector:
                 by_name[name] = g if name not in by_name else by_name[name] + g
         return [by_name.get(a.name) for a in ins]
 
-    def _unpool(self, node, x, sig, reps=1, recorded=None):
+    def _unpool(self, node, x, sig, reps, recorded):
         """Max-unpooling with switches, through pyanalyzer's C++/CUDA kernel on the walk's
         device (the switches of the images ``x``, repeated ``reps`` times as the signal's rows
         are): those the forward pass kept in ``recorded``, else made here (and kept)."""
         key = f"{node.name}#switches"
-        if recorded is not None and key in recorded:
-            pooled, switches, padded, (pt, pl, kernel, strides, dil) = recorded[key]
-        else:
-            pooled, switches, padded, (pt, pl, kernel, strides, dil) = _pool_switches(node, x)
-            if recorded is not None:
-                recorded[key] = pooled, switches, padded, (pt, pl, kernel, strides, dil)
+        if key not in recorded:
+            recorded[key] = _pool_switches(node, x)
+        pooled, switches, padded, (pt, pl, kernel, strides, dil) = recorded[key]
         if reps > 1:
             switches = switches.repeat(reps, 1, 1, 1)
         shape = (pooled.shape[0] * reps, *pooled.shape[1:])

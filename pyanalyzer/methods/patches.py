@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from pyanalyzer._backend import DEVICES
 from pyanalyzer._checks import check_int
 from pyanalyzer.analysis import Analysis, Choice, Int, Params, Result, Units
 from pyanalyzer.errors import UserInputError
-from pyanalyzer.methods.deconvnet import DEVICES, METHODS, Projector
+from pyanalyzer.methods.deconvnet import METHODS, Projector
 from pyanalyzer.model.graph import LayerInfo
 from pyanalyzer.model.preprocessing import PreprocessSpec
 from pyanalyzer.model.receptive import ReceptiveField, crop_box, receptive_field

@@ -20,6 +20,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from pyanalyzer._backend import DEVICES
 from pyanalyzer.errors import (
     BackendUnavailableError,
     GradientUnavailableError,
@@ -62,10 +63,6 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
             label = node.op_type if not domain else f"{domain}.{node.op_type}"
             missing[f"{label} (opset {_opset(model, domain)})"] = None
     return list(missing)
-
-
-DEVICES = ("auto", "cpu", "cuda")
-"""The ``device`` values the gradient methods take."""
 
 
 def torch_device(device: str | torch.device = "auto") -> torch.device:

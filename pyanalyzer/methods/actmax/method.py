@@ -22,6 +22,7 @@ import torch
 from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, field_serializer
 from pydantic import model_validator as _model_validator
 
+from pyanalyzer._backend import DEVICES
 from pyanalyzer._checks import is_int
 from pyanalyzer.analysis import Analysis, Choice, Float, Int, Params, Result, Units
 from pyanalyzer.errors import UserInputError
@@ -48,7 +49,7 @@ from pyanalyzer.methods.actmax.render import (
     image_size,
     render,
 )
-from pyanalyzer.model.gradient import DEVICES, torch_device
+from pyanalyzer.model.gradient import torch_device
 from pyanalyzer.units import select_units
 
 if TYPE_CHECKING:

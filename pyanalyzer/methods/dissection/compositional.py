@@ -544,7 +544,7 @@ class CompositionalParams(Params):
     batch_size: Annotated[int, Int("batch size", 1)] = Field(
         64, description="Images per forward pass."
     )
-    device: Annotated[str, Choice("device", ("auto", "cpu", "cuda"))] = Field(
+    device: Annotated[str, Choice("device", _backend.DEVICES)] = Field(
         "auto", description="Where the counts run."
     )
 

@@ -198,7 +198,7 @@ class DissectionParams(Params):
     batch_size: Annotated[int, Int("batch size", 1)] = Field(
         64, description="Images per forward pass."
     )
-    device: Annotated[str, Choice("device", ("auto", "cpu", "cuda"))] = Field(
+    device: Annotated[str, Choice("device", _backend.DEVICES)] = Field(
         "auto",
         description="Where the IoU tally (pyanalyzer's kernels) and the Net2Vec training "
         "(torch) run: auto (CUDA where available), cpu or cuda.",
@@ -666,7 +666,7 @@ class Net2VecParams(Params):
     batch_size: Annotated[int, Int("batch size", 1)] = Field(
         64, description="Images per forward pass."
     )
-    device: Annotated[str, Choice("device", ("auto", "cpu", "cuda"))] = Field(
+    device: Annotated[str, Choice("device", _backend.DEVICES)] = Field(
         "auto",
         description="Where the training (torch) and the dissection's tally run: auto (CUDA "
         "where available), cpu or cuda. Not part of the result's key.",

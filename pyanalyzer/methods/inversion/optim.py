@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from pyanalyzer._backend import DEVICES
 from pyanalyzer.analysis import Checked, Choice, ImageAnalysis, Int, Layers, Params, Result
 from pyanalyzer.errors import UserInputError
 from pyanalyzer.methods.inversion import objective as obj
@@ -44,7 +45,6 @@ from pyanalyzer.methods.inversion._common import (
     resolve_layers,
 )
 from pyanalyzer.methods.inversion.result import InversionResult, feature_error, pixel_error
-from pyanalyzer.model.gradient import DEVICES
 
 if TYPE_CHECKING:
     import torch

@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import Field
 
 from pyanalyzer import budget
+from pyanalyzer._backend import DEVICES
 from pyanalyzer.analysis import (
     Analysis,
     Choice,
@@ -53,7 +54,6 @@ from pyanalyzer.methods.inversion.decoder import (
     find_decoder,
 )
 from pyanalyzer.methods.inversion.result import InversionResult, feature_error, pixel_error
-from pyanalyzer.model.gradient import DEVICES
 
 if TYPE_CHECKING:
     import torch
