@@ -90,6 +90,14 @@ def _partial_exists(store: Path) -> bool:
     )
 
 
+def _signal_pending(pid: int, sig: int) -> bool:
+    """Whether ``sig`` waits for delivery to process ``pid`` (Linux: /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    masks = [int(line.split()[1], 16) for line in status.splitlines()
+             if line.startswith(("SigPnd:", "ShdPnd:"))]  # fmt: skip
+    return any(m & (1 << (sig - 1)) for m in masks)
+
+
 def _wait_for(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -365,13 +373,24 @@ def test_interrupted_server_resumes_to_the_identical_tally(
             model = upload_model(client, default_model)["id"]
             job = _long_dissection(client, model)
             _wait_for(lambda: _partial_exists(store), 240, "a checkpoint in the store")
+            # The whole job takes a few seconds: the worker is frozen from here on, so that
+            # the interruption, not a race with the job's end, decides what the store holds.
+            (worker,) = server.worker_pids()
+            os.kill(worker, signal.SIGSTOP)
             state = client.get(f"/v1/jobs/{job['id']}").json()["state"]
             assert state == "running"
         if how == "kill9":
-            server.kill()
+            server.kill()  # the frozen worker dies with it (SIGKILL ends a stopped process)
         else:
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            # the worker wakes only once the server's SIGTERM is pending there: it handles
+            # that signal before it runs one more line of the job
+            _wait_for(lambda: _signal_pending(worker, signal.SIGTERM), 60, "SIGTERM sent on")
+            os.kill(worker, signal.SIGCONT)
             assert server.stop() in (0, 128 + signal.SIGTERM)
             assert "Application shutdown complete" in server.log()
+            assert "stopped by SIGTERM: queued again" in server.log()
         assert _partial_exists(store)  # the checkpoint survived
         server = Server(store).start()
         with httpx.Client(base_url=server.url, timeout=120) as client:
