@@ -451,6 +451,93 @@ def tally(
     return counts
 
 
+def uses_cuda(device: str = "auto") -> bool:
+    """Whether :func:`kernels` picks the CUDA module for ``device`` (``"cuda"``, or ``"auto"``
+    where CUDA is there); raises as :func:`kernels` does."""
+    return _core_cuda is not None and kernels(device) is _core_cuda
+
+
+def _cuda_index(device: int) -> int:
+    kernels("cuda")  # BackendUnavailableError (one line) without CUDA
+    return int(device)
+
+
+def find_nan_device(ptr: int, count: int, *, finite: bool = False, device: int = 0) -> int:
+    """Flat index of the first NaN (``finite``: NaN or infinity) among ``count`` float32
+    values at ``ptr`` in the memory of CUDA device ``device``, or -1.
+
+    Raises:
+        ValueError: ``ptr`` is not memory of that device.
+        BackendUnavailableError: no CUDA.
+    """
+    index = _cuda_index(device)
+    return int(_core_cuda.find_nan_device(int(ptr), int(count), bool(finite), index))  # type: ignore[union-attr]
+
+
+def topk_merge_device(
+    state: npt.ArrayLike, ptr: int, shape: tuple[int, int, int, int], device: int = 0
+) -> np.ndarray:
+    """:func:`topk_merge` with the batch (C-contiguous float32 ``[N, U, h, w]`` of ``shape``)
+    already in the memory of CUDA device ``device`` (an onnxruntime output bound to the GPU:
+    :class:`~pyanalyzer.model.forward.BoundMaps`), read there without a copy; bitwise the
+    CPU's result for the same values.
+
+    Raises:
+        ValueError: a bad state or shape, ``ptr`` not memory of that device, NaN in the batch.
+        BackendUnavailableError: no CUDA.
+    """
+    index = _cuda_index(device)
+    return _core_cuda.topk_merge_device(  # type: ignore[union-attr]
+        _as(state, np.float32, "f", "state"), int(ptr), tuple(int(d) for d in shape), index
+    )
+
+
+def tally_device(
+    ptr: int,
+    shape: tuple[int, int, int, int],
+    thresholds: npt.ArrayLike,
+    seg: npt.ArrayLike,
+    image_labels: npt.ArrayLike | None,
+    concept_category: npt.ArrayLike,
+    image_categories: npt.ArrayLike,
+    counts: TallyCounts,
+    *,
+    peaks: np.ndarray | None = None,
+    device: int = 0,
+) -> TallyCounts:
+    """:func:`tally` with the activations (C-contiguous float32 ``[N, U, h, w]`` of ``shape``)
+    already in the memory of CUDA device ``device``, read there without a copy; the labels and
+    counts are host arrays as for :func:`tally`, and the counts equal the CPU's for the same
+    activations.
+
+    Args:
+        peaks: None, or a float32 ``[N, U]`` host array that receives each map's maximum (what
+            ranks the units' top images), computed by the same pass.
+
+    Raises:
+        ValueError: as :func:`tally`, and ``ptr`` not memory of that device.
+        BackendUnavailableError: no CUDA.
+    """
+    index = _cuda_index(device)
+    dims = tuple(int(d) for d in shape)
+    if image_labels is None:
+        image_labels = np.zeros((dims[0] if dims else 0, 0), np.int32)
+    cats = np.asarray(image_categories)
+    if cats.dtype.kind not in "iub":
+        raise ValueError(f"image_categories must have a bool or integer dtype, got {cats.dtype}")
+    _core_cuda.tally_device(  # type: ignore[union-attr]
+        int(ptr), dims,
+        _as(thresholds, np.float32, "fiub", "thresholds"),
+        _as_int32(seg, "seg"),
+        _as_int32(image_labels, "image_labels"),
+        _as_int32(concept_category, "concept_category"),
+        np.ascontiguousarray(cats != 0 if cats.dtype != np.uint8 else cats, dtype=np.uint8),
+        counts.intersection, counts.unit_area_cat, counts.unit_area, counts.concept_area,
+        peaks, index,
+    )  # fmt: skip
+    return counts
+
+
 AND, OR, AND_NOT = 1, 2, 3
 """The operators of :func:`compose`'s formulas (``ops[u, b, t]`` for terms ``t >= 1``)."""
 

@@ -1,14 +1,17 @@
 // pybind11 module pyanalyzer._core_cuda: the CUDA kernels, host numpy arrays in and out (and,
-// for unpool, also device pointers in place, for torch tensors that already live on the GPU).
+// for unpool, the tally and the top-k merge, also device pointers in place, for torch tensors
+// and onnxruntime outputs that already live on the GPU).
 // The CUDA runtime is linked statically, so this imports on a machine without a GPU or driver
 // and then reports device_count() == 0.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
+#include <optional>
 #include <string>
 
 #include "checks.h"
@@ -56,11 +59,12 @@ py::array_t<float> unpool_cuda(const py::array& values, const py::array& switche
 }
 
 // The product of sizes, or a ValueError naming `what` when it does not fit in int64.
-int64_t checked_product(std::initializer_list<int64_t> sizes, const char* what) {
+int64_t checked_product(std::initializer_list<int64_t> sizes, const char* what,
+                        const char* func = "unpool_device") {
   int64_t total = 1;
   for (const int64_t s : sizes) {
     if (s != 0 && total > std::numeric_limits<int64_t>::max() / s) {
-      throw py::value_error(std::string("unpool_device: ") + what + " has too many elements");
+      throw py::value_error(std::string(func) + ": " + what + " has too many elements");
     }
     total *= s;
   }
@@ -68,12 +72,13 @@ int64_t checked_product(std::initializer_list<int64_t> sizes, const char* what) 
 }
 
 // `ptr` must be memory of device `device` whenever `count` > 0.
-void require_device_pointer(std::uintptr_t ptr, int64_t count, int device, const char* name) {
+void require_device_pointer(std::uintptr_t ptr, int64_t count, int device, const char* name,
+                            const char* func = "unpool_device") {
   if (count == 0) return;
   if (!cuda::is_device_pointer(reinterpret_cast<const void*>(ptr), device)) {
-    throw py::value_error(std::string("unpool_device: ") + name +
-                          " is not memory of CUDA device " + std::to_string(device) +
-                          " (pass tensor.data_ptr() of a tensor on that device)");
+    throw py::value_error(std::string(func) + ": " + name + " is not memory of CUDA device " +
+                          std::to_string(device) +
+                          " (pass the data pointer of a tensor on that device)");
   }
 }
 
@@ -153,6 +158,87 @@ void tally_cuda(const py::array& acts, const py::array& thresholds, const py::ar
   require_device(device, "tally");
   py::gil_scoped_release release;
   cuda::tally(args.inputs, args.shape, args.counts, device);
+}
+
+// The float32 [n, u, h, w] at device pointer `ptr`: the shape checked, the pointer checked to be
+// memory of `device`, and no NaN (with `finite`: no infinity either) there; returns n*u*h*w.
+int64_t require_device_maps(std::uintptr_t ptr, const std::array<int64_t, 4>& shape, int device,
+                            bool finite, const char* func, const char* name) {
+  const char* dims[4] = {"N", "U", "h", "w"};
+  for (int i = 0; i < 4; ++i) {
+    require_at_least(shape[i], 0, func, std::string(name) + " " + dims[i]);
+  }
+  const int64_t total = checked_product({shape[0], shape[1], shape[2], shape[3]}, name, func);
+  require_device(device, func);
+  require_device_pointer(ptr, total, device, name, func);
+  int64_t bad = -1;
+  {
+    py::gil_scoped_release release;
+    bad = cuda::find_nan_device(reinterpret_cast<const float*>(ptr), total, finite, device);
+  }
+  if (bad >= 0) {
+    const int64_t hw = shape[2] * shape[3];
+    throw py::value_error(std::string(func) + ": " + name + " contains " +
+                          (finite ? "NaN or infinity" : "NaN") + " at [" +
+                          std::to_string(bad / (shape[1] * hw)) + ", " +
+                          std::to_string((bad / hw) % shape[1]) + ", " +
+                          std::to_string((bad / shape[3]) % shape[2]) + ", " +
+                          std::to_string(bad % shape[3]) + "]");
+  }
+  return total;
+}
+
+int64_t find_nan_device_cuda(std::uintptr_t ptr, int64_t count, bool finite, int device) {
+  constexpr const char* f = "find_nan_device";
+  require_at_least(count, 0, f, "count");
+  require_device(device, f);
+  require_device_pointer(ptr, count, device, "data", f);
+  py::gil_scoped_release release;
+  return cuda::find_nan_device(reinterpret_cast<const float*>(ptr), count, finite, device);
+}
+
+py::array_t<float> topk_merge_device_cuda(const py::array& state, std::uintptr_t batch,
+                                          const std::array<int64_t, 4>& shape, int device) {
+  constexpr const char* f = "topk_merge_device";
+  require_state(state, f, "state");
+  if (shape[1] != state.shape(0)) {
+    throw py::value_error(std::string(f) + ": batch [N, U, h, w] has U = " +
+                          std::to_string(shape[1]) + " units but state [U, k] has U = " +
+                          std::to_string(state.shape(0)));
+  }
+  require_device_maps(batch, shape, device, /*finite=*/false, f, "batch");
+  const int64_t units = state.shape(0), k = state.shape(1);
+  const auto* st = static_cast<const float*>(state.data());
+  py::array_t<float> out({static_cast<py::ssize_t>(units), static_cast<py::ssize_t>(k)});
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cuda::topk_merge_from_device(st, reinterpret_cast<const float*>(batch), units, k, shape[0],
+                                 shape[2] * shape[3], o, device);
+  }
+  return out;
+}
+
+void tally_device_cuda(std::uintptr_t acts, const std::array<int64_t, 4>& shape,
+                       const py::array& thresholds, const py::array& seg,
+                       const py::array& image_labels, const py::array& concept_category,
+                       const py::array& image_categories, py::array intersection,
+                       py::array unit_area_cat, py::array unit_area, py::array concept_area,
+                       std::optional<py::array> peaks, int device) {
+  const TallyArgs args = check_tally_args_shaped(
+      shape, reinterpret_cast<const float*>(acts), nullptr, thresholds, seg, image_labels,
+      concept_category, image_categories, intersection, unit_area_cat, unit_area, concept_area);
+  float* peaks_out = nullptr;
+  if (peaks.has_value()) {
+    require_array<float>(*peaks, "tally_device", "peaks", 2, "[N, U]");
+    require_dim(*peaks, "peaks", 0, shape[0], "tally_device", "[N, U]", "N");
+    require_dim(*peaks, "peaks", 1, shape[1], "tally_device", "[N, U]", "U");
+    require_writeable(*peaks, "tally_device", "peaks");
+    peaks_out = static_cast<float*>(peaks->mutable_data());
+  }
+  require_device_maps(acts, shape, device, /*finite=*/false, "tally_device", "acts");
+  py::gil_scoped_release release;
+  cuda::tally_from_device(args.inputs, args.shape, args.counts, device, peaks_out);
 }
 
 void compose_cuda(const py::array& acts, const py::array& thresholds, const py::array& seg,
@@ -244,6 +330,36 @@ Host arrays in; the batch's counts are computed on the device and added to the h
 arrays in place. Inputs are checked on the host exactly as on the CPU; counts equal the CPU's.
 Batch large N (all inputs of one call are copied to the device at once).
 )doc");
+
+  m.def("tally_device", &tally_device_cuda, py::arg("acts_ptr"), py::arg("shape"),
+        py::arg("thresholds"), py::arg("seg"), py::arg("image_labels"),
+        py::arg("concept_category"), py::arg("image_categories"), py::arg("intersection"),
+        py::arg("unit_area_cat"), py::arg("unit_area"), py::arg("concept_area"),
+        py::arg("peaks") = py::none(), py::arg("device") = 0,
+        R"doc(The tally contract with the activations already in memory of CUDA device `device`.
+
+Args:
+    acts_ptr: the data pointer of C-contiguous float32 [N, U, h, w] on the device (an
+        onnxruntime output bound to the GPU, a torch tensor's data_ptr()); never copied.
+    shape: (N, U, h, w).
+    thresholds ... concept_area: host arrays, as for tally.
+    peaks: None, or a writeable float32 host array [N, U] that receives each map's maximum.
+
+The activations are checked for NaN on the device, the other inputs on the host, exactly as
+tally checks them; the counts are added to the host arrays and equal the CPU's for the same
+activations. The call waits for the device.
+)doc");
+
+  m.def("topk_merge_device", &topk_merge_device_cuda, py::arg("state"), py::arg("batch_ptr"),
+        py::arg("shape"), py::arg("device") = 0,
+        R"doc(topk_merge with the batch (C-contiguous float32 [N, U, h, w], `shape`) already in
+memory of CUDA device `device` (never copied); the state and the result are host arrays,
+bitwise the CPU's result for the same values. NaN in the batch is refused (checked there).)doc");
+
+  m.def("find_nan_device", &find_nan_device_cuda, py::arg("data_ptr"), py::arg("count"),
+        py::arg("finite") = false, py::arg("device") = 0,
+        R"doc(Flat index of the first NaN (with `finite`, of the first NaN or infinity) among
+`count` float32 values at a data pointer of CUDA device `device`, or -1.)doc");
 
   m.def("compose", &compose_cuda, py::arg("acts"), py::arg("thresholds"), py::arg("seg"),
         py::arg("image_labels"), py::arg("formulas"), py::arg("ops"), py::arg("f_concept"),

@@ -73,16 +73,18 @@ inline void require_ids_in_range(const py::array& a, const char* func, const cha
   }
 }
 
-// Checks dtypes, ranks, contiguity, named shapes, writeable counts, NaN in acts/thresholds and
-// the range of every id (seg and image labels in [0, C), concept categories in [0, G)).
-inline TallyArgs check_tally_args(const py::array& acts, const py::array& thresholds,
-                                  const py::array& seg, const py::array& image_labels,
-                                  const py::array& concept_category,
-                                  const py::array& image_categories,
-                                  py::array& intersection, py::array& unit_area_cat,
-                                  py::array& unit_area, py::array& concept_area) {
+// The checks of check_tally_args once the activations' shape [N, U, h, w] is known. `acts_host`
+// (the host array, when the activations are one) is checked for NaN here; activations in
+// device memory are checked by the caller, on the device.
+inline TallyArgs check_tally_args_shaped(const std::array<int64_t, 4>& acts_shape,
+                                         const float* acts, const py::array* acts_host,
+                                         const py::array& thresholds, const py::array& seg,
+                                         const py::array& image_labels,
+                                         const py::array& concept_category,
+                                         const py::array& image_categories,
+                                         py::array& intersection, py::array& unit_area_cat,
+                                         py::array& unit_area, py::array& concept_area) {
   constexpr const char* f = "tally";
-  require_array<float>(acts, f, "acts", 4, "[N, U, h, w]");
   require_array<float>(thresholds, f, "thresholds", 1, "[U]");
   require_array<int32_t>(seg, f, "seg", 4, "[N, K, S, S]");
   require_array<int32_t>(image_labels, f, "image_labels", 2, "[N, L]");
@@ -93,15 +95,17 @@ inline TallyArgs check_tally_args(const py::array& acts, const py::array& thresh
   require_array<int64_t>(unit_area, f, "unit_area", 1, "[U]");
   require_array<int64_t>(concept_area, f, "concept_area", 1, "[C]");
 
-  const int64_t n = acts.shape(0), units = acts.shape(1);
+  const int64_t n = acts_shape[0], units = acts_shape[1];
   const int64_t concepts = concept_category.shape(0), categories = image_categories.shape(1);
-  require_at_least(acts.shape(2), 1, f, "acts h (shape[2])");
-  require_at_least(acts.shape(3), 1, f, "acts w (shape[3])");
+  require_at_least(n, 0, f, "acts N (shape[0])");
+  require_at_least(units, 0, f, "acts U (shape[1])");
+  require_at_least(acts_shape[2], 1, f, "acts h (shape[2])");
+  require_at_least(acts_shape[3], 1, f, "acts w (shape[3])");
   require_at_least(seg.shape(2), 1, f, "seg S (shape[2])");
   require_at_least(seg.shape(3), 1, f, "seg S (shape[3])");
   require_at_least(concepts, 1, f, "C (concept_category.shape[0])");
-  require_size_fits_int32(acts.shape(2), f, "acts h");
-  require_size_fits_int32(acts.shape(3), f, "acts w");
+  require_size_fits_int32(acts_shape[2], f, "acts h");
+  require_size_fits_int32(acts_shape[3], f, "acts w");
   require_size_fits_int32(seg.shape(2), f, "seg S (shape[2])");
   require_size_fits_int32(seg.shape(3), f, "seg S (shape[3])");
   require_size_fits_int32(seg.shape(2) * seg.shape(3), f, "seg S * S");
@@ -123,7 +127,7 @@ inline TallyArgs check_tally_args(const py::array& acts, const py::array& thresh
   require_writeable(unit_area, f, "unit_area");
   require_writeable(concept_area, f, "concept_area");
 
-  require_no_nan_4d(acts, f, "acts");
+  if (acts_host != nullptr) require_no_nan_4d(*acts_host, f, "acts");
   require_no_nan_1d(thresholds, f, "thresholds");
   require_ids_in_range(seg, f, "seg", 0, concepts, "a concept id (0 = unlabelled)");
   require_ids_in_range(image_labels, f, "image_labels", 0, concepts,
@@ -133,11 +137,10 @@ inline TallyArgs check_tally_args(const py::array& acts, const py::array& thresh
                        "a category index", /*first=*/1);
 
   TallyArgs args{};
-  args.shape = TallyShape{n,           units,          acts.shape(2), acts.shape(3),
+  args.shape = TallyShape{n,           units,          acts_shape[2], acts_shape[3],
                           seg.shape(1), seg.shape(2),  seg.shape(3),  image_labels.shape(1),
                           concepts,    categories};
-  args.inputs = TallyInputs{static_cast<const float*>(acts.data()),
-                            static_cast<const float*>(thresholds.data()),
+  args.inputs = TallyInputs{acts, static_cast<const float*>(thresholds.data()),
                             static_cast<const int32_t*>(seg.data()),
                             static_cast<const int32_t*>(image_labels.data()),
                             static_cast<const uint8_t*>(image_categories.data())};
@@ -146,6 +149,23 @@ inline TallyArgs check_tally_args(const py::array& acts, const py::array& thresh
                             static_cast<int64_t*>(unit_area.mutable_data()),
                             static_cast<int64_t*>(concept_area.mutable_data())};
   return args;
+}
+
+// Checks dtypes, ranks, contiguity, named shapes, writeable counts, NaN in acts/thresholds and
+// the range of every id (seg and image labels in [0, C), concept categories in [0, G)).
+inline TallyArgs check_tally_args(const py::array& acts, const py::array& thresholds,
+                                  const py::array& seg, const py::array& image_labels,
+                                  const py::array& concept_category,
+                                  const py::array& image_categories,
+                                  py::array& intersection, py::array& unit_area_cat,
+                                  py::array& unit_area, py::array& concept_area) {
+  require_array<float>(acts, "tally", "acts", 4, "[N, U, h, w]");
+  const std::array<int64_t, 4> shape{acts.shape(0), acts.shape(1), acts.shape(2),
+                                     acts.shape(3)};
+  return check_tally_args_shaped(shape, static_cast<const float*>(acts.data()), &acts,
+                                 thresholds, seg, image_labels, concept_category,
+                                 image_categories, intersection, unit_area_cat, unit_area,
+                                 concept_area);
 }
 
 // Checks acts [N, U, h, w] and the output size for upsample_bilinear; returns [N, U, S_h, S_w].

@@ -57,16 +57,18 @@ __global__ void segment_offsets(int64_t count, int64_t len, int64_t* __restrict_
 }
 
 // out[u] = the k largest of state[u] and batch[:, u, :] (batch [n, units, hw]), descending.
+// `batch_on_device`: `batch` is already memory of `device` (not copied); else a host pointer.
 void topk_segments(const float* state, const float* batch, int64_t units, int64_t k, int64_t n,
-                   int64_t hw, float* out, int device) {
+                   int64_t hw, float* out, int device, bool batch_on_device) {
   if (units == 0 || k == 0) return;
   DeviceGuard guard(device);
   const int64_t len = k + n * hw;
   const int64_t chunk = std::clamp<int64_t>(kMaxChunkKeys / len, 1, units);
 
-  DeviceBuffer<float> d_state(units * k), d_batch(n * units * hw);
+  DeviceBuffer<float> d_state(units * k), d_copy(batch_on_device ? 0 : n * units * hw);
   upload(d_state.get(), state, units * k, "cudaMemcpy (state)");
-  upload(d_batch.get(), batch, n * units * hw, "cudaMemcpy (batch)");
+  if (!batch_on_device) upload(d_copy.get(), batch, n * units * hw, "cudaMemcpy (batch)");
+  const float* d_batch = batch_on_device ? batch : d_copy.get();
   DeviceBuffer<float> d_keys(chunk * len), d_sorted(chunk * len);
   DeviceBuffer<int64_t> d_offsets(chunk + 1);
   segment_offsets<<<static_cast<unsigned>((chunk + 1 + 255) / 256), 256>>>(chunk, len,
@@ -86,7 +88,7 @@ void topk_segments(const float* state, const float* batch, int64_t units, int64_
     const int64_t m = std::min(chunk, units - u0);
     const int64_t keys = m * len;
     const int64_t blocks = std::clamp<int64_t>((keys + 255) / 256, 1, int64_t{1} << 20);
-    gather_segments<<<static_cast<unsigned>(blocks), 256>>>(d_state.get(), d_batch.get(), u0, m,
+    gather_segments<<<static_cast<unsigned>(blocks), 256>>>(d_state.get(), d_batch, u0, m,
                                                             units, k, n, hw, d_keys.get());
     check(cudaGetLastError(), "gather_segments launch");
     size_t bytes = 0;
@@ -113,13 +115,18 @@ void topk_segments(const float* state, const float* batch, int64_t units, int64_
 
 void topk_merge(const float* state, const float* batch, int64_t units, int64_t k, int64_t n,
                 int64_t hw, float* out, int device) {
-  topk_segments(state, batch, units, k, n, hw, out, device);
+  topk_segments(state, batch, units, k, n, hw, out, device, /*batch_on_device=*/false);
+}
+
+void topk_merge_from_device(const float* state, const float* batch, int64_t units, int64_t k,
+                            int64_t n, int64_t hw, float* out, int device) {
+  topk_segments(state, batch, units, k, n, hw, out, device, /*batch_on_device=*/true);
 }
 
 void topk_merge_states(const float* a, const float* b, int64_t units, int64_t k, float* out,
                        int device) {
   // b [units, k] is a batch [1, units, k]: the k largest of a[u] and b[u].
-  topk_segments(a, b, units, k, 1, k, out, device);
+  topk_segments(a, b, units, k, 1, k, out, device, /*batch_on_device=*/false);
 }
 
 }  // namespace cuda

@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
                const uint8_t* __restrict__ image_categories, AxisView ay, AxisView ax,
                TallyShape s, unsigned long long* __restrict__ intersection,
                unsigned long long* __restrict__ unit_area_cat,
-               unsigned long long* __restrict__ unit_area) {
+               unsigned long long* __restrict__ unit_area, float* __restrict__ peaks) {
   const int lane = static_cast<int>(threadIdx.x & 31);
   const int64_t h = s.in_h, w = s.in_w, hw = h * w;
   const int64_t plane = s.seg_h * s.seg_w;
@@ -75,6 +75,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
       peak = fmaxf(peak, __shfl_xor_sync(kFullMask, peak, offset));
       absmax = fmaxf(absmax, __shfl_xor_sync(kFullMask, absmax, offset));
     }
+    if (peaks != nullptr && lane == 0) peaks[map] = peak;
     // The header's skip bound; NaN (infinite inputs) compares false and skips nothing.
     const double floor_ = static_cast<double>(t) - (1e-6 * static_cast<double>(absmax) + 1e-30);
     if (static_cast<double>(peak) < floor_) continue;  // the unit is silent on this image
@@ -174,6 +175,20 @@ __global__ void upsample(const float* __restrict__ acts, int64_t total, int64_t 
   }
 }
 
+// first = the smallest index i < count with data[i] NaN (with `finite`: or infinite).
+__global__ void first_nan(const float* __restrict__ data, int64_t count, bool finite,
+                          unsigned long long* __restrict__ first) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += step) {
+    const float v = data[i];
+    if (finite ? !isfinite(v) : isnan(v)) {
+      atomicMin(first, static_cast<unsigned long long>(i));
+      return;  // this thread's later indices are larger
+    }
+  }
+}
+
 int64_t blocks_for(int64_t work, int64_t per_block) {
   return std::clamp<int64_t>((work + per_block - 1) / per_block, 1, kMaxBlocks);
 }
@@ -186,9 +201,10 @@ void add_back(int64_t* counts, const unsigned long long* device, int64_t count, 
   for (int64_t i = 0; i < count; ++i) counts[i] += static_cast<int64_t>(host[i]);
 }
 
-}  // namespace
-
-void tally(const TallyInputs& in, const TallyShape& s, const TallyCounts& counts, int device) {
+// The tally with in.acts on the host (copied) or, with `acts_on_device`, already memory of
+// `device`; `peaks` (host [N, U]) receives each map's maximum when not null.
+void tally_impl(const TallyInputs& in, const TallyShape& s, const TallyCounts& counts,
+                int device, bool acts_on_device, float* peaks) {
   DeviceGuard guard(device);
   const int64_t plane = s.seg_h * s.seg_w;
   const int64_t n_acts = s.images * s.units * s.in_h * s.in_w;
@@ -213,10 +229,12 @@ void tally(const TallyInputs& in, const TallyShape& s, const TallyCounts& counts
   const int64_t maps = s.images * s.units;
   if (maps > 0) {
     const DeviceAxis ay(bilinear_axis(s.in_h, s.seg_h)), ax(bilinear_axis(s.in_w, s.seg_w));
-    DeviceBuffer<float> d_acts(n_acts), d_thresholds(s.units);
+    DeviceBuffer<float> d_copy(acts_on_device ? 0 : n_acts), d_thresholds(s.units);
+    DeviceBuffer<float> d_peaks(peaks != nullptr ? maps : 0);
     DeviceBuffer<uint8_t> d_cats(n_cats);
     DeviceBuffer<unsigned long long> d_inter(n_inter), d_area_cat(n_area_cat), d_area(s.units);
-    upload(d_acts.get(), in.acts, n_acts, "cudaMemcpy (acts)");
+    if (!acts_on_device) upload(d_copy.get(), in.acts, n_acts, "cudaMemcpy (acts)");
+    const float* d_acts = acts_on_device ? in.acts : d_copy.get();
     upload(d_thresholds.get(), in.thresholds, s.units, "cudaMemcpy (thresholds)");
     upload(d_cats.get(), in.image_categories, n_cats, "cudaMemcpy (image_categories)");
     check(cudaMemset(d_inter.get(), 0, sizeof(unsigned long long) * n_inter),
@@ -228,15 +246,41 @@ void tally(const TallyInputs& in, const TallyShape& s, const TallyCounts& counts
     check(cudaMemset(d_area.get(), 0, sizeof(unsigned long long) * s.units),
           "cudaMemset (unit_area)");
     tally_maps<<<static_cast<unsigned>(blocks_for(maps, kWarpsPerBlock)),
-                 kWarpsPerBlock * 32>>>(d_acts.get(), d_thresholds.get(), d_seg.get(),
-                                        d_labels.get(), d_cats.get(), ay.view(), ax.view(), s,
-                                        d_inter.get(), d_area_cat.get(), d_area.get());
+                 kWarpsPerBlock * 32>>>(d_acts, d_thresholds.get(), d_seg.get(), d_labels.get(),
+                                        d_cats.get(), ay.view(), ax.view(), s, d_inter.get(),
+                                        d_area_cat.get(), d_area.get(), d_peaks.get());
     check(cudaGetLastError(), "tally_maps launch");
+    if (peaks != nullptr) download(peaks, d_peaks.get(), maps, "cudaMemcpy (peaks)");
     add_back(counts.intersection, d_inter.get(), n_inter, "cudaMemcpy (intersection)");
     add_back(counts.unit_area_cat, d_area_cat.get(), n_area_cat, "cudaMemcpy (unit_area_cat)");
     add_back(counts.unit_area, d_area.get(), s.units, "cudaMemcpy (unit_area)");
   }
   add_back(counts.concept_area, d_concept_area.get(), s.concepts, "cudaMemcpy (concept_area)");
+}
+
+}  // namespace
+
+void tally(const TallyInputs& in, const TallyShape& s, const TallyCounts& counts, int device) {
+  tally_impl(in, s, counts, device, /*acts_on_device=*/false, nullptr);
+}
+
+void tally_from_device(const TallyInputs& in, const TallyShape& s, const TallyCounts& counts,
+                       int device, float* peaks) {
+  tally_impl(in, s, counts, device, /*acts_on_device=*/true, peaks);
+}
+
+int64_t find_nan_device(const float* data, int64_t count, bool finite, int device) {
+  if (count <= 0) return -1;
+  DeviceGuard guard(device);
+  constexpr unsigned long long kNone = ~0ull;
+  DeviceBuffer<unsigned long long> d_first(1);
+  upload(d_first.get(), &kNone, 1, "cudaMemcpy (first)");
+  first_nan<<<static_cast<unsigned>(blocks_for(count, 256 * 8)), 256>>>(data, count, finite,
+                                                                        d_first.get());
+  check(cudaGetLastError(), "first_nan launch");
+  unsigned long long first = kNone;
+  download(&first, d_first.get(), 1, "cudaMemcpy (first)");
+  return first == kNone ? -1 : static_cast<int64_t>(first);
 }
 
 void upsample_bilinear(const float* acts, int64_t planes, int64_t in_h, int64_t in_w,

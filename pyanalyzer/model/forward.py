@@ -9,12 +9,18 @@ gives the same results as two single runs, else batches run one image at a time
 Spatial maps come back as ``[N, C, H, W]`` whatever layout the model computes in (converted by
 :meth:`~pyanalyzer.model.graph.LayerInfo.to_nchw`, the one place that does it); ``nchw=False``
 gives the tensors exactly as the graph produces them.
+
+:meth:`ForwardEngine.iter_bound` leaves the maps where onnxruntime computed them (IOBinding):
+on the GPU with onnxruntime-gpu's CUDA provider, so that pyanalyzer's CUDA kernels read them
+there without a copy to the host (:class:`BoundMaps`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -53,6 +59,45 @@ def default_providers() -> list[str]:
     """CUDA first when onnxruntime-gpu is installed and sees a device, then CPU."""
     avail = available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail] or avail
+
+
+BOUND_SUFFIX = "::pyanalyzer_nchw_f32"
+"""Suffix of the extra outputs that :meth:`ForwardEngine.iter_bound` adds: each requested
+map as C-contiguous float32 ``[N, C, H, W]``, transposed and cast in the graph, so on the
+device that computes it."""
+
+
+@dataclass(frozen=True)
+class BoundMaps:
+    """One layer's maps of a batch, float32 ``[N, C, H, W]`` C-contiguous, left in the memory
+    where onnxruntime computed them (:meth:`ForwardEngine.iter_bound`).
+
+    Attributes:
+        value: the ``onnxruntime.OrtValue`` that owns the memory (keep this object while
+            :attr:`ptr` is used).
+        shape: ``(N, C, H, W)``.
+        device: ``"cuda"`` or ``"cpu"``.
+        device_id: the CUDA device index (0 on the CPU).
+    """
+
+    value: Any
+    shape: tuple[int, int, int, int]
+    device: str
+    device_id: int
+
+    @property
+    def ptr(self) -> int:
+        """The address of the first float (device memory when :attr:`device` is ``"cuda"``)."""
+        return int(self.value.data_ptr())
+
+    @property
+    def size(self) -> int:
+        """Number of floats."""
+        return math.prod(self.shape)
+
+    def numpy(self) -> np.ndarray:
+        """The maps as a host array (a copy from the device when they are on the GPU)."""
+        return np.ascontiguousarray(self.value.numpy(), dtype=np.float32)
 
 
 def random_input(
@@ -219,6 +264,107 @@ class ForwardEngine:
             return [(str(n), "") for n in layers]
         return [(info.name, info.layout) for info in (self.resolve(n) for n in layers)]
 
+    def _failure(self, exc: Exception, images: int) -> Exception:
+        """The one-line error for an onnxruntime failure on a batch of ``images``."""
+        if budget.is_out_of_memory(exc):
+            return budget.BudgetError(
+                budget.out_of_memory_message(exc, f"onnxruntime ran the model on {images} image(s)")
+            )
+        return ModelError(f"onnxruntime failed to run the model: {first_line(exc)}")
+
+    def _bound_session(self, layers: Sequence[tuple[str, str]]) -> Any:
+        """The cached session whose outputs are the given ``(name, layout)`` maps as float32
+        NCHW (:data:`BOUND_SUFFIX`: a Transpose for NHWC layers and a Cast, in the graph)."""
+        key = ("\0bound", *(n for n, _ in layers))
+        if key not in self._sessions:
+            m = onnx.ModelProto()
+            m.CopyFrom(self._batchable_proto())
+            for i, (name, layout) in enumerate(layers):
+                src = name
+                if layout == "nhwc":
+                    src = f"{name}::pyanalyzer_nchw"
+                    m.graph.node.append(onnx.helper.make_node(
+                        "Transpose", [name], [src], perm=[0, 3, 1, 2],
+                        name=f"pyanalyzer_bound_transpose_{i}",
+                    ))  # fmt: skip
+                m.graph.node.append(onnx.helper.make_node(
+                    "Cast", [src], [name + BOUND_SUFFIX], to=onnx.TensorProto.FLOAT,
+                    name=f"pyanalyzer_bound_cast_{i}",
+                ))  # fmt: skip
+            outs = [n + BOUND_SUFFIX for n, _ in layers]
+            self._sessions[key] = self._make_session(m, outs)
+        return self._sessions[key]
+
+    def bound_device(self, layers: Sequence[str]) -> tuple[str, int]:
+        """Where :meth:`iter_bound` leaves these layers' maps: ``("cuda", device id)`` when
+        their session runs on onnxruntime's CUDA provider, else ``("cpu", 0)``."""
+        sess = self._bound_session(self._layers(layers))
+        if sess.get_providers()[0] != "CUDAExecutionProvider":
+            return "cpu", 0
+        options = sess.get_provider_options().get("CUDAExecutionProvider", {})
+        return "cuda", int(options.get("device_id", 0) or 0)
+
+    def iter_bound(
+        self,
+        source: ImageSource,
+        layers: Sequence[str],
+        *,
+        batch_size: int = 32,
+        start: int = 0,
+        progress: bool = True,
+        label: str = "forward",
+    ) -> Iterator[tuple[range, dict[str, BoundMaps]]]:
+        """:meth:`iter_layers` with the maps left where onnxruntime computed them.
+
+        The outputs are bound (IOBinding) to the session's device, :meth:`bound_device`: GPU
+        memory with the CUDA provider, so that nothing is copied to the host unless asked
+        (:meth:`BoundMaps.numpy`); host memory otherwise. The maps are the same floats as
+        :meth:`iter_layers` gives, as float32 NCHW. A model that runs one image at a time
+        (:attr:`batch_mode` ``"loop"``) yields one image per item.
+
+        Yields:
+            ``(indices, {ONNX tensor name: BoundMaps})`` in source order.
+        """
+        from pyanalyzer._progress import progress_bar
+
+        if batch_size < 1:
+            raise UserInputError(f"batch size must be at least 1, got {batch_size}")
+        resolved = self._layers(layers)
+        names = [n for n, _ in resolved]
+        spec = self.preprocessing
+        n = len(source)
+        self.check_batch(layers, max(1, min(batch_size, n - start)))
+        device, device_id = self.bound_device(layers)
+        sess = self._bound_session(resolved)
+        self._batchable_proto()
+        step = 1 if self._batch_mode == "loop" else batch_size
+        starts = range(start, n, batch_size)
+        with progress_bar(len(starts), label=label, enabled=progress) as bar:
+            for s in starts:
+                stop = min(n, s + batch_size)
+                pix = np.stack([source.pixels(i, spec) for i in range(s, stop)])
+                x = np.asarray(spec.normalize(pix), dtype=self.input.numpy_dtype)
+                for b in range(0, stop - s, step):
+                    part = np.ascontiguousarray(x[b : b + step])
+                    binding = sess.io_binding()
+                    binding.bind_cpu_input(self.input.name, part)
+                    for name in names:
+                        binding.bind_output(name + BOUND_SUFFIX, device, device_id)
+                    try:
+                        sess.run_with_iobinding(binding)
+                    except Exception as exc:  # onnxruntime's own exception types are not public
+                        raise self._failure(exc, part.shape[0]) from None
+                    maps = {}
+                    for name, value in zip(names, binding.get_outputs(), strict=True):
+                        shape = tuple(int(d) for d in value.shape())
+                        if len(shape) != 4:
+                            raise ModelError(
+                                f"tensor {name!r} is not a 4-D map (shape {list(shape)})"
+                            )
+                        maps[name] = BoundMaps(value, shape, device, device_id)
+                    yield range(s + b, s + b + part.shape[0]), maps
+                bar.update(1)
+
     def run(
         self, x: np.ndarray, layers: Sequence[str], *, nchw: bool = True
     ) -> dict[str, np.ndarray]:
@@ -247,15 +393,7 @@ class ForwardEngine:
             try:
                 return list(sess.run(names, {feed_name: batch}))
             except Exception as exc:  # onnxruntime's own exception types are not public
-                if budget.is_out_of_memory(exc):
-                    raise budget.BudgetError(
-                        budget.out_of_memory_message(
-                            exc, f"onnxruntime ran the model on {batch.shape[0]} image(s)"
-                        )
-                    ) from None
-                raise ModelError(
-                    f"onnxruntime failed to run the model: {first_line(exc)}"
-                ) from None
+                raise self._failure(exc, batch.shape[0]) from None
 
         self._batchable_proto()
         if self._batch_mode == "loop" and x.shape[0] != 1:

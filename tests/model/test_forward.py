@@ -74,3 +74,52 @@ def test_cuda_provider_first_when_onnxruntime_gpu_is_installed(monkeypatch):
     assert default_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert default_providers() == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize(
+    ("make", "layers", "mode"),
+    [
+        (fac.tiny_cnn, ["relu1", "relu2", "fc1"], "native"),
+        (fac.tf2onnx_style, ["relu2", "transpose2", "maxpool1"], "native"),  # an NHWC map
+        (lambda d: fac.tiny_cnn(d, batch=1), ["relu1", "relu2"], "loop"),
+    ],
+)
+def test_iter_bound_gives_the_maps_of_iter_layers(tmp_path, make, layers, mode):
+    """The IOBinding stream: the same floats as iter_layers (NCHW float32, transposed and cast
+    in the graph), left in onnxruntime's memory (the host here), one image per item for a
+    model that runs one at a time; fc1 is not a spatial map and is refused."""
+    m = pa.load_model(make(tmp_path), check_parity=False)
+    spatial = [n for n in layers if n != "fc1"]
+    h, w = m.preprocessing.input_size
+    imgs = np.random.default_rng(3).integers(0, 256, size=(7, h, w, 3), dtype=np.uint8)
+    src = pa.ArraySource(imgs)
+    assert m.forward.bound_device(spatial) == ("cpu", 0)
+    ref = {}
+    for idx, outs in m.forward.iter_layers(src, spatial, batch_size=3, progress=False):
+        for k, v in outs.items():
+            ref.setdefault(k, []).append(v)
+    got: dict[str, list[np.ndarray]] = {}
+    seen = []
+    for idx, maps in m.forward.iter_bound(src, spatial, batch_size=3, progress=False):
+        seen.append(list(idx))
+        for k, bm in maps.items():
+            assert bm.device == "cpu" and bm.shape[0] == len(idx) and bm.size == bm.numpy().size
+            arr = bm.numpy()
+            assert arr.dtype == np.float32 and arr.flags.c_contiguous and arr.shape == bm.shape
+            # the pointer is the host memory of the OrtValue: the same floats read through it
+            view = np.ctypeslib.as_array(
+                (np.ctypeslib.ctypes.c_float * bm.size).from_address(bm.ptr)
+            ).reshape(bm.shape)
+            np.testing.assert_array_equal(view, arr)
+            got.setdefault(k, []).append(arr)
+    assert m.forward.batch_mode == mode
+    if mode == "loop":
+        assert seen == [[i] for i in range(7)]
+    else:
+        assert seen == [[0, 1, 2], [3, 4, 5], [6]]
+    assert set(got) == {m.layer(n).name for n in spatial}
+    for k in got:
+        np.testing.assert_array_equal(np.concatenate(got[k]), np.concatenate(ref[k]))
+    if "fc1" in layers:
+        with pytest.raises(pa.errors.ModelError, match="not a 4-D map"):
+            next(m.forward.iter_bound(src, ["fc1"], batch_size=3, progress=False))

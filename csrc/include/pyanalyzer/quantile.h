@@ -40,6 +40,12 @@ void topk_merge(const float* state, const float* batch, int64_t units, int64_t k
 void topk_merge_states(const float* a, const float* b, int64_t units, int64_t k, float* out,
                        int device);
 
+// topk_merge with `batch` a DEVICE pointer of device `device` (C-contiguous float32
+// [n, units, hw], validated by the caller: no NaN); state and out are host pointers. The batch
+// is read where it is, never copied; bitwise the CPU's result.
+void topk_merge_from_device(const float* state, const float* batch, int64_t units, int64_t k,
+                            int64_t n, int64_t hw, float* out, int device);
+
 }  // namespace cuda
 
 }  // namespace pyanalyzer

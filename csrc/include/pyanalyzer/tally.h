@@ -128,6 +128,18 @@ namespace cuda {
 // any CUDA error.
 void tally(const TallyInputs& in, const TallyShape& shape, const TallyCounts& counts, int device);
 
+// The same count with `in.acts` a DEVICE pointer of device `device` (C-contiguous float32
+// [N, U, h, w], e.g. an onnxruntime output bound to the GPU): the activations are read where
+// they are, never copied; the other inputs are host pointers as above. When `peaks` is not
+// null it receives each map's maximum (host float32 [N, U], the top images' ranking). The
+// call waits for the device before it returns (the counts are on the host then).
+void tally_from_device(const TallyInputs& in, const TallyShape& shape, const TallyCounts& counts,
+                       int device, float* peaks);
+
+// Flat index of the first NaN (with `finite` also: of the first infinity) among the `count`
+// floats at DEVICE pointer `data` of device `device`, or -1. Waits for the answer.
+int64_t find_nan_device(const float* data, int64_t count, bool finite, int device);
+
 // Same as pyanalyzer::upsample_bilinear on device `device` (host pointers); bitwise equal.
 void upsample_bilinear(const float* acts, int64_t planes, int64_t in_h, int64_t in_w,
                        int64_t out_h, int64_t out_w, float* out, int device);

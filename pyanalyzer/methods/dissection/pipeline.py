@@ -297,9 +297,13 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         self.concepts = [concept_number(inputs, c) for c in self.params.net2vec]
         self._check_memory(inputs)
         self.activations = "spill"
-        """How pass 2 gets the activations: read back from the spill files ("spill") or by
-        the forward pass again ("recompute", when the disk budget has no room for them)."""
-        if self.executor is None:
+        """How pass 2 gets the activations: read back from the spill files ("spill"), by the
+        forward pass again ("recompute", when the disk budget has no room for them), or by the
+        forward pass again on the GPU, where the CUDA kernels read them without a copy to the
+        host ("device": onnxruntime-gpu's CUDA provider and the CUDA kernels chosen)."""
+        if self.executor is None and not self.concepts and self._device_resident():
+            self.activations = "device"
+        elif self.executor is None:
             from pyanalyzer.budget import BudgetError
 
             try:
@@ -310,12 +314,24 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
                 self.activations = "recompute"
         return inputs
 
+    def _device_resident(self) -> bool:
+        """Whether the activations can stay on the GPU: the forward pass runs on
+        onnxruntime's CUDA provider and the tally on the CUDA kernels (device auto or cuda).
+        Recomputing the forward pass there costs less than a copy of every map to the host
+        and the disk and back."""
+        fwd = self.model.forward
+        if "CUDAExecutionProvider" not in fwd.providers or not _backend.uses_cuda(
+            self.params.device
+        ):
+            return False
+        return fwd.bound_device([i.name for i in self.infos])[0] == "cuda"
+
     def identify(self, inputs: BrodenDataset) -> Any:
         return {"dataset": inputs.digest, "net2vec": self.concepts}
 
     # ---- running -----------------------------------------------------------------------------
     def compute(self, inputs: BrodenDataset, checkpoint: Checkpoint) -> DissectionResult:
-        if self.executor is not None or self.activations == "recompute":
+        if self.executor is not None or self.activations in ("recompute", "device"):
             return self._compute_sharded(inputs, checkpoint)
         ds = inputs
         # Decode (or find cached) every label map first: a defective PNG is reported before
@@ -362,7 +378,8 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
 
     def _compute_sharded(self, ds: BrodenDataset, checkpoint: Checkpoint) -> DissectionResult:
         """The two passes over shards on :attr:`executor` (:mod:`.shards`), or here without
-        a spill: the same result as the local path, bit for bit; each finished shard is
+        a spill (recomputing the forward pass, on the GPU when the activations stay there):
+        the same result as the local path, bit for bit; each finished shard is
         checkpointed."""
         import hashlib
         import os
@@ -371,7 +388,7 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         from pyanalyzer.executor import LocalExecutor
         from pyanalyzer.methods.dissection import shards as sh
 
-        # no executor: the local engine without room for the spill, so recomputing
+        # no executor: the local engine recomputing (no room for the spill, or on the GPU)
         ex = self.executor if self.executor is not None else LocalExecutor()
         p = self.params
         if self.concepts:
@@ -423,7 +440,7 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
             }, force=True)  # fmt: skip
 
         t0 = time.perf_counter()
-        jobs1 = [sh.Pass1(x, layers, ks, p.batch_size, spill_dir) for x in shards
+        jobs1 = [sh.Pass1(x, layers, ks, p.batch_size, spill_dir, p.device) for x in shards
                  if x.index not in done1]  # fmt: skip
 
         def merged1(i: int, states: dict[str, np.ndarray]) -> None:

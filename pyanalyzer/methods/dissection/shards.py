@@ -13,9 +13,12 @@ the same images as in a local run, and onnxruntime computes the same floats). Tw
 Only top-k candidates and counts travel, never activations. Between the passes a worker keeps
 its shard's activations on its own disk when the disk budget allows (``spill``: pass 2 reads
 them back, or recomputes them when they are not on the worker that gets the shard), or
-recomputes the forward pass (``recompute``). The driver checkpoints every finished shard in
-the store, so a killed worker costs its shard and a killed driver, started again, skips the
-finished shards. Results are bitwise identical to the local engine's.
+recomputes the forward pass (``recompute``). The forward pass leaves the maps where
+onnxruntime computed them (:meth:`~pyanalyzer.model.forward.ForwardEngine.iter_bound`): on a GPU
+(onnxruntime-gpu) with the CUDA kernels chosen, the top-k merge and the tally read them there,
+and only top-k rows, counts and per-map peaks come back to the host. The driver checkpoints every
+finished shard in the store, so a killed worker costs its shard and a killed driver, started
+again, skips the finished shards. Results are bitwise identical to the local engine's.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pyanalyzer.errors import UserInputError
 
 if TYPE_CHECKING:
     from pyanalyzer.data.broden import BrodenDataset
+    from pyanalyzer.model.forward import BoundMaps
     from pyanalyzer.model.model import Model
 
 __all__ = ["Shard", "ShardRange", "merge_top", "pass1", "pass2", "plan", "spill_mode"]
@@ -70,6 +74,7 @@ class Pass1:
     k: tuple[int, ...]
     batch_size: int
     spill_dir: str | None
+    device: str = "auto"  # where the top-k merge runs (:func:`pyanalyzer._backend.kernels`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +95,32 @@ def _spill_path(spill_dir: str, alias: str, shard: Shard) -> Path:
 
 
 def _forward(model: Model, ds: Any, job: Pass1 | Pass2) -> Any:
+    """The shard's maps batch by batch (:class:`~pyanalyzer.model.forward.BoundMaps`), left
+    where onnxruntime computed them."""
     s = job.shard
     names = [name for name, _ in job.layers]
     view = ShardRange(ds, s.start, s.stop)
-    for idx, outs in model.forward.iter_layers(view, names, batch_size=job.batch_size,
-                                               progress=False):  # fmt: skip
+    for idx, outs in model.forward.iter_bound(view, names, batch_size=job.batch_size,
+                                              progress=False):  # fmt: skip
         yield range(s.start + idx.start, s.start + idx.stop), outs
+
+
+def _resident(maps: BoundMaps, device: str) -> bool:
+    """Whether the kernels read these maps where they are: on the GPU, with the CUDA kernels
+    chosen by ``device``."""
+    return maps.device == "cuda" and _backend.uses_cuda(device)
+
+
+def _check_finite(maps: BoundMaps | np.ndarray, alias: str, idx: range) -> None:
+    if isinstance(maps, np.ndarray):
+        bad = not np.isfinite(maps).all()
+    else:
+        bad = _backend.find_nan_device(maps.ptr, maps.size, finite=True, device=maps.device_id) >= 0
+    if bad:
+        raise UserInputError(
+            f"layer {alias} produced NaN or infinite activations on images "
+            f"{idx.start}..{idx.stop - 1}"
+        )
 
 
 def pass1(model: Model, ds: BrodenDataset, job: Pass1) -> dict[str, np.ndarray]:
@@ -115,13 +140,16 @@ def pass1(model: Model, ds: BrodenDataset, job: Pass1) -> dict[str, np.ndarray]:
                                       shape=(s.stop - s.start, u, h, w))  # fmt: skip
     for idx, outs in _forward(model, ds, job):
         for name, alias in job.layers:
-            acts = np.ascontiguousarray(outs[name], dtype=np.float32)
-            if not np.isfinite(acts).all():
-                raise UserInputError(
-                    f"layer {alias} produced NaN or infinite activations on images "
-                    f"{idx.start}..{idx.stop - 1}"
+            maps = outs[name]
+            if alias not in spills and _resident(maps, job.device):
+                _check_finite(maps, alias, idx)
+                states[alias] = _backend.topk_merge_device(
+                    states[alias], maps.ptr, maps.shape, maps.device_id
                 )
-            states[alias] = _backend.topk_merge(states[alias], acts)
+                continue
+            acts = maps.numpy()
+            _check_finite(acts, alias, idx)
+            states[alias] = _backend.topk_merge(states[alias], acts, device=job.device)
             if alias in spills:
                 spills[alias][idx.start - s.start : idx.stop - s.start] = acts
     for alias, mm in spills.items():
@@ -133,8 +161,8 @@ def pass1(model: Model, ds: BrodenDataset, job: Pass1) -> dict[str, np.ndarray]:
 
 
 def _acts(model: Model, ds: Any, job: Pass2) -> Any:
-    """The shard's activations batch by batch: from the spill when this worker has it, else
-    the forward pass again."""
+    """The shard's activations batch by batch: host arrays from the spill when this worker
+    has it, else the forward pass again (:class:`~pyanalyzer.model.forward.BoundMaps`)."""
     s = job.shard
     spills = {}
     if job.spill_dir is not None:
@@ -190,15 +218,23 @@ def pass2(model: Model, ds: BrodenDataset, job: Pass2) -> dict[str, np.ndarray]:
         ids = np.arange(idx.start, idx.stop)
         seg, image_labels, image_cats = ds.segmentation_batch(ids)
         for i, ((name, alias), thr) in enumerate(zip(job.layers, job.thresholds, strict=True)):
-            acts = np.ascontiguousarray(outs[name], dtype=np.float32)
+            maps = outs[name]
             area = out["concept_area"] if i == 0 else np.zeros(c, np.int64)
             counts = _backend.TallyCounts(
                 out[f"{alias}/intersection"], out[f"{alias}/unit_area_cat"],
                 out[f"{alias}/unit_area"], area,
             )  # fmt: skip
-            _backend.tally(acts, thr, seg, image_labels, concept_cat, image_cats, counts,
-                           device=job.device)  # fmt: skip
-            peak = acts.reshape(acts.shape[0], acts.shape[1], -1).max(axis=2).T  # [U, B]
+            if not isinstance(maps, np.ndarray) and _resident(maps, job.device):
+                peaks = np.empty(maps.shape[:2], np.float32)
+                _backend.tally_device(maps.ptr, maps.shape, thr, seg, image_labels, concept_cat,
+                                      image_cats, counts, peaks=peaks,
+                                      device=maps.device_id)  # fmt: skip
+                peak = peaks.T  # [U, B]
+            else:
+                acts = maps if isinstance(maps, np.ndarray) else maps.numpy()
+                _backend.tally(acts, thr, seg, image_labels, concept_cat, image_cats, counts,
+                               device=job.device)  # fmt: skip
+                peak = acts.reshape(acts.shape[0], acts.shape[1], -1).max(axis=2).T  # [U, B]
             out[f"{alias}/top_values"], out[f"{alias}/top_images"] = merge_top(
                 out[f"{alias}/top_values"], out[f"{alias}/top_images"], peak,
                 np.broadcast_to(ids, peak.shape), job.top_k,
