@@ -182,6 +182,8 @@ def dissect(
     source = "answered from the store" if method.from_store else "computed"
     if engine == "local" and not method.from_store and method.activations == "recompute":
         source += " (activations recomputed in pass 2: the disk had no room for the spill)"
+    if engine == "local" and not method.from_store and method.activations == "device":
+        source += " (activations kept on the GPU: the forward pass ran again there for pass 2)"
     if engine == "ray" and not method.from_store:
         source += (
             f" on Ray ({getattr(method, 'shards', 0)} shards; activations "
