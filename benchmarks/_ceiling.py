@@ -14,8 +14,10 @@ measured ratio, so that a target above the ceiling is recognisable as a hardware
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -26,12 +28,12 @@ def network_ms_per_image(
     batch: int,
     *,
     repeat: int = 20,
-) -> float:
+) -> tuple[float, float]:
     """Milliseconds per image of ``fn(x).sum().backward()`` for ``x [batch, *shape]`` (a
     gradient with respect to ``x`` only, as the methods need; ``fn`` picks the memory layout it
-    runs in, as the method does): the fastest of ``repeat`` runs. On a shared machine noise only
-    adds time, so the fastest run is the best estimate of the cost, and it errs on the side of
-    a higher ceiling."""
+    runs in, as the method does): ``(fastest, median)`` of ``repeat`` runs. On a shared machine
+    noise only adds time, so the fastest run is the best estimate of the cost, and it errs on
+    the side of a higher ceiling."""
     x = torch.rand(batch, *shape, requires_grad=True)
     times = []
     warm = 5  # oneDNN creates and caches its primitives in the first rounds
@@ -41,7 +43,35 @@ def network_ms_per_image(
         fn(x).sum().backward()
         if i >= warm:
             times.append(time.perf_counter() - t0)
-    return min(times) * 1e3 / batch
+    return min(times) * 1e3 / batch, statistics.median(times) * 1e3 / batch
+
+
+def trivial_model(like, channels: int, folder: str | Path):  # type: ignore[no-untyped-def]
+    """A network that costs next to nothing, with ``like``'s input and preprocessing: one 1x1
+    convolution of stride 8 to ``channels`` channels and a ReLU (its layer ``relu1``). A method
+    run on it times the method's own work per step (parametrization, transforms, loss,
+    priors, optimiser), the network's share being negligible and measured."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    import pyanalyzer as pa
+
+    spec = like.preprocessing
+    c, (h, w) = spec.channels, spec.input_size
+    weight = np.random.default_rng(0).standard_normal((channels, c, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["conv1"], kernel_shape=[1, 1],
+                          strides=[8, 8], name="conv1"),
+         helper.make_node("Relu", ["conv1"], ["relu1"], name="relu1")],
+        "trivial",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info("relu1", TensorProto.FLOAT, ["N", channels, -(-h // 8), -(-w // 8)])],
+        [onnx.numpy_helper.from_array(weight, "w")],
+    )  # fmt: skip
+    path = Path(folder) / "trivial.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return pa.load_model(path, preprocessing=spec, check_parity=False)
 
 
 def report(
@@ -53,13 +83,16 @@ def report(
     target: float,
     batched_ms: float | None = None,
     overhead_target: float = 1.15,
+    own_ms: float | None = None,
 ) -> float:
     """Print the network's cost per image at batch 1 and ``batch``, and the ceiling of the
-    batched/one-by-one ratio; with ``batched_ms`` (the method's batched cost per image and
-    step), last, that cost over the network alone at the same batch, against
-    ``overhead_target``. Returns the ceiling."""
-    single = network_ms_per_image(fn, shape, 1, repeat=50)
-    many = network_ms_per_image(fn, shape, batch)
+    batched/one-by-one ratio; with ``own_ms`` (the method's own work per image and step,
+    timed on :func:`trivial_model`), the floor of the overhead: what the overhead would be if
+    the network alone and that work cost exactly what they cost apart; with ``batched_ms``
+    (the method's batched cost per image and step), last, that cost over the network alone at
+    the same batch, against ``overhead_target``. Returns the ceiling."""
+    single, _ = network_ms_per_image(fn, shape, 1, repeat=50)
+    many, many_median = network_ms_per_image(fn, shape, batch)
     ceiling = one_by_one_ms / many
     print(
         f"network alone ({label}, forward + backward), per image: batch 1 {single:.3f} ms, "
@@ -70,7 +103,21 @@ def report(
         f"network alone at batch {batch}"
         + (f"; the target {target:g}x is above it on this machine" if ceiling < target else "")
     )
+    if own_ms is not None:
+        floor = (many + own_ms) / many
+        print(
+            f"floor       {floor:8.2f}x  = (network alone {many:.3f} + the method's own work "
+            f"{own_ms:.3f} ms per image and step, timed on a network that costs next to "
+            f"nothing) / network alone"
+            + (f"; the target {overhead_target:g}x is below it" if floor > overhead_target else "")
+        )
     if batched_ms is not None:
+        print(
+            f"noise       {many_median / many:8.2f}x  = the network alone's median pass / its "
+            f"fastest; the method's cost is a mean over its run, so on a shared machine the "
+            f"overhead below carries up to this factor; against the median: "
+            f"{batched_ms / many_median:.2f}x"
+        )
         print(
             f"overhead    {batched_ms / many:8.2f}x  = batched {batched_ms:.3f} ms per image and "
             f"step / network alone at batch {batch} {many:.3f} ms (target <= "

@@ -140,6 +140,27 @@ def test_compose_fuses_affine_steps_with_the_same_draws():
     assert standard_transforms()(torch.rand(2, 3, 20, 20), gen()).shape == (2, 3, 32, 32)
 
 
+@pytest.mark.parametrize(
+    ("pad", "fill", "fused"),
+    [(Pad(3, "constant", 0.5), 0.5, True), (Pad(3, "constant", 0.0), 0.5, False),
+     (Pad(3, "reflect"), 0.5, False)],
+    ids=["same-fill", "other-fill", "reflect"],
+)  # fmt: skip
+def test_a_constant_pad_joins_the_resampling_of_its_fill(pad, fill, fused):
+    """The pad as a shift inside the one resampling (no padded canvas) when the run fills
+    with its value: the padded-then-resampled image to float rounding; otherwise (another
+    fill, reflect) the pad runs on its own, as before, with no error about fills."""
+    x = torch.rand(4, 3, 12, 12)
+    steps = [pad, Jitter(2), RandomScale([0.9, 1.1], fill=fill), RandomRotate([-7, 7], fill=fill)]
+    compose = Compose(steps)
+    assert (compose._resampling(0, []) is not None) == fused
+    g = gen(9)
+    one_by_one = Compose(steps[1:])(pad(x, g), g)
+    got = compose(x, gen(9))
+    assert got.shape == one_by_one.shape == (4, 3, 16, 16)
+    torch.testing.assert_close(got, one_by_one, rtol=0, atol=1e-5)
+
+
 def test_same_generator_seed_same_transforms():
     x = torch.rand(4, 3, 16, 16)
     t = standard_transforms()
