@@ -78,12 +78,14 @@ class BoundMaps:
         shape: ``(N, C, H, W)``.
         device: ``"cuda"`` or ``"cpu"``.
         device_id: the CUDA device index (0 on the CPU).
+        host: the host array that :attr:`value` wraps, when the maps were made on the host.
     """
 
     value: Any
     shape: tuple[int, int, int, int]
     device: str
     device_id: int
+    host: np.ndarray | None = None
 
     @property
     def ptr(self) -> int:
@@ -96,8 +98,19 @@ class BoundMaps:
         return math.prod(self.shape)
 
     def numpy(self) -> np.ndarray:
-        """The maps as a host array (a copy from the device when they are on the GPU)."""
-        return np.ascontiguousarray(self.value.numpy(), dtype=np.float32)
+        """The maps as a host array that owns its memory (a copy: ``OrtValue.numpy()`` may
+        give a view that outlives nothing), or :attr:`host` itself."""
+        if self.host is not None:
+            return self.host
+        return np.array(self.value.numpy(), dtype=np.float32, order="C", copy=True)
+
+
+def _host_maps(maps: np.ndarray) -> BoundMaps:
+    """Host maps (float32 ``[N, C, H, W]``) as :class:`BoundMaps`."""
+    import onnxruntime as ort
+
+    arr = np.ascontiguousarray(maps, dtype=np.float32)
+    return BoundMaps(ort.OrtValue.ortvalue_from_numpy(arr), arr.shape, "cpu", 0, host=arr)
 
 
 def random_input(
@@ -320,7 +333,8 @@ class ForwardEngine:
         memory with the CUDA provider, so that nothing is copied to the host unless asked
         (:meth:`BoundMaps.numpy`); host memory otherwise. The maps are the same floats as
         :meth:`iter_layers` gives, as float32 NCHW. A model that runs one image at a time
-        (:attr:`batch_mode` ``"loop"``) yields one image per item.
+        (:attr:`batch_mode` ``"loop"``) yields one image per item on the GPU; on the CPU its
+        images are joined into the batch.
 
         Yields:
             ``(indices, {ONNX tensor name: BoundMaps})`` in source order.
@@ -338,31 +352,45 @@ class ForwardEngine:
         sess = self._bound_session(resolved)
         self._batchable_proto()
         step = 1 if self._batch_mode == "loop" else batch_size
+
+        def run_part(part: np.ndarray) -> dict[str, BoundMaps]:
+            part = np.ascontiguousarray(part)  # kept alive: the binding does not hold it
+            binding = sess.io_binding()
+            binding.bind_cpu_input(self.input.name, part)
+            for name in names:
+                binding.bind_output(name + BOUND_SUFFIX, device, device_id)
+            try:
+                sess.run_with_iobinding(binding)
+            except Exception as exc:  # onnxruntime's own exception types are not public
+                raise self._failure(exc, part.shape[0]) from None
+            maps = {}
+            for name, value in zip(names, binding.get_outputs(), strict=True):
+                shape = tuple(int(d) for d in value.shape())
+                if len(shape) != 4:
+                    raise ModelError(f"tensor {name!r} is not a 4-D map (shape {list(shape)})")
+                maps[name] = BoundMaps(value, shape, device, device_id)
+            return maps
+
         starts = range(start, n, batch_size)
         with progress_bar(len(starts), label=label, enabled=progress) as bar:
             for s in starts:
                 stop = min(n, s + batch_size)
                 pix = np.stack([source.pixels(i, spec) for i in range(s, stop)])
                 x = np.asarray(spec.normalize(pix), dtype=self.input.numpy_dtype)
-                for b in range(0, stop - s, step):
-                    part = np.ascontiguousarray(x[b : b + step])
-                    binding = sess.io_binding()
-                    binding.bind_cpu_input(self.input.name, part)
-                    for name in names:
-                        binding.bind_output(name + BOUND_SUFFIX, device, device_id)
-                    try:
-                        sess.run_with_iobinding(binding)
-                    except Exception as exc:  # onnxruntime's own exception types are not public
-                        raise self._failure(exc, part.shape[0]) from None
-                    maps = {}
-                    for name, value in zip(names, binding.get_outputs(), strict=True):
-                        shape = tuple(int(d) for d in value.shape())
-                        if len(shape) != 4:
-                            raise ModelError(
-                                f"tensor {name!r} is not a 4-D map (shape {list(shape)})"
-                            )
-                        maps[name] = BoundMaps(value, shape, device, device_id)
-                    yield range(s + b, s + b + part.shape[0]), maps
+                if step >= stop - s:
+                    yield range(s, stop), run_part(x)
+                elif device == "cpu":  # one image at a time, joined into the batch on the host
+                    parts = [run_part(x[b : b + 1]) for b in range(stop - s)]
+                    yield (
+                        range(s, stop),
+                        {
+                            name: _host_maps(np.concatenate([p[name].numpy() for p in parts]))
+                            for name in names
+                        },
+                    )
+                else:  # one image at a time, each left on the device
+                    for b in range(stop - s):
+                        yield range(s + b, s + b + 1), run_part(x[b : b + 1])
                 bar.update(1)
 
     def run(

@@ -86,8 +86,9 @@ def test_cuda_provider_first_when_onnxruntime_gpu_is_installed(monkeypatch):
 )
 def test_iter_bound_gives_the_maps_of_iter_layers(tmp_path, make, layers, mode):
     """The IOBinding stream: the same floats as iter_layers (NCHW float32, transposed and cast
-    in the graph), left in onnxruntime's memory (the host here), one image per item for a
-    model that runs one at a time; fc1 is not a spatial map and is refused."""
+    in the graph), left in onnxruntime's memory (the host here), in the same batches (a model
+    that runs one image at a time has them joined on the host); fc1 is not a spatial map and
+    is refused."""
     m = pa.load_model(make(tmp_path), check_parity=False)
     spatial = [n for n in layers if n != "fc1"]
     h, w = m.preprocessing.input_size
@@ -95,7 +96,7 @@ def test_iter_bound_gives_the_maps_of_iter_layers(tmp_path, make, layers, mode):
     src = pa.ArraySource(imgs)
     assert m.forward.bound_device(spatial) == ("cpu", 0)
     ref = {}
-    for idx, outs in m.forward.iter_layers(src, spatial, batch_size=3, progress=False):
+    for _, outs in m.forward.iter_layers(src, spatial, batch_size=3, progress=False):
         for k, v in outs.items():
             ref.setdefault(k, []).append(v)
     got: dict[str, list[np.ndarray]] = {}
@@ -113,10 +114,7 @@ def test_iter_bound_gives_the_maps_of_iter_layers(tmp_path, make, layers, mode):
             np.testing.assert_array_equal(view, arr)
             got.setdefault(k, []).append(arr)
     assert m.forward.batch_mode == mode
-    if mode == "loop":
-        assert seen == [[i] for i in range(7)]
-    else:
-        assert seen == [[0, 1, 2], [3, 4, 5], [6]]
+    assert seen == [[0, 1, 2], [3, 4, 5], [6]]  # one image at a time: joined on the host
     assert set(got) == {m.layer(n).name for n in spatial}
     for k in got:
         np.testing.assert_array_equal(np.concatenate(got[k]), np.concatenate(ref[k]))

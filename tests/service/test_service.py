@@ -460,8 +460,10 @@ def test_cancel_and_queue_cap(start_server: Any, default_model: Path) -> None:
 
 def test_events_stream_progress_to_the_end(shared: Any) -> None:
     client = shared["client"]
+    # ~2 s of work: the stream polls every 0.25 s, and a job of 40 steps (0.2 s now) could go
+    # from queued to done between two polls.
     r = _submit(client, {"model": shared["model"]["id"], "method": "actmax",
-                         "params": {"layer": "relu5", "units": "0-3", "steps": 40, "seed": 7}})  # fmt: skip
+                         "params": {"layer": "relu5", "units": "0-3", "steps": 400, "seed": 7}})  # fmt: skip
     events = []
     with client.stream("GET", f"/v1/jobs/{r.json()['id']}/events", timeout=120) as stream:
         for line in stream.iter_lines():
