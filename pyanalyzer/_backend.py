@@ -429,26 +429,42 @@ def tally(
     """
     module = kernels(device)
     acts_ = _as(acts, np.float32, "fiub", "acts")
+    module.tally(
+        acts_,
+        *_tally_inputs(acts_.shape[0] if acts_.ndim else 0, thresholds, seg, image_labels,
+                       concept_category, image_categories),
+        counts.intersection,
+        counts.unit_area_cat,
+        counts.unit_area,
+        counts.concept_area,
+    )  # fmt: skip
+    return counts
+
+
+def _tally_inputs(
+    n: int,
+    thresholds: npt.ArrayLike,
+    seg: npt.ArrayLike,
+    image_labels: npt.ArrayLike | None,
+    concept_category: npt.ArrayLike,
+    image_categories: npt.ArrayLike,
+) -> tuple[np.ndarray, ...]:
+    """The tally's inputs after the activations, as the bindings take them (``n`` images:
+    the row count of the empty image labels that None stands for)."""
     if image_labels is None:
-        image_labels = np.zeros((acts_.shape[0] if acts_.ndim else 0, 0), np.int32)
+        image_labels = np.zeros((n, 0), np.int32)
     cats = np.asarray(image_categories)
     if cats.dtype.kind not in "iub":
         raise ValueError(f"image_categories must have a bool or integer dtype, got {cats.dtype}")
     if cats.dtype != np.uint8:
         cats = cats != 0
-    module.tally(
-        acts_,
+    return (
         _as(thresholds, np.float32, "fiub", "thresholds"),
         _as_int32(seg, "seg"),
         _as_int32(image_labels, "image_labels"),
         _as_int32(concept_category, "concept_category"),
         np.ascontiguousarray(cats, dtype=np.uint8),
-        counts.intersection,
-        counts.unit_area_cat,
-        counts.unit_area,
-        counts.concept_area,
     )
-    return counts
 
 
 def uses_cuda(device: str = "auto") -> bool:
@@ -520,18 +536,10 @@ def tally_device(
     """
     index = _cuda_index(device)
     dims = tuple(int(d) for d in shape)
-    if image_labels is None:
-        image_labels = np.zeros((dims[0] if dims else 0, 0), np.int32)
-    cats = np.asarray(image_categories)
-    if cats.dtype.kind not in "iub":
-        raise ValueError(f"image_categories must have a bool or integer dtype, got {cats.dtype}")
     _core_cuda.tally_device(  # type: ignore[union-attr]
         int(ptr), dims,
-        _as(thresholds, np.float32, "fiub", "thresholds"),
-        _as_int32(seg, "seg"),
-        _as_int32(image_labels, "image_labels"),
-        _as_int32(concept_category, "concept_category"),
-        np.ascontiguousarray(cats != 0 if cats.dtype != np.uint8 else cats, dtype=np.uint8),
+        *_tally_inputs(dims[0] if dims else 0, thresholds, seg, image_labels, concept_category,
+                       image_categories),
         counts.intersection, counts.unit_area_cat, counts.unit_area, counts.concept_area,
         peaks, index,
     )  # fmt: skip
