@@ -596,7 +596,9 @@ class Analysis(ABC, Generic[P, R]):
             self.store,
             model_sha256=self.model.sha256,
             method=self.method,
-            params=self.key_params(prepared),
+            # the key only serves a store: without one, no hashing of the inputs (a folder's
+            # files, a dataset) before the work starts
+            params=self.key_params(prepared) if self.store is not None else None,
             revision=self.revision,
             compute=lambda ckpt: compute(prepared, ckpt),
             result_type=self.result_type,
