@@ -193,7 +193,9 @@ def write_cache(
         if K:
             dseg = f.create_dataset(
                 "seg", (n, K, sh, sw), dtype=dtype, chunks=(1, K, sh, sw),
-                compression="gzip", compression_opts=4, shuffle=True,
+                # lzf: every dissection reads every map back; gzip made the reads 2x slower
+                # (1,000 maps of 3x56x56: 0.057 s against 0.029 s) for a file 2.4x smaller
+                compression="lzf",
             )  # fmt: skip
         else:
             dseg = f.create_dataset("seg", (n, 0, sh, sw), dtype=dtype)
