@@ -50,6 +50,27 @@ def test_nhwc_layout_and_roundtrip():
     np.testing.assert_allclose(s.denormalize(x), pix, atol=1e-3)
 
 
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64, np.int32, bool])
+def test_normalize_is_bitwise_the_plain_formula(preset, layout, dtype):
+    """The in-place transform (pixels reordered first, one float32 conversion) gives the
+    floats of ``(float32(x)[order] * scale - mean) / std`` transposed, bit for bit."""
+    s = _spec(model_layout=layout, preset=preset, layout=layout)
+    pix = np.random.default_rng(4).integers(0, 256, size=(3, 5, 7, 3)).astype(dtype)
+    x = np.asarray(pix, dtype=np.float32)
+    if s.channel_order == "bgr":
+        x = x[..., ::-1]
+    mean = np.asarray(s.mean, np.float32)
+    std = np.asarray(s.std, np.float32)
+    want = (x * np.float32(s.scale) - mean) / std
+    if layout == "nchw":
+        want = want.transpose(0, 3, 1, 2)
+    got = s.normalize(pix)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.uint32), np.ascontiguousarray(want).view(np.uint32))
+
+
 def test_torch_twin_matches_numpy():
     for preset in PRESETS:
         for layout in ("nchw", "nhwc"):
