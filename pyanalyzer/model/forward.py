@@ -343,15 +343,9 @@ class ForwardEngine:
         Yields:
             ``(indices, {ONNX tensor name: BoundMaps})`` in source order.
         """
-        from pyanalyzer._progress import progress_bar
-
-        if batch_size < 1:
-            raise UserInputError(f"batch size must be at least 1, got {batch_size}")
+        batches = self._input_batches(source, layers, batch_size, start, progress, label)
         resolved = self._layers(layers)
         names = [n for n, _ in resolved]
-        spec = self.preprocessing
-        n = len(source)
-        self.check_batch(layers, max(1, min(batch_size, n - start)))
         device, device_id = self.bound_device(layers)
         sess = self._bound_session(resolved)
         self._batchable_proto()
@@ -375,27 +369,22 @@ class ForwardEngine:
                 maps[name] = BoundMaps(value, shape, device, device_id)
             return maps
 
-        starts = range(start, n, batch_size)
-        with progress_bar(len(starts), label=label, enabled=progress) as bar:
-            for s in starts:
-                stop = min(n, s + batch_size)
-                pix = np.stack([source.pixels(i, spec) for i in range(s, stop)])
-                x = np.asarray(spec.normalize(pix), dtype=self.input.numpy_dtype)
-                if step >= stop - s:
-                    yield range(s, stop), run_part(x)
-                elif device == "cpu":  # one image at a time, joined into the batch on the host
-                    parts = [run_part(x[b : b + 1]) for b in range(stop - s)]
-                    yield (
-                        range(s, stop),
-                        {
-                            name: _host_maps(np.concatenate([p[name].numpy() for p in parts]))
-                            for name in names
-                        },
-                    )
-                else:  # one image at a time, each left on the device
-                    for b in range(stop - s):
-                        yield range(s + b, s + b + 1), run_part(x[b : b + 1])
-                bar.update(1)
+        for idx, normalized in batches:
+            x = np.asarray(normalized, dtype=self.input.numpy_dtype)
+            if step >= len(idx):
+                yield idx, run_part(x)
+            elif device == "cpu":  # one image at a time, joined into the batch on the host
+                parts = [run_part(x[b : b + 1]) for b in range(len(idx))]
+                yield (
+                    idx,
+                    {
+                        name: _host_maps(np.concatenate([p[name].numpy() for p in parts]))
+                        for name in names
+                    },
+                )
+            else:  # one image at a time, each left on the device
+                for b, i in enumerate(idx):
+                    yield range(i, i + 1), run_part(x[b : b + 1])
 
     def run(
         self, x: np.ndarray, layers: Sequence[str], *, nchw: bool = True
@@ -456,6 +445,21 @@ class ForwardEngine:
             ``(indices, {tensor name: [B, ...]})`` per batch, in source order (spatial maps
             as ``[B, C, H, W]`` unless ``nchw=False``).
         """
+        for idx, x in self._input_batches(source, layers, batch_size, start, progress, label):
+            yield idx, self.run(x, layers, nchw=nchw)
+
+    def _input_batches(
+        self,
+        source: ImageSource,
+        layers: Sequence[str],
+        batch_size: int,
+        start: int,
+        progress: bool,
+        label: str,
+    ) -> Iterator[tuple[range, np.ndarray]]:
+        """The source's images from ``start`` in batches, read and normalized
+        (:meth:`PreprocessSpec.normalize`), with a progress bar of the batches. The batch size
+        and the memory budget for ``layers`` are checked now, before any batch is read."""
         from pyanalyzer._progress import progress_bar
 
         if batch_size < 1:
@@ -464,9 +468,12 @@ class ForwardEngine:
         n = len(source)
         self.check_batch(layers, max(1, min(batch_size, n - start)))
         starts = range(start, n, batch_size)
-        with progress_bar(len(starts), label=label, enabled=progress) as bar:
-            for s in starts:
-                idx = range(s, min(n, s + batch_size))
-                pix = np.stack([source.pixels(i, spec) for i in idx])
-                yield idx, self.run(spec.normalize(pix), layers, nchw=nchw)
-                bar.update(1)
+
+        def batches() -> Iterator[tuple[range, np.ndarray]]:
+            with progress_bar(len(starts), label=label, enabled=progress) as bar:
+                for s in starts:
+                    idx = range(s, min(n, s + batch_size))
+                    yield idx, spec.normalize(np.stack([source.pixels(i, spec) for i in idx]))
+                    bar.update(1)
+
+        return batches()

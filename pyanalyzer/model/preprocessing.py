@@ -170,8 +170,6 @@ class PreprocessSpec:
             raise PreprocessingError(
                 f"expected pixels of shape [N, H, W, {self.channels}], got {list(x.shape)}"
             )
-        if x.dtype.kind not in "biuf":
-            x = x.astype(np.float32)  # refuses what is not a number, as before
         if self.channels == 3 and self.channel_order == "bgr":
             x = x[..., ::-1]
         mean, std = self._stats()
