@@ -117,8 +117,10 @@ class GradientEngine:
     def __init__(
         self, proto: onnx.ModelProto, input_name: str, layouts: Mapping[str, str] | None = None
     ):
+        from pyanalyzer._memory import keep_freed_buffers
         from pyanalyzer.model import converters
 
+        keep_freed_buffers()  # gradient work reallocates big tensors every step
         converters.register()
         m = onnx.ModelProto()
         m.CopyFrom(proto)
