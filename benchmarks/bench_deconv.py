@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import os
 import statistics
 import tempfile
@@ -70,8 +71,8 @@ def _deconv_module(model):
     return gm
 
 
-def autograd_projection(model, x: np.ndarray, tensor: str, unit: int) -> np.ndarray:
-    gm = _deconv_module(model)
+def autograd_projection(model, gm, x: np.ndarray, tensor: str, unit: int) -> np.ndarray:
+    """One unit projected by autograd through ``gm`` (:func:`_deconv_module`, made once)."""
     node, _ = model.gradient._producer[tensor]
     got = {}
     h = gm.get_submodule(node).register_forward_hook(lambda m, i, o: got.__setitem__("a", o))
@@ -84,10 +85,10 @@ def autograd_projection(model, x: np.ndarray, tensor: str, unit: int) -> np.ndar
     return xt.grad.numpy()
 
 
-def shared_forward(model, x: np.ndarray, tensor: str, units: list[int]) -> tuple[float, float]:
+def shared_forward(model, gm, x: np.ndarray, tensor: str, units: list[int]) -> tuple[float, float]:
     """Autograd with the forward shared: ``(forward seconds, backward seconds per unit)``."""
-    gm = _deconv_module(model)
     node, _ = model.gradient._producer[tensor]
+    gc.collect()
     got = {}
     h = gm.get_submodule(node).register_forward_hook(lambda m, i, o: got.__setitem__("a", o))
     xt = torch.from_numpy(x).requires_grad_(True)
@@ -119,13 +120,19 @@ def main() -> None:
         layer = [x for x in model.layers if x.op == "Relu"][-1]
         x = np.random.default_rng(0).normal(size=(args.batch, 3, 227, 227)).astype(np.float32)
         walker = Projector(model, "deconv", device="cpu")
+        # The autograd contender's module, made once (a copy per call would be timed and would
+        # leave cyclic garbage); every timed call starts after a collection, so that no
+        # contender pays for another's garbage.
+        gm = _deconv_module(model)
         ours, theirs = [], []
         for _ in range(args.repeat + 1):  # interleaved; the first round warms up
+            gc.collect()
             t0 = time.perf_counter()
             a = walker.project(x, layer.name, 7).pixels
             ours.append(time.perf_counter() - t0)
+            gc.collect()
             t0 = time.perf_counter()
-            b = autograd_projection(model, x, layer.name, 7)
+            b = autograd_projection(model, gm, x, layer.name, 7)
             theirs.append(time.perf_counter() - t0)
         o, t = statistics.median(ours[1:]), statistics.median(theirs[1:])
         err = np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)
@@ -136,14 +143,16 @@ def main() -> None:
         # several units of the layer: project_units against one autograd call per unit
         units = list(range(args.units))
         ours, theirs, shared = [], [], []
-        for _ in range(max(2, args.repeat // 2) + 1):
+        for _ in range(args.repeat + 1):  # interleaved; the first round warms up
+            gc.collect()
             t0 = time.perf_counter()
             many = walker.project_units(x, layer.name, units)
             ours.append(time.perf_counter() - t0)
+            gc.collect()
             t0 = time.perf_counter()
-            refs = [autograd_projection(model, x, layer.name, u) for u in units]
+            refs = [autograd_projection(model, gm, x, layer.name, u) for u in units]
             theirs.append(time.perf_counter() - t0)
-            shared.append(shared_forward(model, x, layer.name, units))
+            shared.append(shared_forward(model, gm, x, layer.name, units))
         o, t = statistics.median(ours[1:]), statistics.median(theirs[1:])
         fwd = statistics.median(f for f, _ in shared[1:])
         bwd = statistics.median(b for _, b in shared[1:])
