@@ -13,7 +13,8 @@ relu5 on the default model spent about a quarter of its time in page faults
 :func:`keep_freed_buffers` raises both thresholds once, so that freed buffers stay in the
 heap and the next step reuses them (what PyTorch's CPU tuning guide gets from tcmalloc or
 jemalloc, without preloading a library). The cost is memory: a process keeps up to
-:data:`TRIM_THRESHOLD` of freed memory instead of returning it at once. It changes nothing
+:data:`TRIM_THRESHOLD` of freed memory (less on a small machine, :func:`thresholds`) instead of
+returning it at once. It changes nothing
 where the C library is not glibc, where the user tuned malloc through the environment
 (``MALLOC_*_`` or ``GLIBC_TUNABLES``), or where ``PYANALYZER_MALLOC=default``.
 """
@@ -24,13 +25,28 @@ import ctypes
 import os
 import threading
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_buffers"]
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_buffers", "thresholds"]
 
 MMAP_THRESHOLD = 256 * 2**20
-"""Buffers up to this size come from the heap (and are reused) instead of a fresh mapping."""
+"""Buffers up to this size come from the heap (and are reused) instead of a fresh mapping (at
+most; a quarter of :func:`thresholds`' trim threshold on a small machine)."""
 
 TRIM_THRESHOLD = 1024 * 2**20
-"""Free memory at the top of the heap kept for reuse before it is returned to the kernel."""
+"""Free memory at the top of the heap kept for reuse before it is returned to the kernel (at
+most; a sixteenth of the memory the process may use on a smaller machine)."""
+
+
+def thresholds() -> tuple[int, int]:
+    """``(mmap threshold, trim threshold)`` in bytes for this machine: :data:`MMAP_THRESHOLD`
+    and :data:`TRIM_THRESHOLD`, scaled down where the process may use less than 16 GiB (its
+    machine's, container's or address-space limit, :func:`pyanalyzer.budget.physical_memory`),
+    so that memory kept for reuse stays a small part of it."""
+    from pyanalyzer.budget import physical_memory
+
+    total = physical_memory()
+    trim = TRIM_THRESHOLD if total is None else min(TRIM_THRESHOLD, max(32 * 2**20, total // 16))
+    return min(MMAP_THRESHOLD, trim // 4), trim
+
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
@@ -68,9 +84,10 @@ def keep_freed_buffers() -> bool:
                     return False
                 mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
                 mallopt.restype = ctypes.c_int
+                mmap, trim = thresholds()
                 # The trim threshold first: setting either one turns off glibc's own
                 # adjustment of both, and the mmap threshold alone would leave 128 KiB trims.
-                _state = bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(
-                    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                _state = bool(mallopt(_M_TRIM_THRESHOLD, trim)) and bool(
+                    mallopt(_M_MMAP_THRESHOLD, mmap)
                 )
         return _state

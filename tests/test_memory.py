@@ -77,7 +77,28 @@ def _is_glibc() -> bool:
     return True
 
 
+def _big_enough() -> bool:
+    from pyanalyzer._memory import thresholds
+
+    return thresholds()[0] > 48 * 2**20  # a machine of at least 4 GiB
+
+
+def test_thresholds_scale_with_the_memory_the_process_may_use(monkeypatch):
+    from pyanalyzer import _memory, budget
+
+    gib = 2**30
+    for total, expected in [
+        (None, (256 * 2**20, gib)),  # unknown: the defaults
+        (64 * gib, (256 * 2**20, gib)),  # capped
+        (4 * gib, (64 * 2**20, 256 * 2**20)),  # a sixteenth, a quarter of that
+        (256 * 2**20, (8 * 2**20, 32 * 2**20)),  # never below 32 MiB of trim
+    ]:
+        monkeypatch.setattr(budget, "physical_memory", lambda total=total: total)
+        assert _memory.thresholds() == expected
+
+
 @pytest.mark.skipif(not _is_glibc(), reason="the thresholds are glibc's")
+@pytest.mark.skipif(not _big_enough(), reason="a 48 MiB buffer is above this machine's threshold")
 def test_freed_buffers_are_reused_instead_of_faulted_in_again():
     plain = _probe("none")
     kept = _probe("keep")
@@ -89,6 +110,7 @@ def test_freed_buffers_are_reused_instead_of_faulted_in_again():
 
 
 @pytest.mark.skipif(not _is_glibc(), reason="the thresholds are glibc's")
+@pytest.mark.skipif(not _big_enough(), reason="a 48 MiB buffer is above this machine's threshold")
 def test_the_gradient_engine_sets_them_when_gradient_work_starts():
     assert _probe("engine")["faults"] <= 0.05 * 7 * _PAGES
 
