@@ -25,7 +25,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -517,41 +516,22 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
     def _phase1(
         self, ds: BrodenDataset, checkpoint: Checkpoint, states: list[_LayerState], start: int
     ) -> None:
+        n = len(ds)
         names = [st.name for st in states]
-        # A batch's maps are checked, spilled and merged on a second thread while the next batch
-        # is read, decoded (which holds the GIL, on one core) and run: numpy's checks and copies
-        # and the core's merge release the GIL. One batch at most is in flight, and a batch is
-        # checkpointed only once it is merged.
-        with ThreadPoolExecutor(1, thread_name_prefix="pyanalyzer-dissect") as pool:
-            pending: tuple[Future[None], int] | None = None
-            for idx, outs in self.model.forward.iter_layers(
-                ds, names, batch_size=self.params.batch_size, start=start,
-                progress=self.progress, label="dissect: forward",
-            ):  # fmt: skip
-                if pending is not None:
-                    self._merged(checkpoint, states, *pending)
-                pending = (pool.submit(self._absorb, states, idx, outs), idx.stop)
-            if pending is not None:
-                self._merged(checkpoint, states, *pending)
-
-    @staticmethod
-    def _absorb(states: list[_LayerState], idx: range, outs: dict[str, np.ndarray]) -> None:
-        """Pass 1's work on one batch: check, spill and merge into the top-k of each layer."""
-        for st in states:
-            acts = np.ascontiguousarray(outs[st.name], dtype=np.float32)  # NCHW
-            if not np.isfinite(acts).all():
-                raise UserInputError(
-                    f"layer {st.alias} produced NaN or infinite activations on images "
-                    f"{idx.start}..{idx.stop - 1}"
-                )
-            st.acts[idx.start : idx.stop] = acts
-            st.topk = _backend.topk_merge(st.topk, acts)
-
-    def _merged(
-        self, checkpoint: Checkpoint, states: list[_LayerState], work: Future[None], stop: int
-    ) -> None:
-        work.result()  # its error, if any, is raised here
-        self._checkpoint(checkpoint, states, 1, stop)
+        for idx, outs in self.model.forward.iter_layers(
+            ds, names, batch_size=self.params.batch_size, start=start,
+            progress=self.progress, label="dissect: forward",
+        ):  # fmt: skip
+            for st in states:
+                acts = np.ascontiguousarray(outs[st.name], dtype=np.float32)  # NCHW
+                if not np.isfinite(acts).all():
+                    raise UserInputError(
+                        f"layer {st.alias} produced NaN or infinite activations on images "
+                        f"{idx.start}..{idx.stop - 1}"
+                    )
+                st.acts[idx.start : idx.stop] = acts
+                st.topk = _backend.topk_merge(st.topk, acts)
+            self._checkpoint(checkpoint, states, 1, idx.stop if idx.stop < n else n)
 
     def _phase2(
         self, ds: BrodenDataset, checkpoint: Checkpoint, states: list[_LayerState], start: int
@@ -569,41 +549,24 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         batches = range(start, n, p.batch_size)
         # Unused label numbers (category -1) never occur in the labels: any category will do.
         concept_cat = np.ascontiguousarray(np.maximum(ds.concept_category, 0), dtype=np.int32)
-
-        def tally(idx: np.ndarray, labels: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-            seg, image_labels, image_cats = labels
-            for i, st in enumerate(states):
-                acts = np.ascontiguousarray(st.acts[idx[0] : idx[-1] + 1])
-                # Concept areas do not depend on the layer: the first layer counts them.
-                area = concept_area if i == 0 else np.zeros(c, np.int64)
-                counts = _backend.TallyCounts(st.intersection, st.unit_area_cat, st.unit_area, area)
-                _backend.tally(
-                    acts, thresholds[st.name], seg, image_labels, concept_cat, image_cats,
-                    counts, device=p.device,
-                )  # fmt: skip
-                self._merge_top(st, acts, idx)
-
-        def merged(work: Future[None], stop: int) -> None:
-            work.result()
-            bar.update(1)
-            self._checkpoint(checkpoint, states, 2, stop, concept_area=concept_area)
-
-        # As in pass 1: a batch is tallied on a second thread (the core's tally releases the
-        # GIL) while the next batch's labels are read; one batch in flight, checkpointed once
-        # it is tallied.
-        with (
-            progress_bar(len(batches), label="dissect: tally", enabled=self.progress) as bar,
-            ThreadPoolExecutor(1, thread_name_prefix="pyanalyzer-dissect") as pool,
-        ):
-            pending: tuple[Future[None], int] | None = None
+        with progress_bar(len(batches), label="dissect: tally", enabled=self.progress) as bar:
             for s in batches:
                 idx = np.arange(s, min(n, s + p.batch_size))
-                labels = ds.segmentation_batch(idx)
-                if pending is not None:
-                    merged(*pending)
-                pending = (pool.submit(tally, idx, labels), int(idx[-1]) + 1)
-            if pending is not None:
-                merged(*pending)
+                seg, image_labels, image_cats = ds.segmentation_batch(idx)
+                for i, st in enumerate(states):
+                    acts = np.ascontiguousarray(st.acts[idx[0] : idx[-1] + 1])
+                    # Concept areas do not depend on the layer: the first layer counts them.
+                    area = concept_area if i == 0 else np.zeros(c, np.int64)
+                    counts = _backend.TallyCounts(
+                        st.intersection, st.unit_area_cat, st.unit_area, area
+                    )
+                    _backend.tally(
+                        acts, thresholds[st.name], seg, image_labels, concept_cat, image_cats,
+                        counts, device=p.device,
+                    )  # fmt: skip
+                    self._merge_top(st, acts, idx)
+                bar.update(1)
+                self._checkpoint(checkpoint, states, 2, int(idx[-1]) + 1, concept_area=concept_area)
         return [
             LayerDissection(
                 layer=st.name,
