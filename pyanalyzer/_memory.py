@@ -14,9 +14,11 @@ relu5 on the default model spent about a quarter of its time in page faults
 heap and the next step reuses them (what PyTorch's CPU tuning guide gets from tcmalloc or
 jemalloc, without preloading a library). The cost is memory: a process keeps up to
 :data:`TRIM_THRESHOLD` of freed memory (less on a small machine, :func:`thresholds`) instead of
-returning it at once. It changes nothing
-where the C library is not glibc, where the user tuned malloc through the environment
-(``MALLOC_*_`` or ``GLIBC_TUNABLES``), or where ``PYANALYZER_MALLOC=default``.
+returning it at once. It changes nothing where the C library is not glibc, where the user tuned
+malloc through the environment (``MALLOC_*_`` or ``GLIBC_TUNABLES``), or where
+``PYANALYZER_MALLOC=default``. The gradient methods call it when their work starts
+(:meth:`~pyanalyzer.model.gradient.GradientEngine.on`, the UpconvNet and Net2Vec training
+loops); a model's parity check, which only builds the torch twin, does not.
 """
 
 from __future__ import annotations

@@ -117,10 +117,8 @@ class GradientEngine:
     def __init__(
         self, proto: onnx.ModelProto, input_name: str, layouts: Mapping[str, str] | None = None
     ):
-        from pyanalyzer._memory import keep_freed_buffers
         from pyanalyzer.model import converters
 
-        keep_freed_buffers()  # gradient work reallocates big tensors every step
         converters.register()
         m = onnx.ModelProto()
         m.CopyFrom(proto)
@@ -173,9 +171,16 @@ class GradientEngine:
         the module moved there, made once per device and kept. Inputs handed to the returned
         engine must be on its :attr:`device`.
 
+        Every gradient method gets its engine here, so this is where their work starts: glibc
+        is told to keep freed big buffers for reuse (:func:`pyanalyzer._memory.keep_freed_buffers`;
+        building the engine alone, as a model's parity check does, leaves it as it is).
+
         Raises:
             BackendUnavailableError: CUDA was asked for and is unavailable.
         """
+        from pyanalyzer._memory import keep_freed_buffers
+
+        keep_freed_buffers()  # a method reallocates its big tensors at every step
         dev = torch_device(device)
         if dev not in self._on:
             other = copy.copy(self)

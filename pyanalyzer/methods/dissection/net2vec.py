@@ -135,9 +135,11 @@ def net2vec(
     """
     import torch
 
+    from pyanalyzer._memory import keep_freed_buffers
     from pyanalyzer.model.gradient import torch_device
 
     dev = torch_device(device)
+    keep_freed_buffers()  # every training step reallocates its batch's maps and gradients
 
     c_total = len(concept_names)
     for c in concepts:

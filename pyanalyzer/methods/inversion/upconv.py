@@ -259,8 +259,10 @@ def _fit(
     import torch
     from torch.nn import functional as F
 
+    from pyanalyzer._memory import keep_freed_buffers
     from pyanalyzer._progress import progress_bar
 
+    keep_freed_buffers()  # every batch reallocates the decoder's activations and gradients
     dev = torch.device("cpu") if device is None else device
     with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
         torch.manual_seed(seed)
