@@ -71,11 +71,18 @@ class Checkpoint:
         self._last = time.monotonic()
         self._scratch: Path | None = None
 
+    @property
+    def persistent(self) -> bool:
+        """Whether checkpoints are written at all (there is a store to write them to). A
+        computation whose checkpoints are not persistent can never be resumed, so it need not
+        keep on disk what a checkpoint would rely on."""
+        return self._store is not None and self._key is not None
+
     def due(self, force: bool = False) -> bool:
         """Whether :meth:`save` with this ``force`` would write now (a store is there, and
         ``force`` or ``every`` seconds passed since the last save): lets a computation flush
         what the checkpoint relies on (a spill file) only when one is written."""
-        if self._store is None or self._key is None:
+        if not self.persistent:
             return False
         return force or time.monotonic() - self._last >= self.every
 

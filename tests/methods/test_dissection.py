@@ -165,6 +165,42 @@ def test_store_answers_rerun_and_resume_is_identical(default_model, synth, tmp_p
     np.testing.assert_array_equal(res[1].intersection, ref[1].intersection)
 
 
+def test_maps_stay_in_memory_without_a_store_and_equal_the_spill(
+    default_model, synth, tmp_path, monkeypatch
+):
+    # Nothing can resume a run without a store, so its maps need no spill file when they fit
+    # pipeline.in_memory_limit(); a run with a store, or with maps above the limit, spills.
+    import tempfile
+
+    from pyanalyzer.methods.dissection import pipeline
+
+    model = pa.load_model(default_model, check_parity=False)
+    layers = ["relu5", "relu6"]
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    held = Dissection(model, layers=layers, batch_size=16, progress=False)
+    runs = {"memory": held.run(synth)}
+    assert held.activations == "memory"
+    assert list(temp.iterdir()) == []  # no scratch folder, no spill file
+    stored = Dissection(
+        model, layers=layers, batch_size=16, store=Store(tmp_path / "s.h5"), progress=False
+    )
+    runs["store"] = stored.run(synth)
+    assert stored.activations == "spill"
+    monkeypatch.setattr(pipeline, "IN_MEMORY_MAX", 1024)  # below the maps: spilled
+    over = Dissection(model, layers=layers, batch_size=16, progress=False)
+    runs["over the limit"] = over.run(synth)
+    assert over.activations == "spill"
+    for label in ("store", "over the limit"):
+        for a, b in zip(runs["memory"], runs[label], strict=True):
+            for name in ("thresholds", "intersection", "unit_area_cat", "unit_area",
+                         "concept_area", "top_images", "top_values"):  # fmt: skip
+                np.testing.assert_array_equal(
+                    getattr(a, name), getattr(b, name), err_msg=f"{label}: {name}"
+                )
+
+
 def test_resume_after_death_in_forward_pass(default_model, synth, tmp_path, monkeypatch):
     model = pa.load_model(default_model, check_parity=False)
     ref = Dissection(model, layers=["relu4"], batch_size=16, progress=False).run(synth)

@@ -6,13 +6,16 @@ Deep Visual Representations", CVPR 2017 (and NetDissect-Lite).
 One forward pass (onnxruntime) over the dataset feeds two stages, so that dissection costs
 little more than the forward pass itself:
 
-1. every batch's activations are spilled to a memory-mapped file beside the store and merged
-   into an exact per-unit top-k (C++ core), which gives each unit's threshold at the top
-   ``quantile`` once all images are seen — exact, not a sketch;
+1. every batch's activations are spilled to a memory-mapped file beside the store (a run
+   without a store, which nothing could resume, keeps them in memory instead when they take at
+   most :func:`in_memory_limit`) and merged into an exact per-unit top-k (C++ core), which
+   gives each unit's threshold at the top ``quantile`` once all images are seen — exact, not a
+   sketch;
 2. the spilled maps are read back batch by batch, upsampled bilinearly to the segmentation
    size and counted against the concept labels (the C++/CUDA tally).
 
-Peak memory is one batch plus the top-k state, whatever the dataset size. Progress is
+Peak memory is one batch plus the top-k state, whatever the dataset size (plus the maps of a
+run held in memory, at most :func:`in_memory_limit`). Progress is
 checkpointed through the store's one cache path (a checkpoint entry plus the spill files in the
 run's scratch folder), so a killed run started again resumes from the last checkpoint and ends
 with identical results; the finished result replaces the checkpoint.
@@ -53,6 +56,20 @@ __all__ = [
     "thresholds_from_topk",
     "topk_size",
 ]
+
+
+IN_MEMORY_MAX = 512 * 2**20
+"""The most activations (bytes, all layers) a dissection holds in memory instead of spilling
+them (:func:`in_memory_limit`)."""
+
+
+def in_memory_limit() -> int:
+    """Bytes of activations a dissection that nothing could resume (no store) keeps in memory
+    rather than in its spill files: :data:`IN_MEMORY_MAX`, or a quarter of the memory budget
+    (:func:`pyanalyzer.budget.memory_budget`) when that is less."""
+    from pyanalyzer.budget import memory_budget
+
+    return min(IN_MEMORY_MAX, memory_budget() // 4)
 
 
 def topk_size(n_values: int, quantile: float) -> int:
@@ -102,7 +119,7 @@ class _LayerState:
     unit_area: np.ndarray
     top_values: np.ndarray
     top_images: np.ndarray
-    spill: np.memmap | None = None
+    spill: np.ndarray | None = None  # a np.memmap of the spill file, or memory (see compute)
 
     @classmethod
     def fresh(
@@ -122,7 +139,7 @@ class _LayerState:
         )
 
     @property
-    def acts(self) -> np.memmap:
+    def acts(self) -> np.ndarray:
         """The spill (opened by the analysis before either pass runs)."""
         if self.spill is None:  # pragma: no cover - an internal ordering error
             raise RuntimeError(f"the spill of {self.alias} is not open")
@@ -297,7 +314,9 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         self.concepts = [concept_number(inputs, c) for c in self.params.net2vec]
         self._check_memory(inputs)
         self.activations = "spill"
-        """How pass 2 gets the activations: read back from the spill files ("spill"), by the
+        """How pass 2 gets the activations: read back from the spill files ("spill"), from
+        memory ("memory", chosen when the run starts: nothing could resume it, as there is no
+        store to checkpoint into, and they take at most :func:`in_memory_limit`), by the
         forward pass again ("recompute", when the disk budget has no room for them), or by the
         forward pass again on the GPU, where the CUDA kernels read them without a copy to the
         host ("device": onnxruntime-gpu's CUDA provider and the CUDA kernels chosen)."""
@@ -348,6 +367,12 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         resumed = self._resume(ds, checkpoint, states)
         if resumed is not None:
             phase, start = resumed
+        spill_bytes = sum(n * int(np.prod(st.shape)) * 4 for st in states)
+        if not checkpoint.persistent and spill_bytes <= in_memory_limit():
+            # Writing the spill costs about as much as the rest of the dissection's own work
+            # (page-cache pages allocated and written back); it is there for checkpoints
+            # and for memory, and neither applies.
+            self.activations = "memory"
         for st in states:
             st.spill = self._open_spill(checkpoint, st, n, fresh=resumed is None)
         if phase == 1:
@@ -363,7 +388,7 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
             for st, r in zip(states, layers, strict=True):
                 spill = st.acts
 
-                def acts_of(idx: np.ndarray, spill: np.memmap = spill) -> np.ndarray:
+                def acts_of(idx: np.ndarray, spill: np.ndarray = spill) -> np.ndarray:
                     return np.asarray(spill[idx], dtype=np.float32)
 
                 found = net2vec_on(
@@ -505,8 +530,10 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
 
     def _open_spill(
         self, checkpoint: Checkpoint, st: _LayerState, n: int, fresh: bool
-    ) -> np.memmap:
+    ) -> np.ndarray:
         u, h, w = st.shape
+        if self.activations == "memory":
+            return np.empty((n, u, h, w), np.float32)
         path = checkpoint.scratch() / f"{st.alias}.f32"
         expected = n * u * h * w * 4
         reuse = not fresh and path.is_file() and path.stat().st_size == expected
@@ -619,7 +646,7 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         meta = {"phase": phase, "next": next_batch}
         if checkpoint.due(force):
             for st in states:  # the spill is on disk before the checkpoint that relies on it
-                if st.spill is not None:
+                if isinstance(st.spill, np.memmap):
                     st.spill.flush()
             checkpoint.save(arrays, meta, force=True)
 
