@@ -41,12 +41,22 @@ def concepts(tmp_path_factory):
     )
 
 
+@pytest.fixture
+def spill_path(monkeypatch):
+    """The spill path even without a store (where small maps are otherwise kept in memory)."""
+    from pyanalyzer.methods.dissection import pipeline
+
+    monkeypatch.setattr(pipeline, "IN_MEMORY_MAX", 0)
+
+
 def _no_room_for_the_spill(monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(budget.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 100, 100))
 
 
-def test_recomputed_maps_equal_the_spilled_ones_nhwc_too(tmp_path, concepts, monkeypatch):
+def test_recomputed_maps_equal_the_spilled_ones_nhwc_too(
+    tmp_path, concepts, monkeypatch, spill_path
+):
     model = pa.load_model(fac.tf2onnx_style(tmp_path), check_parity=False)
     layers = ["relu2", "transpose2"]  # transpose2 is computed NHWC
     assert model.layer("transpose2").layout == "nhwc"
@@ -63,7 +73,7 @@ def test_recomputed_maps_equal_the_spilled_ones_nhwc_too(tmp_path, concepts, mon
 
 
 @needs_ort_cuda
-def test_maps_stay_on_the_gpu_and_agree_with_the_spill_path(default_model, concepts):
+def test_maps_stay_on_the_gpu_and_agree_with_the_spill_path(default_model, concepts, spill_path):
     model = pa.load_model(default_model, check_parity=False)
     assert model.forward.bound_device(["relu5"])[0] == "cuda"
     resident = pa.Dissection(model, layers=["relu5", "relu6"], batch_size=16, progress=False)
