@@ -367,8 +367,9 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         resumed = self._resume(ds, checkpoint, states)
         if resumed is not None:
             phase, start = resumed
-        spill_bytes = sum(n * int(np.prod(st.shape)) * 4 for st in states)
-        if not checkpoint.persistent and spill_bytes <= in_memory_limit():
+        from pyanalyzer.budget import dissection_spill_bytes
+
+        if not checkpoint.persistent and dissection_spill_bytes(self.infos, n) <= in_memory_limit():
             # Writing the spill costs about as much as the rest of the dissection's own work
             # (page-cache pages allocated and written back); it is there for checkpoints
             # and for memory, and neither applies.
