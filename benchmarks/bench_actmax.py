@@ -5,7 +5,9 @@ model's 64 px input) for the same number of steps, first all units in one batch 
 ``ActivationMaximization`` does by default), then one optimisation per unit (``batch=False``), and prints
 both times, their ratio (target: batched >= 8x faster) and the mean activation each reached
 (they should be similar: every unit draws its noise and transforms from its own generator, so
-the two runs differ only by float rounding of batched kernels).
+the two runs differ only by float rounding of batched kernels). The batched run alternates
+with the same run whose transforms and normalisation are torch ops instead of the compiled
+pass of :mod:`pyanalyzer.methods.actmax.fused`, and prints that ratio too.
 
     python benchmarks/bench_actmax.py                        # 64 units, 128 steps
     python benchmarks/bench_actmax.py --units 8 --steps 16   # a quick run
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 import pyanalyzer as pa
-from pyanalyzer.methods.actmax import ActivationMaximization
+from pyanalyzer.methods.actmax import ActivationMaximization, fused
 from pyanalyzer.methods.actmax.objectives import resolve
 from pyanalyzer.methods.actmax.render import Net
 
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--param", default="fft", choices=["fft", "pixel"])
     ap.add_argument("--regularizers", default="lucid")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=3, help="batched runs timed each way")
     ap.add_argument("--target", type=float, default=8.0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     args = ap.parse_args(argv)
@@ -68,9 +72,22 @@ def main(argv: list[str] | None = None) -> int:
 
     run_actmax(info.name, units[:2], **{**kw, "steps": 2})  # warm-up (oneDNN, fx)
 
-    t0 = time.perf_counter()
-    together = run_actmax(info.name, units, batch=True, **kw)
-    t_batch = time.perf_counter() - t0
+    # The batched run, alternated with the same run whose transforms and normalisation are
+    # torch ops instead of the compiled pass (the lever of pyanalyzer.methods.actmax.fused),
+    # in swapped order each round so that a slow spell hits both; medians.
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(args.rounds):
+        for compiled in (True, False) if r % 2 == 0 else (False, True):
+            fused.ENABLED = compiled
+            try:
+                t0 = time.perf_counter()
+                result = run_actmax(info.name, units, batch=True, **kw)
+                times[compiled].append(time.perf_counter() - t0)
+            finally:
+                fused.ENABLED = True
+            if compiled:
+                together = result
+    t_batch, t_torch = statistics.median(times[True]), statistics.median(times[False])
     t0 = time.perf_counter()
     apart = run_actmax(info.name, units, batch=False, **kw)
     t_single = time.perf_counter() - t0
@@ -79,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     diff = np.abs(together.images.astype(np.int16) - apart.images.astype(np.int16)).mean()
     print(
         f"batched     {t_batch:8.2f} s   mean activation reached {together.reached.mean():.3f}"
-        f" (start {together.start.mean():.3f})"
+        f" (start {together.start.mean():.3f}; median of {args.rounds} runs)"
     )
     print(
         f"one by one  {t_single:8.2f} s   mean activation reached {apart.reached.mean():.3f}"
@@ -87,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"ratio       {ratio:8.2f}x  (target >= {args.target:g}x); mean |image difference| "
           f"{diff:.2f} / 255")  # fmt: skip
+    print(
+        f"torch ops   {t_torch:8.2f} s   the batched run with the transforms and the "
+        f"normalisation as torch ops (median of {args.rounds}, alternated): the compiled pass "
+        f"is {t_torch / t_batch:.2f}x faster"
+    )
     # The method's own work: the same batched run on a network that costs next to nothing.
     with tempfile.TemporaryDirectory() as tmp:
         trivial = trivial_model(model, len(units), tmp)

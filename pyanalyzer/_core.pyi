@@ -85,3 +85,26 @@ def upsample_bilinear(
     acts: npt.NDArray[np.float32], out_h: int, out_w: int
 ) -> npt.NDArray[np.float32]:
     """The tally's bilinear upsampling alone: float32 [N, U, h, w] -> [N, U, out_h, out_w]."""
+
+def warp_normalize(
+    x: npt.NDArray[np.float32],
+    theta: npt.NDArray[np.float64],
+    scale: npt.NDArray[np.float32],
+    shift: npt.NDArray[np.float32],
+    source: npt.NDArray[np.int64],
+    fill: float,
+    out_h: int,
+    out_w: int,
+) -> npt.NDArray[np.float32]:
+    """Affine bilinear resampling fused with the input normalisation: float32 [N, C, H, W]
+    -> [N, out_h, out_w, C] (see csrc/include/pyanalyzer/warp.h)."""
+
+def warp_normalize_backward(
+    grad_out: npt.NDArray[np.float32],
+    theta: npt.NDArray[np.float64],
+    scale: npt.NDArray[np.float32],
+    source: npt.NDArray[np.int64],
+    in_h: int,
+    in_w: int,
+) -> npt.NDArray[np.float32]:
+    """The gradient of :func:`warp_normalize` with respect to x: float32 [N, C, in_h, in_w]."""

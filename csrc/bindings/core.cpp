@@ -18,9 +18,11 @@
 #include "pyanalyzer/quantile.h"
 #include "pyanalyzer/tally.h"
 #include "pyanalyzer/unpool.h"
+#include "pyanalyzer/warp.h"
 #include "quantile_args.h"
 #include "tally_args.h"
 #include "unpool_args.h"
+#include "warp_args.h"
 
 namespace py = pybind11;
 using namespace pyanalyzer;
@@ -108,6 +110,46 @@ py::array_t<float> upsample_bilinear_cpu(const py::array& acts, int64_t out_h, i
                       out_w, o);
   }
   return out;
+}
+
+py::array_t<float> warp_normalize_cpu(const py::array& x, const py::array& theta,
+                                      const py::array& scale, const py::array& shift,
+                                      const py::array& source, double fill, int64_t out_h,
+                                      int64_t out_w) {
+  const WarpShape shape = check_warp_args(x, theta, scale, shift, source, fill, out_h, out_w);
+  py::array_t<float> out({static_cast<py::ssize_t>(shape.n), static_cast<py::ssize_t>(out_h),
+                          static_cast<py::ssize_t>(out_w),
+                          static_cast<py::ssize_t>(shape.channels)});
+  const auto* px = static_cast<const float*>(x.data());
+  const auto* pt = static_cast<const double*>(theta.data());
+  const auto* ps = static_cast<const float*>(scale.data());
+  const auto* pb = static_cast<const float*>(shift.data());
+  const auto* src = static_cast<const int64_t*>(source.data());
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    warp_normalize(px, pt, ps, pb, src, static_cast<float>(fill), shape, o);
+  }
+  return out;
+}
+
+py::array_t<float> warp_normalize_backward_cpu(const py::array& grad_out, const py::array& theta,
+                                               const py::array& scale, const py::array& source,
+                                               int64_t in_h, int64_t in_w) {
+  const WarpShape shape = check_warp_backward_args(grad_out, theta, scale, source, in_h, in_w);
+  py::array_t<float> grad_x({static_cast<py::ssize_t>(shape.n),
+                             static_cast<py::ssize_t>(shape.channels),
+                             static_cast<py::ssize_t>(in_h), static_cast<py::ssize_t>(in_w)});
+  const auto* pg = static_cast<const float*>(grad_out.data());
+  const auto* pt = static_cast<const double*>(theta.data());
+  const auto* ps = static_cast<const float*>(scale.data());
+  const auto* src = static_cast<const int64_t*>(source.data());
+  float* o = grad_x.mutable_data();
+  {
+    py::gil_scoped_release release;
+    warp_normalize_backward(pg, pt, ps, src, shape, o);
+  }
+  return grad_x;
 }
 
 }  // namespace
@@ -228,5 +270,35 @@ Raises:
 
 Bitwise what tally thresholds (see csrc/include/pyanalyzer/tally.h); within float rounding of
 torch.nn.functional.interpolate(mode="bilinear", align_corners=False).
+)doc");
+  m.def("warp_normalize", &warp_normalize_cpu, py::arg("x"), py::arg("theta"), py::arg("scale"),
+        py::arg("shift"), py::arg("source"), py::arg("fill"), py::arg("out_h"),
+        py::arg("out_w"),
+        R"doc(Affine bilinear resampling fused with the input normalisation (pyanalyzer/warp.h).
+
+out[n, i, j, k] = scale[k] * (fill + sum of the in-range bilinear corners of theta[n] @ (j, i, 1)
+of weight * (x[n, source[k]] - fill)) + shift[k].
+
+Args:
+    x: float32 [N, C, H, W], C-contiguous.
+    theta: float64 [N, 2, 3], finite: output (column, row, 1) -> input (x, y), pixel centres
+        at integer coordinates.
+    scale, shift: float32 [C].
+    source: int64 [C], a permutation of 0..C-1 (output channel k reads input channel source[k]).
+    fill: the value outside the input.
+    out_h, out_w: the output size (>= 1).
+
+Returns:
+    float32 [N, out_h, out_w, C] (channels last).
+
+Raises:
+    ValueError: wrong dtype, rank, layout or shape; theta or fill not finite; source not a
+        permutation.
+)doc");
+
+  m.def("warp_normalize_backward", &warp_normalize_backward_cpu, py::arg("grad_out"),
+        py::arg("theta"), py::arg("scale"), py::arg("source"), py::arg("in_h"), py::arg("in_w"),
+        R"doc(The gradient of warp_normalize with respect to x: float32 [N, C, in_h, in_w] from
+grad_out float32 [N, Ho, Wo, C] (C-contiguous), theta, scale and source as in warp_normalize.
 )doc");
 }

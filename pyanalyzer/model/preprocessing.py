@@ -206,6 +206,22 @@ class PreprocessSpec:
             x = x.permute(0, 2, 3, 1)
         return x
 
+    def affine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`normalize_torch` per channel as ``(scale, shift, source)``: model channel
+        ``k`` is ``scale[k] * rgb01[source[k]] + shift[k]`` (float32, float32, int64, each
+        ``[C]``; ``source`` reverses RGB for a BGR model), for kernels that fuse it."""
+        c = self.channels
+        mean, std = self._stats()
+        scale = np.float32(255.0 * self.scale) / std
+        source = np.arange(c, dtype=np.int64)
+        if c == 3 and self.channel_order == "bgr":
+            source = source[::-1]
+        return (
+            np.ascontiguousarray(scale, np.float32),
+            np.ascontiguousarray(-mean / std, np.float32),
+            np.ascontiguousarray(source),
+        )
+
     def denormalize(self, x: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`normalize`: model input back to ``[N, H, W, C]`` 0–255 floats."""
         x = np.asarray(x, dtype=np.float32)

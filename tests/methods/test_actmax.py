@@ -46,6 +46,8 @@ from pyanalyzer.methods.actmax import (
     render,
     standard_transforms,
 )
+from pyanalyzer.methods.actmax import fused as fused_module
+from pyanalyzer.methods.actmax.fused import fused_input
 from pyanalyzer.methods.actmax.objectives import Objective
 from pyanalyzer.methods.actmax.regularizers import blur, gaussian_kernel
 from pyanalyzer.methods.actmax.transforms import draw_index
@@ -159,6 +161,75 @@ def test_a_constant_pad_joins_the_resampling_of_its_fill(pad, fill, fused):
     got = compose(x, gen(9))
     assert got.shape == one_by_one.shape == (4, 3, 16, 16)
     torch.testing.assert_close(got, one_by_one, rtol=0, atol=1e-5)
+
+
+SPECS = {
+    "rgb-nchw": PreprocessSpec((20, 18), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    "caffe-bgr": PreprocessSpec((20, 18), scale=1.0, mean=(103.9, 116.8, 123.7),
+                                channel_order="bgr"),
+    "nhwc": PreprocessSpec((20, 18), mean=(0.5,), std=(0.5,), layout="nhwc"),
+    "gray": PreprocessSpec((20, 18), mean=(0.2,), std=(0.3,), channels=1),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_the_compiled_transforms_equal_the_torch_ops(name):
+    """fused.FusedInput (one C++ pass) against what the render loop does in torch: lucid's
+    transforms, the crop, normalize_torch and the channels-last copy; forward values and the
+    gradient for the images, on every preprocessing kind, both against the torch ops in
+    float64 (the float32 ops round their sampling coordinates to float32, the kernel does not)."""
+    spec = SPECS[name]
+    c, hw = spec.channels, spec.input_size
+    pipeline = Compose([*standard_transforms(), CenterCrop(hw)])
+    fused = fused_input(pipeline, spec, hw, torch.device("cpu"))
+    assert fused is not None
+    x = torch.rand(5, c, *hw, dtype=torch.float64, requires_grad=True)
+    gens = [gen(k) for k in range(5)]
+    want = spec.normalize_torch(pipeline(x, gens))
+    got = fused(x.detach().float().requires_grad_(True), [gen(k) for k in range(5)])
+    assert got.shape == want.shape
+    if spec.layout == "nchw":
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    tol = 2e-6 * float(want.detach().abs().max())
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=tol)
+    g = torch.randn(want.shape, dtype=torch.float64)
+    (want_grad,) = torch.autograd.grad((want * g).sum(), x)
+    xf = x.detach().float().requires_grad_(True)
+    (got_grad,) = torch.autograd.grad((fused(xf, [gen(k) for k in range(5)]) * g.float()).sum(), xf)
+    torch.testing.assert_close(got_grad.double(), want_grad, rtol=0,
+                               atol=1e-5 * float(want_grad.abs().max()))  # fmt: skip
+
+
+def test_the_compiled_transforms_are_chosen_only_where_they_apply(monkeypatch):
+    spec = SPECS["rgb-nchw"]
+    hw, cpu = spec.input_size, torch.device("cpu")
+    lucid = Compose([*standard_transforms(), CenterCrop(hw)])
+    assert fused_input(lucid, spec, hw, cpu) is not None
+    assert fused_input(lucid, spec, hw, torch.device("cuda")) is None  # torch ops there
+    reflect = Compose([Pad(4, "reflect"), Jitter(2), CenterCrop(hw)])
+    assert reflect.as_resampling() is None and fused_input(reflect, spec, hw, cpu) is None
+    bigger = (hw[0] * 2, hw[1] * 2)  # a resize to the input size follows the crop
+    assert fused_input(Compose([Jitter(2), CenterCrop(bigger)]), spec, bigger, cpu) is None
+    monkeypatch.setattr(fused_module, "ENABLED", False)
+    assert fused_input(lucid, spec, hw, cpu) is None
+
+
+def test_render_with_the_compiled_transforms_equals_the_torch_ops(model, monkeypatch):
+    """The same rendering both ways. The two paths sample at coordinates about 1e-5 pixels
+    apart; after one step the images are the same to one grey level; Adam, which scales every
+    update to about the learning rate, lets such differences grow in the pixels the objective
+    barely moves, so after 12 steps the objective's values are compared (they agree to 0.1 %
+    here, and the units' activations rise the same way)."""
+    runs = {}
+    for enabled in (True, False):
+        monkeypatch.setattr(fused_module, "ENABLED", enabled)
+        runs[enabled] = [run_actmax(model, "relu2", [0, 3, 5], steps=s, seed=3, **FAST)
+                         for s in (1, 12)]  # fmt: skip
+    (one_fast, fast), (one_slow, slow) = runs[True], runs[False]
+    assert np.abs(one_fast.images.astype(int) - one_slow.images.astype(int)).max() <= 1
+    np.testing.assert_allclose(fast.reached, slow.reached, rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(fast.curve, slow.curve, rtol=0, atol=1e-3)
+    assert (fast.reached[:2] > fast.start[:2]).all()
 
 
 def test_same_generator_seed_same_transforms():

@@ -4,7 +4,9 @@
 2. the transforms of the regularizer set (:mod:`.transforms`) pad, jitter, scale and rotate
    them, a centre crop brings them back to the image size (one resampling for all the
    geometric steps), and a resize to the model's input size when the image size differs;
-3. ``model.preprocessing.normalize_torch`` maps them into the model's input range and layout;
+3. ``model.preprocessing.normalize_torch`` maps them into the model's input range and layout
+   (on the CPU, steps 2 and 3 run as one compiled pass where the transforms are one
+   resampling and no resize follows: :mod:`.fused`);
 4. the model's torch twin, cut after the layers the objective reads (the gradient engine's
    :meth:`~pyanalyzer.model.gradient.GradientEngine.truncated`), runs forward;
 5. Adam ascends the objective minus the penalties; pixel-editing regularizers and the
@@ -30,6 +32,7 @@ import torch
 
 from pyanalyzer._checks import check_int, is_int
 from pyanalyzer.errors import UserInputError
+from pyanalyzer.methods.actmax.fused import fused_input
 from pyanalyzer.methods.actmax.objectives import Activations, Objective, TensorRef, resolve
 from pyanalyzer.methods.actmax.param import PARAMS, STARTS, make_param, mean_color
 from pyanalyzer.methods.actmax.redirect import redirected_relu
@@ -93,6 +96,11 @@ class Net:
         x = self.spec.normalize_torch(rgb01)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return self.on_input(x)
+
+    def on_input(self, x: torch.Tensor) -> Activations:
+        """The objective's tensors from ``x`` already in the model's input range and layout
+        (what :meth:`__call__` makes of RGB 0..1 images)."""
         feats = self.engine.features(x, self.names)
         return Activations({k: feats[n] for k, n in zip(self.keys, self.names, strict=True)})
 
@@ -281,6 +289,13 @@ def render(
     edits = [r for r in regs.regularizers if r.edits_pixels]
 
     pipeline = Compose([*(regs.transforms or ()), CenterCrop(hw)])
+    # On the CPU, the transforms and the normalisation in one compiled pass where they allow
+    fused = fused_input(pipeline, spec, hw, dev)
+
+    def transformed(img: torch.Tensor) -> Activations:
+        if fused is not None:
+            return net.on_input(fused(img, gens))
+        return net(resize(pipeline(img, gens), in_hw))
 
     def measure(rgb01: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -298,7 +313,7 @@ def render(
                 redirect.close()  # ordinary ReLU gradients from here on
             opt.zero_grad(set_to_none=True)
             img = image()
-            values = objective.value(net(resize(pipeline(img, gens), in_hw)))
+            values = objective.value(transformed(img))
             total = values
             for r in penalties:
                 cost = r.penalty(img, centre)

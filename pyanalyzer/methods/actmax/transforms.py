@@ -344,25 +344,61 @@ class Compose(Transform):
             x = t(x, generator)
         return self._fused(x, run, generator)
 
-    @staticmethod
-    def _fused(x: torch.Tensor, run: list[AffineTransform], generator: Generators):
+    @classmethod
+    def _fused(cls, x: torch.Tensor, run: list[AffineTransform], generator: Generators):
         if not run:
             return x
         if len(run) == 1:
             return run[0](x, generator)
+        size: tuple[int, int] = tuple(x.shape[-2:])  # type: ignore[assignment]
+        total, out, fill = cls._product(run, x.shape[0], size, generator)
+        return warp(x, total, out, fill=fill)
+
+    @staticmethod
+    def _product(
+        run: Sequence[AffineTransform], n: int, size: tuple[int, int], generator: Generators
+    ) -> tuple[torch.Tensor, tuple[int, int], float]:
+        """``(M [n, 3, 3] float64, output size, fill)`` of ``run`` applied in order to inputs
+        of ``size``, drawing as applying them one by one would."""
         fills = {t.fill for t in run if t.fill is not None}
         if len(fills) > 1:
             raise UserInputError(
                 f"consecutive resampling transforms fill the outside with different values "
                 f"({sorted(fills)}): give them one fill, or put another transform between them"
             )
-        n = x.shape[0]
-        size: tuple[int, int] = tuple(x.shape[-2:])  # type: ignore[assignment]
         total = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
         for t in run:
             m, size = t.matrix(n, size, generator)
             total = total @ m
-        return warp(x, total, size, fill=fills.pop() if fills else 0.0)
+        return total, size, fills.pop() if fills else 0.0
+
+    def as_resampling(self) -> list[AffineTransform] | None:
+        """The whole composition as one run of resamplings (what :meth:`resampling` applies),
+        or None when a transform is not one (a reflecting pad, a custom transform)."""
+        run: list[AffineTransform] = []
+        for i in range(len(self.transforms)):
+            resampling = self._resampling(i, run)
+            if resampling is None:
+                return None
+            run.append(resampling)
+        return run
+
+    def resampling(
+        self, n: int, size: tuple[int, int], generator: Generators
+    ) -> tuple[torch.Tensor, tuple[int, int], float]:
+        """``(M [n, 3, 3] float64, output size, fill)``: the one resampling that this
+        composition is, for inputs of ``size`` (:meth:`as_resampling`), with the draws that
+        calling it would take, in the same order; ``warp(x, M, size, fill)`` is then the
+        composition's result, to float rounding.
+
+        Raises:
+            ValueError: the composition is not one resampling.
+            UserInputError: its resamplings fill with different values.
+        """
+        run = self.as_resampling()
+        if run is None:
+            raise ValueError(f"{self!r} is not one resampling")
+        return self._product(run, n, size, generator)
 
     def __iter__(self) -> Iterator[Transform]:
         return iter(self.transforms)

@@ -1,0 +1,110 @@
+// CPU implementation of the fused resampling and normalisation (see pyanalyzer/warp.h).
+#include "pyanalyzer/warp.h"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace pyanalyzer {
+namespace {
+
+// Where one output pixel samples its input: the top-left corner (x0, y0), the four weights
+// (top-left, top-right, bottom-left, bottom-right) and which corners lie inside the input.
+struct Sample {
+  int64_t x0, y0;
+  float w00, w01, w10, w11;
+  bool left, right, top, bottom;  // x0, x0 + 1, y0, y0 + 1 inside the input
+  bool inside;                    // all four
+};
+
+inline Sample sample_at(const double* t, int64_t i, int64_t j, int64_t h, int64_t w) {
+  const double dj = static_cast<double>(j), di = static_cast<double>(i);
+  // Clamped to [-2, size + 1]: beyond it every corner is outside, as it is at the clamp, so
+  // the result is the same and the integer conversion cannot overflow. Shifted by +2 the
+  // coordinate is >= 0, where truncation is the floor (no libm call).
+  const double sx = std::min(std::max(t[0] * dj + t[1] * di + t[2], -2.0), w + 1.0) + 2.0;
+  const double sy = std::min(std::max(t[3] * dj + t[4] * di + t[5], -2.0), h + 1.0) + 2.0;
+  const int64_t ix = static_cast<int64_t>(sx), iy = static_cast<int64_t>(sy);
+  Sample s;
+  s.x0 = ix - 2;
+  s.y0 = iy - 2;
+  const float ax = static_cast<float>(sx - static_cast<double>(ix));
+  const float ay = static_cast<float>(sy - static_cast<double>(iy));
+  s.w00 = (1.0f - ax) * (1.0f - ay);
+  s.w01 = ax * (1.0f - ay);
+  s.w10 = (1.0f - ax) * ay;
+  s.w11 = ax * ay;
+  s.left = s.x0 >= 0 && s.x0 < w;
+  s.right = s.x0 + 1 >= 0 && s.x0 + 1 < w;
+  s.top = s.y0 >= 0 && s.y0 < h;
+  s.bottom = s.y0 + 1 >= 0 && s.y0 + 1 < h;
+  s.inside = s.left && s.right && s.top && s.bottom;
+  return s;
+}
+
+}  // namespace
+
+void warp_normalize(const float* x, const double* theta, const float* scale,
+                    const float* shift, const int64_t* source, float fill,
+                    const WarpShape& shape, float* out) {
+  const int64_t n = shape.n, c = shape.channels, h = shape.in_h, w = shape.in_w;
+  const int64_t oh = shape.out_h, ow = shape.out_w;
+  const int64_t plane = h * w;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t i = 0; i < oh; ++i) {
+      const double* t = theta + b * 6;
+      const float* planes = x + b * c * plane;
+      float* row = out + ((b * oh + i) * ow) * c;
+      for (int64_t j = 0; j < ow; ++j) {
+        const Sample s = sample_at(t, i, j, h, w);
+        const int64_t at = s.y0 * w + s.x0;  // only read where the corner is inside
+        for (int64_t k = 0; k < c; ++k) {
+          const float* p = planes + source[k] * plane;
+          float v;
+          if (s.inside) {  // the sum below, without its tests
+            v = s.w00 * (p[at] - fill) + s.w01 * (p[at + 1] - fill) +
+                s.w10 * (p[at + w] - fill) + s.w11 * (p[at + w + 1] - fill);
+          } else {
+            v = 0.0f;
+            if (s.top && s.left) v += s.w00 * (p[at] - fill);
+            if (s.top && s.right) v += s.w01 * (p[at + 1] - fill);
+            if (s.bottom && s.left) v += s.w10 * (p[at + w] - fill);
+            if (s.bottom && s.right) v += s.w11 * (p[at + w + 1] - fill);
+          }
+          row[j * c + k] = scale[k] * (v + fill) + shift[k];
+        }
+      }
+    }
+  }
+}
+
+void warp_normalize_backward(const float* grad_out, const double* theta, const float* scale,
+                             const int64_t* source, const WarpShape& shape, float* grad_x) {
+  const int64_t n = shape.n, c = shape.channels, h = shape.in_h, w = shape.in_w;
+  const int64_t oh = shape.out_h, ow = shape.out_w;
+  const int64_t plane = h * w;
+  // One image per thread: its planes are written by that thread alone, in a fixed order.
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < n; ++b) {
+    float* gx = grad_x + b * c * plane;
+    std::fill(gx, gx + c * plane, 0.0f);
+    const double* t = theta + b * 6;
+    const float* g = grad_out + b * oh * ow * c;
+    for (int64_t i = 0; i < oh; ++i) {
+      for (int64_t j = 0; j < ow; ++j, g += c) {
+        const Sample s = sample_at(t, i, j, h, w);
+        const int64_t at = s.y0 * w + s.x0;
+        for (int64_t k = 0; k < c; ++k) {
+          float* p = gx + source[k] * plane;
+          const float v = g[k] * scale[k];
+          if (s.top && s.left) p[at] += s.w00 * v;
+          if (s.top && s.right) p[at + 1] += s.w01 * v;
+          if (s.bottom && s.left) p[at + w] += s.w10 * v;
+          if (s.bottom && s.right) p[at + w + 1] += s.w11 * v;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace pyanalyzer
