@@ -352,7 +352,7 @@ def test_cache_avoids_decoding_again(
     # A second model on the same dataset: a new reader decodes nothing.
     second = BrodenDataset(hand, cache_dir=cache_dir)
     assert second.prepare_cache(progress=False) == path
-    for indices in ([0, 1, 2], [2, 0, 1], [1]):
+    for indices in ([0, 1, 2], [1, 2], [2, 0, 1], [0, 0, 2], [1]):  # runs are read as slices
         got = second.segmentation_batch(indices)
         want = tuple(a[indices] for a in expected)
         for g, w in zip(got, want, strict=True):
@@ -363,6 +363,26 @@ def test_cache_avoids_decoding_again(
     np.testing.assert_array_equal(labs, [300])
     assert count_decodes == []
     second.close()
+
+
+def test_small_label_caches_are_stored_raw_and_large_ones_compressed(
+    hand: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Maps of at most cache.RAW_SEG_MAX bytes are stored uncompressed (faster reads); above
+    it, lzf. Both read back the decoded labels exactly."""
+    import h5py
+
+    from pyanalyzer.data.broden import cache as cache_module
+
+    expected = BrodenDataset(hand, cache_dir=tmp_path / "none").segmentation_batch([0, 1, 2])
+    for limit, compression in ((cache_module.RAW_SEG_MAX, None), (0, "lzf")):
+        monkeypatch.setattr(cache_module, "RAW_SEG_MAX", limit)
+        ds = BrodenDataset(hand, cache_dir=tmp_path / f"limit{limit}")
+        with h5py.File(ds.prepare_cache(progress=False)) as f:
+            assert f["seg"].compression == compression
+        for g, w in zip(ds.segmentation_batch([0, 1, 2]), expected, strict=True):
+            np.testing.assert_array_equal(g, w)
+        ds.close()
 
 
 def test_cache_is_invalidated_when_a_png_changes(

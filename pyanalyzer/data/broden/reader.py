@@ -452,9 +452,12 @@ class BrodenDataset:
         for b in range(B):
             need(b, int(ks[b]), int(ns[b]))
         kk, ll = min(K, self.max_channels), min(L, self.max_image_labels)
-        # h5py reads a list of indices in one call if it is increasing and unique.
-        uniq, inverse = np.unique(np.asarray(idx), return_inverse=True)
-        rows = uniq.tolist()
+        if idx == list(range(idx[0], idx[0] + B)):  # a run of rows (the dissection's batches)
+            rows: slice | list[int] = slice(idx[0], idx[0] + B)
+            inverse: slice | np.ndarray = slice(None)
+        else:  # h5py reads a list of indices in one call if it is increasing and unique
+            uniq, inverse = np.unique(np.asarray(idx), return_inverse=True)
+            rows = uniq.tolist()
         if kk:
             seg[:, :kk] = cache["seg"][rows, :kk][inverse]
         if ll:
