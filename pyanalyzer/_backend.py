@@ -39,6 +39,7 @@ __all__ = [
     "compose",
     "info",
     "kernels",
+    "map_peaks",
     "tally",
     "topk_empty",
     "topk_merge",
@@ -324,6 +325,17 @@ def topk_merge(state: npt.ArrayLike, batch: npt.ArrayLike, device: str = "auto")
     return module.topk_merge(
         _as(state, np.float32, "f", "state"), _as(batch, np.float32, "fiub", "batch")
     )
+
+
+def map_peaks(acts: npt.ArrayLike) -> np.ndarray:
+    """The largest value of every map, on the CPU: ``[N, U, h, w]`` floats (cast to float32),
+    free of NaN (not checked: the dissection passes maps :func:`topk_merge` has checked) ->
+    float32 ``[N, U]``; numpy's ``max`` over ``(h, w)`` up to the sign of a zero peak.
+
+    Raises:
+        ValueError: bad dtype or rank.
+    """
+    return _core.map_peaks(_as(acts, np.float32, "fiub", "acts"))
 
 
 def topk_merge_states(a: npt.ArrayLike, b: npt.ArrayLike, device: str = "auto") -> np.ndarray:

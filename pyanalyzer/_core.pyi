@@ -38,6 +38,9 @@ def topk_merge_states(
 ) -> npt.NDArray[np.float32]:
     """Merge two top-k states float32 [U, k] into one."""
 
+def map_peaks(acts: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The largest value of every map (no NaN): float32 [N, U, h, w] -> [N, U]."""
+
 def tally(
     acts: npt.NDArray[np.float32],
     thresholds: npt.NDArray[np.float32],

@@ -99,6 +99,19 @@ void compose_cpu(const py::array& acts, const py::array& thresholds, const py::a
   compose(args.inputs, args.shape, args.counts);
 }
 
+py::array_t<float> map_peaks_cpu(const py::array& acts) {
+  require_array<float>(acts, "map_peaks", "acts", 4, "[N, U, h, w]");
+  const int64_t n = acts.shape(0), u = acts.shape(1), hw = acts.shape(2) * acts.shape(3);
+  py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(u)});
+  const auto* a = static_cast<const float*>(acts.data());
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    map_peaks(a, n * u, hw, o);
+  }
+  return out;
+}
+
 py::array_t<float> upsample_bilinear_cpu(const py::array& acts, int64_t out_h, int64_t out_w) {
   const auto out_shape = check_upsample_args(acts, out_h, out_w);
   py::array_t<float> out(out_shape);
@@ -207,6 +220,13 @@ Returns:
 
   m.def("topk_merge_states", &topk_merge_states_cpu, py::arg("a"), py::arg("b"),
         R"doc(Merge two top-k states of the same shape [U, k] into one.)doc");
+
+  m.def("map_peaks", &map_peaks_cpu, py::arg("acts"),
+        R"doc(The largest value of every map: float32 [N, U, h, w] -> [N, U].
+
+The maps must be free of NaN (unchecked here: the dissection passes maps that topk_merge has
+checked); h * w = 0 gives -inf.
+)doc");
 
   m.def("tally", &tally_cpu, py::arg("acts"), py::arg("thresholds"), py::arg("seg"),
         py::arg("image_labels"), py::arg("concept_category"), py::arg("image_categories"),

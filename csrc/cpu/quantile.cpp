@@ -28,6 +28,18 @@ void merge_descending(const float* a, int64_t na, const float* b, int64_t nb, in
   std::fill(out + o, out + k, kNegInf);
 }
 
+// The largest of m[0..hw) (no NaN; -inf when hw = 0): four running maxima, independent
+// chains the CPU can overlap, then the largest of them.
+inline float peak(const float* m, int64_t hw) {
+  float best[4] = {kNegInf, kNegInf, kNegInf, kNegInf};
+  int64_t j = 0;
+  for (; j + 4 <= hw; j += 4) {
+    for (int q = 0; q < 4; ++q) best[q] = std::max(best[q], m[j + q]);
+  }
+  for (; j < hw; ++j) best[0] = std::max(best[0], m[j]);
+  return std::max(std::max(best[0], best[1]), std::max(best[2], best[3]));
+}
+
 }  // namespace
 
 int64_t find_nan(const float* data, int64_t n) {
@@ -63,6 +75,9 @@ void topk_merge(const float* state, const float* batch, int64_t units, int64_t k
       fresh.clear();
       for (int64_t i = 0; i < n; ++i) {
         const float* plane = batch + (i * units + u) * hw;
+        // The plane's peak first (a loop without branches): most planes have none above the
+        // threshold, and the scan below would test every value one by one.
+        if (!(peak(plane, hw) > threshold)) continue;
         for (int64_t j = 0; j < hw; ++j) {
           if (plane[j] > threshold) fresh.push_back(plane[j]);
         }
@@ -82,6 +97,11 @@ void topk_merge_states(const float* a, const float* b, int64_t units, int64_t k,
   for (int64_t u = 0; u < units; ++u) {
     merge_descending(a + u * k, k, b + u * k, k, k, out + u * k);
   }
+}
+
+void map_peaks(const float* maps, int64_t count, int64_t hw, float* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < count; ++i) out[i] = peak(maps + i * hw, hw);
 }
 
 }  // namespace pyanalyzer

@@ -177,3 +177,26 @@ def test_cuda_topk_bitwise_equals_cpu():
         _backend.topk_merge_states(gpu_state, other, device="cuda").view(np.uint32),
         _backend.topk_merge_states(cpu_state, other, device="cpu").view(np.uint32),
     )
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 7), (2, 4, 1, 3), (64, 130, 8, 8), (1, 2, 0, 4)])
+def test_map_peaks_equals_numpy_max(shape):
+    """The peak of every map against numpy (map sizes below, at and above the kernel's stride
+    of four, and an empty map, whose peak is -inf), with infinities in some maps."""
+    rng = np.random.default_rng(sum(shape))
+    acts = rng.standard_normal(shape).astype(np.float32)
+    if acts.size:
+        acts.flat[:: max(1, acts.size // 5)] = np.inf
+        acts.flat[1 :: max(1, acts.size // 3)] = -np.inf
+    got = _backend.map_peaks(acts)
+    n, u = shape[:2]
+    want = acts.reshape(n, u, -1).max(axis=2) if acts.size else np.full((n, u), -np.inf, np.float32)
+    assert got.dtype == np.float32 and got.shape == (n, u)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_map_peaks_rejects_bad_inputs():
+    with pytest.raises(ValueError, match=r"acts must have shape \[N, U, h, w\]"):
+        _backend.map_peaks(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="acts must have a float32-compatible dtype"):
+        _backend.map_peaks(np.zeros((1, 1, 2, 2), np.complex64))

@@ -330,3 +330,25 @@ def test_unreadable_image_mid_run_leaves_nothing_half_written(
     assert code == 2 and victim.name in err and err.count("\n") == 1, err
     assert Store(store).entries() == []
     assert not list(store.glob("scratch/*/*")) and not (tmp_path / "o").exists()
+
+
+def test_merge_top_equals_one_sort_of_everything_seen():
+    """Top images kept batch by batch (only the units a new image enters are sorted again)
+    against one sort of every (peak, image) pair: by peak, ties by the lower image index.
+    Integer-valued peaks make ties common, within a batch and across batches; batches arrive
+    in image order, as in the dissection, and then shuffled, as shards may merge."""
+    from pyanalyzer.methods.dissection.shards import merge_top
+
+    rng = np.random.default_rng(5)
+    units, k, n = 6, 4, 90
+    peaks = rng.integers(0, 6, size=(units, n)).astype(np.float32)
+    ids = np.broadcast_to(np.arange(n), peaks.shape)
+    order = np.lexsort((ids, -peaks), axis=1)[:, :k]
+    want = np.take_along_axis(peaks, order, 1), np.take_along_axis(ids, order, 1)
+    starts = list(range(0, n, 9))
+    for batches in (starts, list(rng.permutation(starts))):
+        values, images = np.full((units, k), -np.inf, np.float32), np.full((units, k), -1)
+        for s in batches:
+            values, images = merge_top(values, images, peaks[:, s : s + 9], ids[:, s : s + 9], k)
+        np.testing.assert_array_equal(values, want[0])
+        np.testing.assert_array_equal(images, want[1])

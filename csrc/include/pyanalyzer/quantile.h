@@ -29,6 +29,12 @@ void topk_merge(const float* state, const float* batch, int64_t units, int64_t k
 // out[u] = the k largest of a[u] and b[u], sorted descending. a, b, out [units, k].
 void topk_merge_states(const float* a, const float* b, int64_t units, int64_t k, float* out);
 
+// out[i] = the largest of the hw values of map i, for maps [count, hw] free of NaN (the
+// dissection ranks its top images by these peaks; its maps passed topk_merge's check). A
+// maximum does not depend on the order it is taken in, so the result equals numpy's max up to
+// the sign of a zero peak; hw = 0 gives -inf. OpenMP over maps.
+void map_peaks(const float* maps, int64_t count, int64_t hw, float* out);
+
 namespace cuda {
 
 // Same contracts on device `device` with HOST pointers (inputs validated by the caller): the

@@ -620,7 +620,7 @@ class Dissection(Analysis[DissectionParams, DissectionResult]):
         """Keep each unit's ``top_k`` images by maximum activation (ties: lower index first)."""
         from pyanalyzer.methods.dissection.shards import merge_top
 
-        peak = acts.reshape(acts.shape[0], acts.shape[1], -1).max(axis=2).T  # [U, B]
+        peak = _backend.map_peaks(acts).T  # [U, B]
         st.top_values, st.top_images = merge_top(
             st.top_values, st.top_images, peak, np.broadcast_to(idx, peak.shape), self.top_k
         )

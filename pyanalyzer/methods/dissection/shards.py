@@ -192,7 +192,29 @@ def _acts(model: Model, ds: Any, job: Pass2) -> Any:
 def merge_top(
     values: np.ndarray, images: np.ndarray, new_values: np.ndarray, new_images: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each unit's ``k`` strongest images of both (by value, ties by lower image index)."""
+    """Each unit's ``k`` strongest images of both (by value, ties by lower image index).
+
+    ``values`` and ``images`` are a previous result (rows in that order, ``-inf`` padded);
+    only the units that one of the new images enters are sorted again."""
+    if values.shape[1] == k and k > 0:
+        last_value, last_image = values[:, -1:], images[:, -1:]
+        enters = (new_values > last_value) | (
+            (new_values == last_value) & (new_images < last_image)
+        )
+        rows = np.flatnonzero(enters.any(axis=1))
+        if len(rows) < len(values):  # the other units keep their images
+            out_values, out_images = values.copy(), images.copy()
+            if len(rows):
+                out_values[rows], out_images[rows] = _merge_rows(
+                    values[rows], images[rows], new_values[rows], new_images[rows], k
+                )
+            return out_values, out_images
+    return _merge_rows(values, images, new_values, new_images, k)
+
+
+def _merge_rows(
+    values: np.ndarray, images: np.ndarray, new_values: np.ndarray, new_images: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     vals = np.concatenate([values, new_values], axis=1)
     ids = np.concatenate([images, new_images], axis=1)
     order = np.lexsort((ids, -vals), axis=1)[:, :k]
@@ -234,7 +256,7 @@ def pass2(model: Model, ds: BrodenDataset, job: Pass2) -> dict[str, np.ndarray]:
                 acts = maps if isinstance(maps, np.ndarray) else maps.numpy()
                 _backend.tally(acts, thr, seg, image_labels, concept_cat, image_cats, counts,
                                device=job.device)  # fmt: skip
-                peak = acts.reshape(acts.shape[0], acts.shape[1], -1).max(axis=2).T  # [U, B]
+                peak = _backend.map_peaks(acts).T  # [U, B]
             out[f"{alias}/top_values"], out[f"{alias}/top_images"] = merge_top(
                 out[f"{alias}/top_values"], out[f"{alias}/top_images"], peak,
                 np.broadcast_to(ids, peak.shape), job.top_k,
