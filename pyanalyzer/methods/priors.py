@@ -101,6 +101,26 @@ def total_variation_grad(
     return value, out / (v * count)
 
 
+def _power(a: torch.Tensor, e: float) -> torch.Tensor:
+    """``a ** e`` as a new tensor: a whole ``e`` from 2 to 16 by repeated squaring (the paper's
+    α = 6 needs ``a ** 5``: three multiplications, about 5x faster than ``pow`` with a float
+    exponent on the CPU, within a few float32 roundings of it), any other by ``pow``."""
+    k = int(e)
+    if k != e or not 2 <= k <= 16:
+        return a.pow(e)
+    factors, square = [], a
+    while k:
+        if k & 1:
+            factors.append(square)
+        k >>= 1
+        if k:
+            square = square * square
+    result = factors[0] * factors[1] if len(factors) > 1 else factors[0]
+    for f in factors[2:]:
+        result.mul_(f)
+    return result
+
+
 def _alpha_base(x: torch.Tensor, b: float, per: Per, floor: float) -> tuple[torch.Tensor, int]:
     """``(|x / b| floored, the divisor D)``."""
     c, h, w = x.shape[-3:]
@@ -139,6 +159,6 @@ def alpha_norm_grad(
         ``(value [N], gradient [N, C, H, W])``.
     """
     a, d = _alpha_base(x, b, per, floor)
-    p = a.pow(alpha - 1)
+    p = _power(a, alpha - 1)
     value = (p * a).flatten(1).sum(1) / d
     return value, p.mul_(x.sign()).mul_(alpha / (b * d))
