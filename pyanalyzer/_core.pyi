@@ -38,6 +38,28 @@ def topk_merge_states(
 ) -> npt.NDArray[np.float32]:
     """Merge two top-k states float32 [U, k] into one."""
 
+def inversion_step(
+    u: npt.NDArray[np.float32],
+    grad: npt.NDArray[np.float32],
+    buffer: npt.NDArray[np.float32],
+    lam_tv: npt.NDArray[np.float32],
+    lo: npt.NDArray[np.float32],
+    hi: npt.NDArray[np.float32],
+    x0: float,
+    alpha: float,
+    lambda_alpha: float,
+    b: float,
+    floor: float,
+    beta: float,
+    v: float,
+    eps: float,
+    lr: float,
+    momentum: float,
+    fresh: bool,
+) -> None:
+    """One step of network inversion after the data term's backward pass, in place
+    (csrc/include/pyanalyzer/invert.h)."""
+
 def map_peaks(acts: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """The largest value of every map (no NaN): float32 [N, U, h, w] -> [N, U]."""
 

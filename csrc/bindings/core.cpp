@@ -15,6 +15,7 @@
 #include "checks.h"
 #include "compose_args.h"
 #include "pyanalyzer/compose.h"
+#include "pyanalyzer/invert.h"
 #include "pyanalyzer/quantile.h"
 #include "pyanalyzer/tally.h"
 #include "pyanalyzer/unpool.h"
@@ -97,6 +98,58 @@ void compose_cpu(const py::array& acts, const py::array& thresholds, const py::a
                                               f_concept, mf_concept, f_area, mf_area);
   py::gil_scoped_release release;
   compose(args.inputs, args.shape, args.counts);
+}
+
+void inversion_step_cpu(py::array u, const py::array& grad, py::array buffer,
+                        const py::array& lam_tv, const py::array& lo, const py::array& hi,
+                        double x0, double alpha, double lambda_alpha, double b, double floor,
+                        double beta, double v, double eps, double lr, double momentum,
+                        bool fresh) {
+  constexpr const char* f = "inversion_step";
+  require_array<float>(u, f, "u", 4, "[N, C, H, W]");
+  require_array<float>(grad, f, "grad", 4, "[N, C, H, W]");
+  require_array<float>(buffer, f, "buffer", 4, "[N, C, H, W]");
+  require_same_shape(u, "u", grad, "grad", f, "[N, C, H, W]");
+  require_same_shape(u, "u", buffer, "buffer", f, "[N, C, H, W]");
+  if (!u.writeable() || !buffer.writeable()) {
+    throw py::value_error(std::string(f) + ": u and buffer must be writeable");
+  }
+  const int64_t n = u.shape(0), c = u.shape(1);
+  require_array<float>(lam_tv, f, "lam_tv", 1, "[N]");
+  require_array<float>(lo, f, "lo", 1, "[C]");
+  require_array<float>(hi, f, "hi", 1, "[C]");
+  if (lam_tv.shape(0) != n || lo.shape(0) != c || hi.shape(0) != c) {
+    throw py::value_error(std::string(f) + ": lam_tv must have N = " + std::to_string(n) +
+                          " entries and lo, hi C = " + std::to_string(c) + ", got " +
+                          shape_str(lam_tv) + ", " + shape_str(lo) + ", " + shape_str(hi));
+  }
+  for (double value : {x0, alpha, lambda_alpha, b, floor, beta, v, eps, lr, momentum}) {
+    if (!std::isfinite(value)) throw py::value_error(std::string(f) + ": a parameter is not finite");
+  }
+  if (b <= 0 || v <= 0) throw py::value_error(std::string(f) + ": b and v must be > 0");
+  const InversionStep step{n,
+                           c,
+                           u.shape(2),
+                           u.shape(3),
+                           static_cast<float>(x0),
+                           static_cast<float>(alpha),
+                           static_cast<float>(lambda_alpha),
+                           static_cast<float>(b),
+                           static_cast<float>(floor),
+                           static_cast<float>(beta),
+                           static_cast<float>(v),
+                           static_cast<float>(eps),
+                           static_cast<float>(lr),
+                           static_cast<float>(momentum),
+                           fresh};
+  auto* pu = static_cast<float*>(u.mutable_data());
+  const auto* pg = static_cast<const float*>(grad.data());
+  auto* pb = static_cast<float*>(buffer.mutable_data());
+  const auto* pl = static_cast<const float*>(lam_tv.data());
+  const auto* plo = static_cast<const float*>(lo.data());
+  const auto* phi = static_cast<const float*>(hi.data());
+  py::gil_scoped_release release;
+  inversion_step(pu, pg, pb, pl, plo, phi, step);
 }
 
 py::array_t<float> map_peaks_cpu(const py::array& acts) {
@@ -220,6 +273,26 @@ Returns:
 
   m.def("topk_merge_states", &topk_merge_states_cpu, py::arg("a"), py::arg("b"),
         R"doc(Merge two top-k states of the same shape [U, k] into one.)doc");
+
+  m.def("inversion_step", &inversion_step_cpu, py::arg("u"), py::arg("grad"), py::arg("buffer"),
+        py::arg("lam_tv"), py::arg("lo"), py::arg("hi"), py::arg("x0"), py::arg("alpha"),
+        py::arg("lambda_alpha"), py::arg("b"), py::arg("floor"), py::arg("beta"), py::arg("v"),
+        py::arg("eps"), py::arg("lr"), py::arg("momentum"), py::arg("fresh"),
+        R"doc(One step of network inversion after the data term's backward pass, in place.
+
+The alpha-norm and TV priors' gradients added to grad, momentum SGD on buffer and the clamp of
+u to [lo[c], hi[c]]; see csrc/include/pyanalyzer/invert.h for the formulas.
+
+Args:
+    u, buffer: float32 [N, C, H, W], C-contiguous, writeable (updated in place).
+    grad: float32 [N, C, H, W]: the data term's gradient with respect to u.
+    lam_tv: float32 [N]; lo, hi: float32 [C].
+    x0, alpha, lambda_alpha, b, floor, beta, v, eps, lr, momentum: finite; b, v > 0.
+    fresh: the buffer holds nothing yet (it becomes the gradient).
+
+Raises:
+    ValueError: wrong dtype, rank, layout or shape; a read-only array; a bad parameter.
+)doc");
 
   m.def("map_peaks", &map_peaks_cpu, py::arg("acts"),
         R"doc(The largest value of every map: float32 [N, U, h, w] -> [N, U].

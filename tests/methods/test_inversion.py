@@ -114,6 +114,31 @@ def test_whole_powers_by_squaring_match_pow(e):
     assert float(((got.double() - want) / want).abs().max()) < 1e-6
 
 
+def test_the_compiled_step_equals_the_torch_ops(model, images, monkeypatch):
+    """The CPU loop's one compiled pass (priors, momentum SGD, clamp) against the torch ops and
+    torch.optim.SGD: the same images to float rounding over the first 20 steps (two schedule
+    switches, so two momentum resets, and jitter); over 200 steps the runs drift apart in
+    single pixels (the network's ReLUs turn a 1e-7 difference into a different gradient) but
+    reach the same errors."""
+    from pyanalyzer.methods.inversion import optim
+
+    runs = {}
+    for fused in (True, False):
+        monkeypatch.setattr(optim, "FUSED_STEP", fused)
+        runs[fused] = [
+            pa.OptimInversion(
+                model, layers=["relu4"], steps=s, jitter=2, seed=1, progress=False, device="cpu"
+            ).run(images[:3])  # fmt: skip
+            for s in (20, 200)
+        ]
+    (short, long), (short_ref, long_ref) = runs[True], runs[False]
+    np.testing.assert_allclose(short.images, short_ref.images, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(short.history, short_ref.history, rtol=1e-5)
+    np.testing.assert_allclose(long.pixel_error, long_ref.pixel_error, rtol=0.02)
+    np.testing.assert_allclose(long.feature_error, long_ref.feature_error, rtol=0.02)
+    assert (long.feature_error < short.feature_error).all()
+
+
 def test_constants_follow_the_authors_code():
     # experiment_cnn.m: lr 0.004 for 100 steps, then x0.1 for 200 and x0.01 for 100.
     rates = obj.Schedule(0.004, 400).rates()
@@ -226,7 +251,10 @@ def test_hooks_are_removed_after_success_and_error(model, images, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(obj, "r_tv", boom)
+    from pyanalyzer.methods.inversion import optim
+
+    monkeypatch.setattr(obj, "r_tv", boom)  # inside the loop, on either path of its step
+    monkeypatch.setattr(optim, "_fused_step", boom)
     with pytest.raises(RuntimeError, match="boom"):
         invert_optim(model, images[:1], "relu4", steps=2, progress=False)
     assert eng.hook_count() == 0

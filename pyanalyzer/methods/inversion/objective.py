@@ -50,6 +50,11 @@ B = 80.0
 V = B / 6.5
 """Typical difference between neighbouring pixels (the paper's V = B / 6.5)."""
 
+ALPHA_FLOOR = 1e-5
+"""R_α's gradient raises ``|x / B|`` to at least this: it keeps ``|x/B|^α`` and the gradient
+out of float32's subnormal range (where CPUs slow down a hundredfold); below it both are 0 to
+float precision anyway."""
+
 _CODE_LAMBDA_L = 8e-10  # experiment_cnn.m: opts.lambdaL2 (the α-norm weight, α = 6)
 _CODE_LAMBDA_TV = (1.0, 10.0, 100.0)  # experiment_cnn.m: opts1/2/3.lambdaTV by depth
 _CODE_CHANNELS = 3
@@ -162,9 +167,7 @@ def r_alpha(x, alpha: float = ALPHA, b: float = B):
     Returns:
         ``(value [P], gradient [P, C, H, W])``.
     """
-    # The floor keeps |x/B|^α and its gradient out of float32's subnormal range, where CPUs
-    # slow down a hundredfold; below it both are 0 to float precision anyway.
-    return alpha_norm_grad(x, alpha, b=b, per="pixel", floor=1e-5)
+    return alpha_norm_grad(x, alpha, b=b, per="pixel", floor=ALPHA_FLOOR)
 
 
 def r_tv(x, beta: float = TV_BETA, v: float = V):

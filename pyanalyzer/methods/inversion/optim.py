@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from pyanalyzer import _backend
 from pyanalyzer._backend import DEVICES
 from pyanalyzer.analysis import Checked, Choice, ImageAnalysis, Int, Layers, Params, Result
 from pyanalyzer.errors import UserInputError
@@ -45,6 +46,7 @@ from pyanalyzer.methods.inversion._common import (
     resolve_layers,
 )
 from pyanalyzer.methods.inversion.result import InversionResult, feature_error, pixel_error
+from pyanalyzer.methods.priors import TV_EPS
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +59,11 @@ __all__ = ["OPTIMIZERS", "OptimInversion", "OptimParams"]
 
 OPTIMIZERS = ("sgd", "adam")
 _CHANNELS_LAST_ROWS = 4
+
+FUSED_STEP = True
+"""On the CPU with momentum SGD, the priors' gradients, the update and the clamp run as one
+compiled pass (``pyanalyzer._core.inversion_step``) instead of torch ops and the optimiser;
+False keeps the latter everywhere (the benchmark and the tests compare the two)."""
 
 
 def _number(name: str, *, positive: bool, optional: bool) -> Checked:
@@ -349,6 +356,19 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
         else:
             opt = torch.optim.Adam([u], lr=self.lr)
 
+        fused = FUSED_STEP and dev.type == "cpu" and p.optimizer == "sgd"
+        if fused:
+            inf = np.full(c, np.inf, np.float32)
+            box = (
+                (lo.flatten().float().numpy(), hi.flatten().float().numpy())
+                if p.clamp else (-inf, inf)
+            )  # fmt: skip
+            step_args = dict(
+                lam_tv=lam_tv.flatten().float().numpy(), lo=box[0], hi=box[1], x0=x0,
+                alpha=p.alpha, lambda_alpha=p.lambda_alpha, b=obj.B, floor=obj.ALPHA_FLOOR,
+                beta=p.beta, v=obj.V, eps=TV_EPS, momentum=obj.MOMENTUM,
+            )  # fmt: skip
+
         # The curve stays on the device (no host sync per step); float32, as it is returned.
         hist = torch.empty((p.steps, rows), dtype=torch.float32, device=dev)
         prev: float | None = None
@@ -379,17 +399,20 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
                 hist[t] = data.detach().sqrt()
                 opt.zero_grad(set_to_none=True)
                 data.sum().backward()
-                # The priors' gradients in closed form (as in the authors' code): cheaper than
-                # autograd through them, and the same numbers.
-                with torch.no_grad():
-                    xc = u.detach() * x0  # centred 0-255 pixels
-                    gr = obj.r_alpha(xc, p.alpha)[1].mul_(p.lambda_alpha)
-                    gr.addcmul_(obj.r_tv(xc, p.beta)[1], lam_tv)
-                    typing.cast(torch.Tensor, u.grad).add_(gr, alpha=x0)
-                opt.step()
-                if p.clamp:
+                if fused:
+                    _fused_step(u, opt, step_args)
+                else:
+                    # The priors' gradients in closed form (as in the authors' code): cheaper
+                    # than autograd through them, and the same numbers.
                     with torch.no_grad():
-                        u.clamp_(lo, hi)
+                        xc = u.detach() * x0  # centred 0-255 pixels
+                        gr = obj.r_alpha(xc, p.alpha)[1].mul_(p.lambda_alpha)
+                        gr.addcmul_(obj.r_tv(xc, p.beta)[1], lam_tv)
+                        typing.cast(torch.Tensor, u.grad).add_(gr, alpha=x0)
+                    opt.step()
+                    if p.clamp:
+                        with torch.no_grad():
+                            u.clamp_(lo, hi)
                 bar.update(1)
                 # the state is copied to the host only when a checkpoint is written
                 if t + 1 < p.steps and checkpoint.due():
@@ -398,6 +421,27 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
             out = ((u * x0 + centre) / 255.0).clamp(0.0, 1.0)
         images = out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         return images, hist.cpu().numpy().astype(np.float64)
+
+
+def _fused_step(u: torch.Tensor, opt: torch.optim.Optimizer, args: dict[str, Any]) -> None:
+    """The priors, torch's momentum SGD update and the clamp in one compiled pass on ``u``
+    (CPU, float32, contiguous), keeping the momentum buffer where ``torch.optim.SGD`` keeps
+    it (``opt.state[u]["momentum_buffer"]``, None after a reset), so that checkpoints and a
+    resumed run see the same state either way."""
+    import torch
+
+    state = opt.state[u]
+    buffer = state.get("momentum_buffer")
+    fresh = buffer is None
+    if fresh:
+        buffer = state["momentum_buffer"] = torch.empty_like(
+            u, memory_format=torch.contiguous_format
+        )
+    grad = typing.cast(torch.Tensor, u.grad).contiguous()
+    _backend.kernels("cpu").inversion_step(
+        u.detach().numpy(), grad.numpy(), buffer.numpy(), lr=float(opt.param_groups[0]["lr"]),
+        fresh=fresh, **args,
+    )  # fmt: skip
 
 
 def _state(
