@@ -7,7 +7,9 @@ both times, their ratio (target: batched >= 8x faster) and the mean activation e
 (they should be similar: every unit draws its noise and transforms from its own generator, so
 the two runs differ only by float rounding of batched kernels). The batched run alternates
 with the same run whose transforms and normalisation are torch ops instead of the compiled
-pass of :mod:`pyanalyzer.methods.actmax.fused`, and prints that ratio too.
+pass of :mod:`pyanalyzer.methods.actmax.fused`, and prints that ratio too, and for each round
+the batched run's cost over the network alone timed just before it (both in the same state of
+a shared machine).
 
     python benchmarks/bench_actmax.py                        # 64 units, 128 steps
     python benchmarks/bench_actmax.py --units 8 --steps 16   # a quick run
@@ -75,10 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     # The batched run, alternated with the same run whose transforms and normalisation are
     # torch ops instead of the compiled pass (the lever of pyanalyzer.methods.actmax.fused),
     # in swapped order each round so that a slow spell hits both; medians.
+    # Before each compiled run the network alone is timed again (paired, below).
+    net = Net(model, {info.name: resolve(model, info.name)}, "cpu")
+    shape = (model.preprocessing.channels, *model.preprocessing.input_size)
     times: dict[bool, list[float]] = {True: [], False: []}
+    net_ms: list[float] = []
     for r in range(args.rounds):
         for compiled in (True, False) if r % 2 == 0 else (False, True):
             fused.ENABLED = compiled
+            if compiled:
+                net_ms.append(
+                    network_ms_per_image(lambda x: net(x)(info.name), shape, len(units), repeat=10)[
+                        0
+                    ]
+                )
             try:
                 t0 = time.perf_counter()
                 result = run_actmax(info.name, units, batch=True, **kw)
@@ -109,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         f"normalisation as torch ops (median of {args.rounds}, alternated): the compiled pass "
         f"is {t_torch / t_batch:.2f}x faster"
     )
+    per_step = len(units) * args.steps
+    paired = [t * 1e3 / per_step / m for t, m in zip(times[True], net_ms, strict=True)]
+    print(
+        f"paired      {statistics.median(paired):8.2f}x  = per round, the batched run per image "
+        f"and step / the network alone timed just before it: "
+        f"{', '.join(f'{v:.2f}x' for v in paired)} (target <= 1.15x)"
+    )
     # The method's own work: the same batched run on a network that costs next to nothing.
     with tempfile.TemporaryDirectory() as tmp:
         trivial = trivial_model(model, len(units), tmp)
@@ -123,16 +142,16 @@ def main(argv: list[str] | None = None) -> int:
             len(units),
         )[0]  # fmt: skip
     own_ms = t_trivial * 1e3 / (len(units) * args.steps) - trivial_net
-    # The render loop's network: RGB 0..1 -> preprocessing -> the torch twin cut after the layer.
-    net = Net(model, {info.name: resolve(model, info.name)}, "cpu")
+    # The render loop's network (net, above): RGB 0..1 -> preprocessing -> the torch twin cut
+    # after the layer.
     report(
         f"to {info.alias}",
         lambda x: net(x)(info.name),
-        (model.preprocessing.channels, *model.preprocessing.input_size),
+        shape,
         len(units),
-        t_single * 1e3 / (len(units) * args.steps),
+        t_single * 1e3 / per_step,
         args.target,
-        batched_ms=t_batch * 1e3 / (len(units) * args.steps),
+        batched_ms=t_batch * 1e3 / per_step,
         own_ms=own_ms,
     )
     return 0 if ratio >= args.target else 1

@@ -4,7 +4,12 @@ Inverts N synthetic scenes from one layer of the default model with the authors'
 (Mahendran & Vedaldi: momentum SGD, 400 steps), first all images in one batch (what
 ``OptimInversion`` does with several images), then one run per image, and prints
 both times, their ratio (target: batched >= 4x faster) and how far apart the results are (a
-batch moves every row as it would move alone, so they differ only by float rounding).
+batch moves every row as it would move alone, so they differ only by float rounding). With SGD
+it then alternates the batched run with and without the compiled step of
+``pyanalyzer.methods.inversion.optim`` (priors, update and clamp in one pass) and prints that
+ratio, and for each round the batched run's cost over the network alone timed just before it
+(both in the same state of a shared machine). The last line's batched cost is the median of
+every batched run with the compiled step.
 
     python benchmarks/bench_invert.py                      # 8 images, relu4, 400 steps
     python benchmarks/bench_invert.py --steps 50           # a quick run
@@ -25,7 +30,7 @@ import torch
 
 import pyanalyzer as pa
 from pyanalyzer.data import synthetic
-from pyanalyzer.methods.inversion import OptimInversion
+from pyanalyzer.methods.inversion import OptimInversion, optim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _ceiling import network_ms_per_image, report, trivial_model  # noqa: E402
@@ -41,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     ap.add_argument("--repeat", type=int, default=1, help="timed rounds (median reported)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="batched runs timed each way: compiled step against torch ops")  # fmt: skip
     ap.add_argument("--target", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     args = ap.parse_args(argv)
@@ -62,6 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         return OptimInversion(on, layers=at, **options).run(batch)
 
     invert_optim(images[:2], **{**kw, "steps": 2})  # warm-up (oneDNN, sessions)
+    # The loop's network: preprocessing -> the torch twin, cut after the deepest layer;
+    # channels-last from 4 rows on, as the loop runs it.
+    engine, spec = model.gradient, model.preprocessing
+    names = [model.layer(name).name for name in layers]
+    shape = (spec.channels, *spec.input_size)
+    rows, per_step = args.images * len(layers), args.images * len(layers) * args.steps
+
+    def net(x):
+        fmt = torch.channels_last if len(x) >= 4 else torch.contiguous_format
+        feats = engine.features(spec.normalize_torch(x).contiguous(memory_format=fmt), names)
+        return sum(feats[n].sum() for n in names)
 
     t_batch, t_single = [], []
     for _ in range(args.repeat):  # interleaved, so that a slow spell hits both
@@ -81,8 +99,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one by one  {ts:8.2f} s   mean pixel error {pe_s:.4f}")
     print(f"ratio       {ts / tb:8.2f}x  (target >= {args.target:g}x); mean |image difference| "
           f"{diff:.3f} / 255")  # fmt: skip
+    batched = list(t_batch)  # every timed batched run with the default (compiled) step
+    if args.optimizer == "sgd":
+        # The lever of optim.FUSED_STEP: the batched run alternated with the same run whose
+        # priors, update and clamp are torch ops and torch.optim.SGD, order swapped each round.
+        # Before each compiled run the network alone is timed again, so that each round gives
+        # an overhead whose two terms met the same state of the (shared, noisy) machine.
+        times: dict[bool, list[float]] = {True: [], False: []}
+        net_ms: list[float] = []
+        for r in range(args.rounds):
+            for fused in (True, False) if r % 2 == 0 else (False, True):
+                optim.FUSED_STEP = fused
+                if fused:
+                    net_ms.append(network_ms_per_image(net, shape, rows, repeat=10)[0])
+                try:
+                    t0 = time.perf_counter()
+                    invert_optim(images, **kw)
+                    times[fused].append(time.perf_counter() - t0)
+                finally:
+                    optim.FUSED_STEP = True
+        batched += times[True]
+        tf, tt = statistics.median(times[True]), statistics.median(times[False])
+        print(f"torch ops   {tt:8.2f} s   the batched run with the priors, the update and the "
+              f"clamp as torch ops (median of {args.rounds}, alternated): the compiled step "
+              f"{tf:.2f} s, {tt / tf:.2f}x faster")  # fmt: skip
+        paired = [t * 1e3 / per_step / m for t, m in zip(times[True], net_ms, strict=True)]
+        print(f"paired      {statistics.median(paired):8.2f}x  = per round, the compiled batched "
+              f"run per image and step / the network alone timed just before it: "
+              f"{', '.join(f'{v:.2f}x' for v in paired)} (target <= 1.15x)")  # fmt: skip
     # The method's own work: the same batched run on a network that costs next to nothing.
-    shape = (model.preprocessing.channels, *model.preprocessing.input_size)
     with tempfile.TemporaryDirectory() as tmp:
         trivial = trivial_model(model, 64, tmp)
         invert_optim(images[:2], trivial, ["relu1"], **{**kw, "steps": 2})  # warm-up
@@ -98,24 +143,14 @@ def main(argv: list[str] | None = None) -> int:
 
         trivial_ms = network_ms_per_image(trivial_net, shape, args.images)[0]
     own_ms = t_trivial * 1e3 / (args.images * args.steps) - trivial_ms
-    # The loop's network: preprocessing -> the torch twin, cut after the deepest layer;
-    # channels-last from 4 rows on, as the loop runs it.
-    engine, spec = model.gradient, model.preprocessing
-    names = [model.layer(name).name for name in layers]
-
-    def net(x):
-        fmt = torch.channels_last if len(x) >= 4 else torch.contiguous_format
-        feats = engine.features(spec.normalize_torch(x).contiguous(memory_format=fmt), names)
-        return sum(feats[n].sum() for n in names)
-
     report(
         ", ".join(layers),
         net,
         (spec.channels, *spec.input_size),
-        args.images * len(layers),
-        ts * 1e3 / (args.images * len(layers) * args.steps),
+        rows,
+        ts * 1e3 / per_step,
         args.target,
-        batched_ms=tb * 1e3 / (args.images * len(layers) * args.steps),
+        batched_ms=statistics.median(batched) * 1e3 / per_step,
         own_ms=own_ms,
     )
     return 0 if ts / tb >= args.target else 1
