@@ -5,8 +5,9 @@ Inverts N synthetic scenes from one layer of the default model with the authors'
 ``OptimInversion`` does with several images), then one run per image, and prints
 both times, their ratio (target: batched >= 4x faster) and how far apart the results are (a
 batch moves every row as it would move alone, so they differ only by float rounding). With SGD
-it then alternates the batched run with and without the compiled step of
-``pyanalyzer.methods.inversion.optim`` (priors, update and clamp in one pass) and prints that
+it then alternates the batched run with and without the compiled parts of its step
+(:mod:`pyanalyzer.methods.inversion.compiled`: the image's way to the model's input, and the
+priors, update and clamp, each in one pass) and prints that
 ratio, and for each round the batched run's cost over the network alone timed just before it
 (both in the same state of a shared machine). The last line's batched cost is the median of
 every batched run with the compiled step.
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     batched = list(t_batch)  # every timed batched run with the default (compiled) step
     if args.optimizer == "sgd":
         # The lever of optim.FUSED_STEP: the batched run alternated with the same run whose
-        # priors, update and clamp are torch ops and torch.optim.SGD, order swapped each round.
+        # input map, priors, update and clamp are torch ops and torch.optim.SGD, order swapped
+        # each round.
         # Before each compiled run the network alone is timed again, so that each round gives
         # an overhead whose two terms met the same state of the (shared, noisy) machine.
         times: dict[bool, list[float]] = {True: [], False: []}
@@ -120,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                     optim.FUSED_STEP = True
         batched += times[True]
         tf, tt = statistics.median(times[True]), statistics.median(times[False])
-        print(f"torch ops   {tt:8.2f} s   the batched run with the priors, the update and the "
-              f"clamp as torch ops (median of {args.rounds}, alternated): the compiled step "
-              f"{tf:.2f} s, {tt / tf:.2f}x faster")  # fmt: skip
+        print(f"torch ops   {tt:8.2f} s   the batched run with the input map, the priors, the "
+              f"update and the clamp as torch ops (median of {args.rounds}, alternated): "
+              f"the compiled parts {tf:.2f} s, {tt / tf:.2f}x faster")  # fmt: skip
         paired = [t * 1e3 / per_step / m for t, m in zip(times[True], net_ms, strict=True)]
         print(f"paired      {statistics.median(paired):8.2f}x  = per round, the compiled batched "
               f"run per image and step / the network alone timed just before it: "

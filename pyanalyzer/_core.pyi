@@ -60,6 +60,27 @@ def inversion_step(
     """One step of network inversion after the data term's backward pass, in place
     (csrc/include/pyanalyzer/invert.h)."""
 
+def roll_normalize(
+    u: npt.NDArray[np.float32],
+    scale: npt.NDArray[np.float32],
+    offset: npt.NDArray[np.float32],
+    source: npt.NDArray[np.int64],
+    shift_y: int,
+    shift_x: int,
+    channels_last: bool,
+) -> npt.NDArray[np.float32]:
+    """Inversion's image rolled by whole pixels and normalised (pyanalyzer/invert.h)."""
+
+def roll_normalize_backward(
+    grad_out: npt.NDArray[np.float32],
+    scale: npt.NDArray[np.float32],
+    source: npt.NDArray[np.int64],
+    shift_y: int,
+    shift_x: int,
+    channels_last: bool,
+) -> npt.NDArray[np.float32]:
+    """The gradient of :func:`roll_normalize` with respect to u: float32 [N, C, H, W]."""
+
 def map_peaks(acts: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """The largest value of every map (no NaN): float32 [N, U, h, w] -> [N, U]."""
 

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "checks.h"
 #include "compose_args.h"
@@ -150,6 +151,63 @@ void inversion_step_cpu(py::array u, const py::array& grad, py::array buffer,
   const auto* phi = static_cast<const float*>(hi.data());
   py::gil_scoped_release release;
   inversion_step(pu, pg, pb, pl, plo, phi, step);
+}
+
+// The roll is reduced to 0..size-1 here (torch.roll accepts any integer shift).
+RollShape roll_shape(int64_t n, int64_t c, int64_t h, int64_t w, int64_t shift_y,
+                     int64_t shift_x, bool channels_last) {
+  return RollShape{n, c, h, w, ((shift_y % h) + h) % h, ((shift_x % w) + w) % w, channels_last};
+}
+
+py::array_t<float> roll_normalize_cpu(const py::array& u, const py::array& scale,
+                                      const py::array& offset, const py::array& source,
+                                      int64_t shift_y, int64_t shift_x, bool channels_last) {
+  constexpr const char* f = "roll_normalize";
+  require_array<float>(u, f, "u", 4, "[N, C, H, W]");
+  const int64_t n = u.shape(0), c = u.shape(1), h = u.shape(2), w = u.shape(3);
+  check_channel_params(f, scale, &offset, source, c);
+  if (h < 1 || w < 1) throw py::value_error(std::string(f) + ": u has no pixels");
+  const RollShape shape = roll_shape(n, c, h, w, shift_y, shift_x, channels_last);
+  const auto sn = static_cast<py::ssize_t>(n), sc = static_cast<py::ssize_t>(c),
+             sh = static_cast<py::ssize_t>(h), sw = static_cast<py::ssize_t>(w);
+  py::array_t<float> out(channels_last ? std::vector<py::ssize_t>{sn, sh, sw, sc}
+                                       : std::vector<py::ssize_t>{sn, sc, sh, sw});
+  const auto* pu = static_cast<const float*>(u.data());
+  const auto* ps = static_cast<const float*>(scale.data());
+  const auto* po = static_cast<const float*>(offset.data());
+  const auto* src = static_cast<const int64_t*>(source.data());
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    roll_normalize(pu, ps, po, src, shape, o);
+  }
+  return out;
+}
+
+py::array_t<float> roll_normalize_backward_cpu(const py::array& grad_out, const py::array& scale,
+                                               const py::array& source, int64_t shift_y,
+                                               int64_t shift_x, bool channels_last) {
+  constexpr const char* f = "roll_normalize_backward";
+  require_array<float>(grad_out, f, "grad_out", 4,
+                       channels_last ? "[N, H, W, C]" : "[N, C, H, W]");
+  const int64_t n = grad_out.shape(0);
+  const int64_t c = channels_last ? grad_out.shape(3) : grad_out.shape(1);
+  const int64_t h = channels_last ? grad_out.shape(1) : grad_out.shape(2);
+  const int64_t w = channels_last ? grad_out.shape(2) : grad_out.shape(3);
+  check_channel_params(f, scale, nullptr, source, c);
+  if (h < 1 || w < 1) throw py::value_error(std::string(f) + ": grad_out has no pixels");
+  const RollShape shape = roll_shape(n, c, h, w, shift_y, shift_x, channels_last);
+  py::array_t<float> grad_u({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(c),
+                             static_cast<py::ssize_t>(h), static_cast<py::ssize_t>(w)});
+  const auto* pg = static_cast<const float*>(grad_out.data());
+  const auto* ps = static_cast<const float*>(scale.data());
+  const auto* src = static_cast<const int64_t*>(source.data());
+  float* o = grad_u.mutable_data();
+  {
+    py::gil_scoped_release release;
+    roll_normalize_backward(pg, ps, src, shape, o);
+  }
+  return grad_u;
 }
 
 py::array_t<float> map_peaks_cpu(const py::array& acts) {
@@ -293,6 +351,23 @@ Args:
 Raises:
     ValueError: wrong dtype, rank, layout or shape; a read-only array; a bad parameter.
 )doc");
+
+  m.def("roll_normalize", &roll_normalize_cpu, py::arg("u"), py::arg("scale"), py::arg("offset"),
+        py::arg("source"), py::arg("shift_y"), py::arg("shift_x"), py::arg("channels_last"),
+        R"doc(Inversion's image to the model's input: out[n, k, i, j] = scale[k] *
+u[n, source[k], (i - shift_y) mod H, (j - shift_x) mod W] + offset[k] (torch.roll's direction),
+as float32 [N, H, W, C] when channels_last, else [N, C, H, W] (pyanalyzer/invert.h).
+
+Raises:
+    ValueError: wrong dtype, rank or layout; scale, offset, source not [C]; source not a
+        permutation.
+)doc");
+
+  m.def("roll_normalize_backward", &roll_normalize_backward_cpu, py::arg("grad_out"),
+        py::arg("scale"), py::arg("source"), py::arg("shift_y"), py::arg("shift_x"),
+        py::arg("channels_last"),
+        R"doc(The gradient of roll_normalize with respect to u: float32 [N, C, H, W] from grad_out
+([N, H, W, C] when channels_last, else [N, C, H, W]).)doc");
 
   m.def("map_peaks", &map_peaks_cpu, py::arg("acts"),
         R"doc(The largest value of every map: float32 [N, U, h, w] -> [N, U].

@@ -11,21 +11,11 @@
 
 namespace pyanalyzer::bindings {
 
-// theta [N, 2, 3] finite; scale, shift (when given) [C]; source a permutation of 0..C-1.
-inline void check_warp_params(const char* f, const py::array& theta, const py::array& scale,
-                              const py::array* shift, const py::array& source, int64_t n,
-                              int64_t c) {
-  require_array<double>(theta, f, "theta", 3, "[N, 2, 3]");
+// scale, shift (when given) [C] float32; source [C] int64, a permutation of 0..C-1.
+inline void check_channel_params(const char* f, const py::array& scale, const py::array* shift,
+                                 const py::array& source, int64_t c) {
   require_array<float>(scale, f, "scale", 1, "[C]");
   require_array<int64_t>(source, f, "source", 1, "[C]");
-  if (theta.shape(0) != n || theta.shape(1) != 2 || theta.shape(2) != 3) {
-    throw py::value_error(std::string(f) + ": theta must have shape [N, 2, 3] with N = " +
-                          std::to_string(n) + ", got " + shape_str(theta));
-  }
-  const auto* t = static_cast<const double*>(theta.data());
-  for (int64_t k = 0; k < n * 6; ++k) {
-    if (!std::isfinite(t[k])) throw py::value_error(std::string(f) + ": theta is not finite");
-  }
   std::vector<const py::array*> per_channel{&scale, &source};
   if (shift != nullptr) {
     require_array<float>(*shift, f, "shift", 1, "[C]");
@@ -46,6 +36,22 @@ inline void check_warp_params(const char* f, const py::array& theta, const py::a
     }
     seen[static_cast<size_t>(s[k])] = true;
   }
+}
+
+// theta [N, 2, 3] finite, and the per-channel parameters.
+inline void check_warp_params(const char* f, const py::array& theta, const py::array& scale,
+                              const py::array* shift, const py::array& source, int64_t n,
+                              int64_t c) {
+  require_array<double>(theta, f, "theta", 3, "[N, 2, 3]");
+  if (theta.shape(0) != n || theta.shape(1) != 2 || theta.shape(2) != 3) {
+    throw py::value_error(std::string(f) + ": theta must have shape [N, 2, 3] with N = " +
+                          std::to_string(n) + ", got " + shape_str(theta));
+  }
+  const auto* t = static_cast<const double*>(theta.data());
+  for (int64_t k = 0; k < n * 6; ++k) {
+    if (!std::isfinite(t[k])) throw py::value_error(std::string(f) + ": theta is not finite");
+  }
+  check_channel_params(f, scale, shift, source, c);
 }
 
 inline WarpShape check_warp_args(const py::array& x, const py::array& theta,

@@ -139,3 +139,58 @@ void inversion_step(float* u, const float* grad, float* buffer, const float* lam
 }
 
 }  // namespace pyanalyzer
+
+namespace pyanalyzer {
+
+void roll_normalize(const float* u, const float* scale, const float* offset,
+                    const int64_t* source, const RollShape& s, float* out) {
+  const int64_t c = s.channels, h = s.height, w = s.width, plane = h * w;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < s.n; ++b) {
+    for (int64_t i = 0; i < h; ++i) {
+      const int64_t si = (i - s.shift_y + h) % h;
+      for (int64_t k = 0; k < c; ++k) {
+        const float* row = u + (b * c + source[k]) * plane + si * w;
+        const float a = scale[k], o = offset[k];
+        const int64_t split = s.shift_x;  // columns j < split read row[j - split + w]
+        if (s.channels_last) {
+          float* dst = out + ((b * h + i) * w) * c + k;
+          for (int64_t j = 0; j < split; ++j) dst[j * c] = a * row[j - split + w] + o;
+          for (int64_t j = split; j < w; ++j) dst[j * c] = a * row[j - split] + o;
+        } else {
+          float* dst = out + ((b * c + k) * h + i) * w;
+          for (int64_t j = 0; j < split; ++j) dst[j] = a * row[j - split + w] + o;
+          for (int64_t j = split; j < w; ++j) dst[j] = a * row[j - split] + o;
+        }
+      }
+    }
+  }
+}
+
+void roll_normalize_backward(const float* grad_out, const float* scale, const int64_t* source,
+                             const RollShape& s, float* grad_u) {
+  const int64_t c = s.channels, h = s.height, w = s.width, plane = h * w;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < s.n; ++b) {
+    for (int64_t i = 0; i < h; ++i) {
+      const int64_t oi = (i + s.shift_y) % h;  // the output row that read input row i
+      for (int64_t k = 0; k < c; ++k) {
+        float* dst = grad_u + (b * c + source[k]) * plane + i * w;
+        const float a = scale[k];
+        // input column j was read by output column (j + shift_x) mod W
+        const int64_t split = w - s.shift_x;  // columns j < split map to j + shift_x
+        if (s.channels_last) {
+          const float* src = grad_out + ((b * h + oi) * w) * c + k;
+          for (int64_t j = 0; j < split; ++j) dst[j] = a * src[(j + s.shift_x) * c];
+          for (int64_t j = split; j < w; ++j) dst[j] = a * src[(j + s.shift_x - w) * c];
+        } else {
+          const float* src = grad_out + ((b * c + k) * h + oi) * w;
+          for (int64_t j = 0; j < split; ++j) dst[j] = a * src[j + s.shift_x];
+          for (int64_t j = split; j < w; ++j) dst[j] = a * src[j + s.shift_x - w];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace pyanalyzer

@@ -116,10 +116,10 @@ def test_whole_powers_by_squaring_match_pow(e):
 
 def test_the_compiled_step_equals_the_torch_ops(model, images, monkeypatch):
     """The CPU loop's one compiled pass (priors, momentum SGD, clamp) against the torch ops and
-    torch.optim.SGD: the same images to float rounding over the first 20 steps (two schedule
-    switches, so two momentum resets, and jitter); over 200 steps the runs drift apart in
-    single pixels (the network's ReLUs turn a 1e-7 difference into a different gradient) but
-    reach the same errors."""
+    torch.optim.SGD: the same images to float rounding over a run of 6 steps (its schedule
+    switches twice, so the momentum is reset twice, with jitter); over 200 steps the runs
+    drift apart in single pixels (a ReLU of the network turns a 1e-7 difference into another
+    gradient) but reach the same errors."""
     from pyanalyzer.methods.inversion import optim
 
     runs = {}
@@ -129,7 +129,7 @@ def test_the_compiled_step_equals_the_torch_ops(model, images, monkeypatch):
             pa.OptimInversion(
                 model, layers=["relu4"], steps=s, jitter=2, seed=1, progress=False, device="cpu"
             ).run(images[:3])  # fmt: skip
-            for s in (20, 200)
+            for s in (6, 200)
         ]
     (short, long), (short_ref, long_ref) = runs[True], runs[False]
     np.testing.assert_allclose(short.images, short_ref.images, rtol=0, atol=1e-5)
@@ -137,6 +137,42 @@ def test_the_compiled_step_equals_the_torch_ops(model, images, monkeypatch):
     np.testing.assert_allclose(long.pixel_error, long_ref.pixel_error, rtol=0.02)
     np.testing.assert_allclose(long.feature_error, long_ref.feature_error, rtol=0.02)
     assert (long.feature_error < short.feature_error).all()
+
+
+@pytest.mark.parametrize("kind", ["rgb-nchw", "rgb-nchw-one-row", "caffe-bgr", "nhwc", "gray"])
+def test_the_compiled_input_equals_the_torch_ops(kind):
+    """compiled.RollInput against the loop's torch ops: u x0 / 255 + centre / 255, torch.roll,
+    normalize_torch and the layout; values, layout and the gradient for u, on every kind of
+    preprocessing (a BGR model reads the channels reversed)."""
+    from pyanalyzer.methods.inversion.compiled import RollInput
+    from pyanalyzer.model.preprocessing import PreprocessSpec
+
+    specs = {
+        "rgb-nchw": PreprocessSpec((12, 10), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.2)),
+        "caffe-bgr": PreprocessSpec((12, 10), scale=1.0, mean=(104.0, 117.0, 124.0),
+                                    channel_order="bgr"),
+        "nhwc": PreprocessSpec((12, 10), mean=(0.5,), std=(0.5,), layout="nhwc"),
+        "gray": PreprocessSpec((12, 10), mean=(0.2,), std=(0.3,), channels=1),
+    }  # fmt: skip
+    spec = specs[kind.removesuffix("-one-row")]
+    c, rows = spec.channels, 1 if kind.endswith("one-row") else 5
+    fast = rows >= 4 and spec.layout == "nchw"
+    centre = np.linspace(90.0, 140.0, c).astype(np.float32)
+    x0 = obj.image_norm(12, 10, c)
+    u = torch.randn(rows, c, 12, 10, generator=torch.Generator().manual_seed(rows)) * 0.3
+    u.requires_grad_(True)
+    fmt = torch.channels_last if fast else torch.contiguous_format
+    img = u * (x0 / 255.0) + torch.from_numpy(centre).view(1, c, 1, 1) / 255.0
+    want = spec.normalize_torch(torch.roll(img, (3, -4), dims=(2, 3))).contiguous(memory_format=fmt)
+    uf = u.detach().clone().requires_grad_(True)
+    got = RollInput(spec, centre, x0, fast)(uf, (3, -4))
+    assert got.shape == want.shape and got.is_contiguous(memory_format=fmt)
+    # the affine map grouped as one multiply-add: a float32 rounding of the largest value
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.detach().abs().max()))
+    g = torch.randn(want.shape)
+    (want * g).sum().backward()
+    (got * g).sum().backward()
+    torch.testing.assert_close(uf.grad, u.grad, rtol=1e-6, atol=1e-6)
 
 
 def test_constants_follow_the_authors_code():
@@ -251,10 +287,10 @@ def test_hooks_are_removed_after_success_and_error(model, images, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("boom")
 
-    from pyanalyzer.methods.inversion import optim
+    from pyanalyzer.methods.inversion import compiled
 
     monkeypatch.setattr(obj, "r_tv", boom)  # inside the loop, on either path of its step
-    monkeypatch.setattr(optim, "_fused_step", boom)
+    monkeypatch.setattr(compiled, "step", boom)
     with pytest.raises(RuntimeError, match="boom"):
         invert_optim(model, images[:1], "relu4", steps=2, progress=False)
     assert eng.hook_count() == 0

@@ -46,3 +46,29 @@ void inversion_step(float* u, const float* grad, float* buffer, const float* lam
                     const float* lo, const float* hi, const InversionStep& step);
 
 }  // namespace pyanalyzer
+
+namespace pyanalyzer {
+
+// The inversion loop's image to the model's input: u in units of x0, rolled by whole pixels
+// (the jitter; torch.roll's direction) and normalised, in one pass.
+//
+//   u    [N, C, H, W] float32, C-contiguous
+//   out  [N, H, W, C] (channels_last) or [N, C, H, W] float32
+//   out[n, k, i, j] = scale[k] * u[n, source[k], (i - shift_y) mod H, (j - shift_x) mod W]
+//                     + offset[k]
+//
+// The backward pass gathers too (a roll is a permutation): grad_u[n, source[k], i, j] =
+// scale[k] * grad_out[n, k, (i + shift_y) mod H, (j + shift_x) mod W]. OpenMP over images.
+struct RollShape {
+  int64_t n, channels, height, width;
+  int64_t shift_y, shift_x;  // already reduced to 0..H-1 and 0..W-1
+  bool channels_last;
+};
+
+void roll_normalize(const float* u, const float* scale, const float* offset,
+                    const int64_t* source, const RollShape& shape, float* out);
+
+void roll_normalize_backward(const float* grad_out, const float* scale, const int64_t* source,
+                             const RollShape& shape, float* grad_u);
+
+}  // namespace pyanalyzer

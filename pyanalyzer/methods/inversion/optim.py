@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from pyanalyzer import _backend
 from pyanalyzer._backend import DEVICES
 from pyanalyzer.analysis import Checked, Choice, ImageAnalysis, Int, Layers, Params, Result
 from pyanalyzer.errors import UserInputError
@@ -61,9 +60,10 @@ OPTIMIZERS = ("sgd", "adam")
 _CHANNELS_LAST_ROWS = 4
 
 FUSED_STEP = True
-"""On the CPU with momentum SGD, the priors' gradients, the update and the clamp run as one
-compiled pass (``pyanalyzer._core.inversion_step``) instead of torch ops and the optimiser;
-False keeps the latter everywhere (the benchmark and the tests compare the two)."""
+"""On the CPU with momentum SGD, the image's way to the model's input and, after the backward
+pass, the priors' gradients, the update and the clamp run as compiled passes
+(:mod:`.compiled`) instead of torch ops and the optimiser; False keeps the latter everywhere
+(the benchmark and the tests compare the two)."""
 
 
 def _number(name: str, *, positive: bool, optional: bool) -> Checked:
@@ -358,6 +358,9 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
 
         fused = FUSED_STEP and dev.type == "cpu" and p.optimizer == "sgd"
         if fused:
+            from pyanalyzer.methods.inversion import compiled
+
+            to_input = compiled.RollInput(spec, pixel_centre(model), x0, fast)
             inf = np.full(c, np.inf, np.float32)
             box = (
                 (lo.flatten().float().numpy(), hi.flatten().float().numpy())
@@ -389,10 +392,13 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
                     if p.optimizer == "sgd":  # the code resets the momentum at a switch
                         opt.state.clear()
                     prev = float(rates[t])
-                img = u * (x0 / 255.0) + centre / 255.0  # RGB 0..1 (x = u * x0 + centre)
-                if p.jitter:
-                    img = torch.roll(img, (int(shifts[t, 0]), int(shifts[t, 1])), dims=(2, 3))
-                x = spec.normalize_torch(img).contiguous(memory_format=fmt)
+                if fused:
+                    x = to_input(u, (int(shifts[t, 0]), int(shifts[t, 1])))
+                else:
+                    img = u * (x0 / 255.0) + centre / 255.0  # RGB 0..1 (x = u * x0 + centre)
+                    if p.jitter:
+                        img = torch.roll(img, (int(shifts[t, 0]), int(shifts[t, 1])), dims=(2, 3))
+                    x = spec.normalize_torch(img).contiguous(memory_format=fmt)
                 feats = eng.features(x, names)
                 diffs = [feats[name][j::nl] - targets[j] for j, name in enumerate(names)]
                 data = torch.stack([(d * d).flatten(1).sum(1) for d in diffs], 1).flatten() / norms
@@ -400,7 +406,7 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
                 opt.zero_grad(set_to_none=True)
                 data.sum().backward()
                 if fused:
-                    _fused_step(u, opt, step_args)
+                    compiled.step(u, opt, step_args)
                 else:
                     # The priors' gradients in closed form (as in the authors' code): cheaper
                     # than autograd through them, and the same numbers.
@@ -421,27 +427,6 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
             out = ((u * x0 + centre) / 255.0).clamp(0.0, 1.0)
         images = out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         return images, hist.cpu().numpy().astype(np.float64)
-
-
-def _fused_step(u: torch.Tensor, opt: torch.optim.Optimizer, args: dict[str, Any]) -> None:
-    """The priors, torch's momentum SGD update and the clamp in one compiled pass on ``u``
-    (CPU, float32, contiguous), keeping the momentum buffer where ``torch.optim.SGD`` keeps
-    it (``opt.state[u]["momentum_buffer"]``, None after a reset), so that checkpoints and a
-    resumed run see the same state either way."""
-    import torch
-
-    state = opt.state[u]
-    buffer = state.get("momentum_buffer")
-    fresh = buffer is None
-    if fresh:
-        buffer = state["momentum_buffer"] = torch.empty_like(
-            u, memory_format=torch.contiguous_format
-        )
-    grad = typing.cast(torch.Tensor, u.grad).contiguous()
-    _backend.kernels("cpu").inversion_step(
-        u.detach().numpy(), grad.numpy(), buffer.numpy(), lr=float(opt.param_groups[0]["lr"]),
-        fresh=fresh, **args,
-    )  # fmt: skip
 
 
 def _state(
