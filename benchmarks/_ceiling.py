@@ -124,3 +124,47 @@ def report(
             f"{overhead_target:g}x)"
         )
     return ceiling
+
+
+def alternate(
+    rounds: int,
+    run: Callable[[], object],
+    switch: Callable[[bool], None],
+    network: Callable[[torch.Tensor], torch.Tensor],
+    shape: tuple[int, ...],
+    batch: int,
+) -> tuple[dict[bool, list[float]], list[float], object]:
+    """Time ``run()`` with a lever on and off (``switch(True)``/``switch(False)``), alternated
+    over ``rounds`` in swapped order so that a slow spell hits both; the lever is left on. Right
+    before each run with it on, the network alone is timed (fastest of 10, ms per image at
+    ``batch``), so that each round's overhead compares two figures taken in the same state of
+    the shared machine. Returns ``({on: seconds per run}, network ms before each run with the
+    lever on, the last result with it on)``."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    net_ms: list[float] = []
+    result = None
+    for r in range(rounds):
+        for on in (True, False) if r % 2 == 0 else (False, True):
+            if on:
+                net_ms.append(network_ms_per_image(network, shape, batch, repeat=10)[0])
+            switch(on)
+            try:
+                t0 = time.perf_counter()
+                out = run()
+                times[on].append(time.perf_counter() - t0)
+            finally:
+                switch(True)
+            if on:
+                result = out
+    return times, net_ms, result
+
+
+def print_paired(seconds: list[float], net_ms: list[float], per_step: int, what: str) -> None:
+    """Each round's overhead: ``what`` per image and step (``seconds`` per run over
+    ``per_step`` image-steps) / the network alone timed just before it (:func:`alternate`)."""
+    paired = [t * 1e3 / per_step / m for t, m in zip(seconds, net_ms, strict=True)]
+    print(
+        f"paired      {statistics.median(paired):8.2f}x  = per round, {what} per image and step "
+        f"/ the network alone timed just before it: "
+        f"{', '.join(f'{v:.2f}x' for v in paired)} (target <= 1.15x)"
+    )

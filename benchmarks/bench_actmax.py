@@ -34,7 +34,13 @@ from pyanalyzer.methods.actmax.objectives import resolve
 from pyanalyzer.methods.actmax.render import Net
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ceiling import network_ms_per_image, report, trivial_model  # noqa: E402
+from _ceiling import (  # noqa: E402
+    alternate,
+    network_ms_per_image,
+    print_paired,
+    report,
+    trivial_model,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,25 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     # Before each compiled run the network alone is timed again (paired, below).
     net = Net(model, {info.name: resolve(model, info.name)}, "cpu")
     shape = (model.preprocessing.channels, *model.preprocessing.input_size)
-    times: dict[bool, list[float]] = {True: [], False: []}
-    net_ms: list[float] = []
-    for r in range(args.rounds):
-        for compiled in (True, False) if r % 2 == 0 else (False, True):
-            fused.ENABLED = compiled
-            if compiled:
-                net_ms.append(
-                    network_ms_per_image(lambda x: net(x)(info.name), shape, len(units), repeat=10)[
-                        0
-                    ]
-                )
-            try:
-                t0 = time.perf_counter()
-                result = run_actmax(info.name, units, batch=True, **kw)
-                times[compiled].append(time.perf_counter() - t0)
-            finally:
-                fused.ENABLED = True
-            if compiled:
-                together = result
+
+    def switch(on: bool) -> None:
+        fused.ENABLED = on
+
+    times, net_ms, together = alternate(
+        args.rounds, lambda: run_actmax(info.name, units, batch=True, **kw), switch,
+        lambda x: net(x)(info.name), shape, len(units),
+    )  # fmt: skip
+    assert isinstance(together, pa.ActmaxResult)
     t_batch, t_torch = statistics.median(times[True]), statistics.median(times[False])
     t0 = time.perf_counter()
     apart = run_actmax(info.name, units, batch=False, **kw)
@@ -122,12 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         f"is {t_torch / t_batch:.2f}x faster"
     )
     per_step = len(units) * args.steps
-    paired = [t * 1e3 / per_step / m for t, m in zip(times[True], net_ms, strict=True)]
-    print(
-        f"paired      {statistics.median(paired):8.2f}x  = per round, the batched run per image "
-        f"and step / the network alone timed just before it: "
-        f"{', '.join(f'{v:.2f}x' for v in paired)} (target <= 1.15x)"
-    )
+    print_paired(times[True], net_ms, per_step, "the batched run")
     # The method's own work: the same batched run on a network that costs next to nothing.
     with tempfile.TemporaryDirectory() as tmp:
         trivial = trivial_model(model, len(units), tmp)

@@ -34,7 +34,13 @@ from pyanalyzer.data import synthetic
 from pyanalyzer.methods.inversion import OptimInversion, optim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ceiling import network_ms_per_image, report, trivial_model  # noqa: E402
+from _ceiling import (  # noqa: E402
+    alternate,
+    network_ms_per_image,
+    print_paired,
+    report,
+    trivial_model,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,28 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         # each round.
         # Before each compiled run the network alone is timed again, so that each round gives
         # an overhead whose two terms met the same state of the (shared, noisy) machine.
-        times: dict[bool, list[float]] = {True: [], False: []}
-        net_ms: list[float] = []
-        for r in range(args.rounds):
-            for fused in (True, False) if r % 2 == 0 else (False, True):
-                optim.FUSED_STEP = fused
-                if fused:
-                    net_ms.append(network_ms_per_image(net, shape, rows, repeat=10)[0])
-                try:
-                    t0 = time.perf_counter()
-                    invert_optim(images, **kw)
-                    times[fused].append(time.perf_counter() - t0)
-                finally:
-                    optim.FUSED_STEP = True
+
+        def switch(on: bool) -> None:
+            optim.FUSED_STEP = on
+
+        times, net_ms, _ = alternate(
+            args.rounds, lambda: invert_optim(images, **kw), switch, net, shape, rows
+        )
         batched += times[True]
         tf, tt = statistics.median(times[True]), statistics.median(times[False])
         print(f"torch ops   {tt:8.2f} s   the batched run with the input map, the priors, the "
               f"update and the clamp as torch ops (median of {args.rounds}, alternated): "
               f"the compiled parts {tf:.2f} s, {tt / tf:.2f}x faster")  # fmt: skip
-        paired = [t * 1e3 / per_step / m for t, m in zip(times[True], net_ms, strict=True)]
-        print(f"paired      {statistics.median(paired):8.2f}x  = per round, the compiled batched "
-              f"run per image and step / the network alone timed just before it: "
-              f"{', '.join(f'{v:.2f}x' for v in paired)} (target <= 1.15x)")  # fmt: skip
+        print_paired(times[True], net_ms, per_step, "the compiled batched run")
     # The method's own work: the same batched run on a network that costs next to nothing.
     with tempfile.TemporaryDirectory() as tmp:
         trivial = trivial_model(model, 64, tmp)

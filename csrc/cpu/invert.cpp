@@ -138,10 +138,6 @@ void inversion_step(float* u, const float* grad, float* buffer, const float* lam
   }
 }
 
-}  // namespace pyanalyzer
-
-namespace pyanalyzer {
-
 void roll_normalize(const float* u, const float* scale, const float* offset,
                     const int64_t* source, const RollShape& s, float* out) {
   const int64_t c = s.channels, h = s.height, w = s.width, plane = h * w;

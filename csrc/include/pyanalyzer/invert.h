@@ -45,10 +45,6 @@ struct InversionStep {
 void inversion_step(float* u, const float* grad, float* buffer, const float* lam_tv,
                     const float* lo, const float* hi, const InversionStep& step);
 
-}  // namespace pyanalyzer
-
-namespace pyanalyzer {
-
 // The inversion loop's image to the model's input: u in units of x0, rolled by whole pixels
 // (the jitter; torch.roll's direction) and normalised, in one pass.
 //

@@ -315,6 +315,8 @@ class Compose(Transform):
 
     def __init__(self, transforms: Iterable[Transform]):
         self.transforms = tuple(transforms)
+        self._run: list[AffineTransform] | None = None  # as_resampling(), once known
+        self._run_known = False
 
     def _resampling(self, i: int, run: list[AffineTransform]) -> AffineTransform | None:
         """Transform ``i`` as a resampling to fuse into ``run``, or None."""
@@ -374,7 +376,14 @@ class Compose(Transform):
 
     def as_resampling(self) -> list[AffineTransform] | None:
         """The whole composition as one run of resamplings (what :meth:`resampling` applies),
-        or None when a transform is not one (a reflecting pad, a custom transform)."""
+        or None when a transform is not one (a reflecting pad, a custom transform). Worked
+        out once: the render loop asks at every step."""
+        if not self._run_known:
+            self._run = self._fusable_run()
+            self._run_known = True
+        return self._run
+
+    def _fusable_run(self) -> list[AffineTransform] | None:
         run: list[AffineTransform] = []
         for i in range(len(self.transforms)):
             resampling = self._resampling(i, run)
