@@ -118,8 +118,8 @@ MODES = ("max", "map", "topk")
 WALK_ROWS = 8
 """About how many image rows one backward walk of :meth:`Projector.project_units` takes (the
 units are walked in groups of ``max(1, WALK_ROWS // images)``, the forward pass shared). On a
-227-px AlexNet, 8 units of 8 images: 8 rows a walk 634 ms, 16 rows 684 ms, all 64 rows in one
-walk 926 ms (``benchmarks/bench_deconv.py``)."""
+227-px AlexNet, 8 units of 8 images (medians of 4): 8 rows a walk 232 ms, 16 rows 266 ms, 32
+rows 284 ms, all 64 rows in one walk 404 ms (``benchmarks/bench_deconv.py``'s model)."""
 
 # Ops that are linear in their path inputs (their transpose is their VJP).
 _LINEAR = {
@@ -482,14 +482,11 @@ class Projector:
                 "saliency (the plain gradient) can"
             )
         if isinstance(module, torch.nn.Conv2d) and isinstance(sig, torch.Tensor) and len(ins) == 1:
-            # Transposed convolution with the same filters, without re-running the forward.
+            # Transposed convolution with the same filters, without re-running the forward,
+            # where the signal is: the filters of the channels it reaches, the windows of the
+            # maps it lies in (a unit's walk starts at one position of one channel).
             shape = (raw[0].shape[0] * reps, *raw[0].shape[1:])
-            return [
-                torch.nn.grad.conv2d_input(
-                    shape, module.weight, sig, module.stride, module.padding,
-                    module.dilation, module.groups,
-                )
-            ]  # fmt: skip
+            return [_conv_input(module, sig, shape)]
         # The transpose of a linear op (and the gradient of any op) is its VJP at the input.
         args = [repeated(a, v) for a, v in zip(n.args, raw, strict=True)]
         leaves = []
@@ -535,6 +532,84 @@ class Projector:
         up = _backend.unpool_tensor(sig, switches, padded, kernel, strides, 0, dil)
         h, w = x.shape[-2:]
         return up[..., pt : pt + h, pl : pl + w]
+
+
+WINDOW_SHARE = 0.7
+"""A transposed convolution runs on windows of the signal (:func:`_conv_input`) where the
+windows cover at most this share of its map."""
+
+
+def _conv_input(module, sig, shape):
+    """``torch.nn.grad.conv2d_input`` of the NCHW signal ``sig`` through ``module``'s filters
+    for an input of ``shape``, computed where the signal is: over the filters of the channels
+    it reaches (:func:`_live_channels`), and, where each image's signal lies in a window of
+    its map (a unit's walk starts at one position, :func:`_windows`), as a transposed
+    convolution of those windows placed back into the input. The same sums; zero terms are
+    left out."""
+    import torch
+    import torch.nn.functional as F
+
+    weight, groups = module.weight, module.groups
+    live = _live_channels(sig) if groups == 1 else None
+    if live is not None:
+        weight, sig = weight[live], sig[:, live]
+    stride, padding, dilation = module.stride, module.padding, module.dilation
+    found = None if isinstance(padding, str) else _windows(sig)
+    if found is None:
+        return torch.nn.grad.conv2d_input(shape, weight, sig, stride, padding, dilation, groups)
+    (hb, wb), starts = found
+    win = torch.stack([sig[i, :, y : y + hb, x : x + wb] for i, (y, x) in enumerate(starts)])
+    patch = F.conv_transpose2d(win, weight, None, stride, 0, 0, groups, dilation)
+    out = sig.new_zeros(shape)
+    ph, pw = patch.shape[-2:]
+    height, width = shape[-2:]
+    for i, (y, x) in enumerate(starts):
+        top, left = y * stride[0] - padding[0], x * stride[1] - padding[1]
+        t0, l0 = max(top, 0), max(left, 0)
+        t1, l1 = min(top + ph, height), min(left + pw, width)
+        if t1 > t0 and l1 > l0:
+            out[i, :, t0:t1, l0:l1] = patch[i, :, t0 - top : t1 - top, l0 - left : l1 - left]
+    return out
+
+
+def _windows(sig):
+    """``((height, width), [(top, left) per image])``: one window size for the batch that holds
+    each image's nonzero signal at its own position, inside the map; None where the windows
+    would cover more than :data:`WINDOW_SHARE` of the map."""
+    import torch
+
+    n, _, h, w = sig.shape
+    nz = sig.abs().amax(dim=1) != 0  # [N, h, w]; NaN counts as nonzero
+    rows, cols = nz.any(dim=2), nz.any(dim=1)  # [N, h], [N, w]
+    has = rows.any(dim=1)
+    if not bool(has.any()):
+        return (1, 1), [(0, 0)] * n  # no signal: one zero pixel a image gives the zeros
+    ar_h, ar_w = torch.arange(h, device=sig.device), torch.arange(w, device=sig.device)
+    big = max(h, w) + 1
+    r0 = torch.where(rows, ar_h, big).amin(dim=1)
+    r1 = torch.where(rows, ar_h, -1).amax(dim=1) + 1
+    c0 = torch.where(cols, ar_w, big).amin(dim=1)
+    c1 = torch.where(cols, ar_w, -1).amax(dim=1) + 1
+    hb, wb = int((r1 - r0)[has].max()), int((c1 - c0)[has].max())
+    if hb * wb > WINDOW_SHARE * h * w:
+        return None
+    top = torch.where(has, r0, 0).clamp(max=h - hb).tolist()
+    left = torch.where(has, c0, 0).clamp(max=w - wb).tolist()
+    return (hb, wb), list(zip(top, left, strict=True))
+
+
+def _live_channels(sig):
+    """The channels of an NCHW signal that are nonzero somewhere, int64 ``[K]``, when they are
+    at most half of them (a transposed convolution over those filters alone gives the same
+    result: the others add zeros; channel 0 alone for a zero signal), else None."""
+    import torch
+
+    if sig.ndim != 4:
+        return None
+    live = torch.nonzero(sig.abs().amax(dim=(0, 2, 3)) != 0).flatten()  # NaN counts as live
+    if len(live) == 0:  # a zero signal: one (zero) channel gives the zeros
+        return live.new_zeros(1)
+    return live if 2 * len(live) <= sig.shape[1] else None
 
 
 def _pool_switches(node, x):

@@ -559,3 +559,73 @@ def test_switches_come_from_the_forward_pass(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.pixels, Projector(m, "deconv", "cpu").project(
         x, "relu2", 3, mode="map").pixels)  # fmt: skip
     assert len(again) == 2
+
+
+# ---- the transposed convolution where the signal is ----------------------------------------
+
+
+def _sparse_signal(rng, n, c, h, w, kind):
+    sig = torch.zeros(n, c, h, w, dtype=torch.float64)
+    if kind == "dense":
+        return torch.from_numpy(rng.normal(size=(n, c, h, w)))
+    for i in range(n):
+        if kind == "one-empty" and i == 1:
+            continue
+        # one unit's channel, a position each (corners included); topk: three near it
+        y0 = int(rng.choice([0, h - 1, int(rng.integers(0, h))]))
+        x0 = int(rng.choice([0, w - 1, int(rng.integers(0, w))]))
+        for j in range(3 if kind == "topk" else 1):
+            ch = int(rng.integers(0, 2)) if kind == "two-channels" else 0
+            y = min(max(y0 + (int(rng.integers(-1, 2)) if j else 0), 0), h - 1)
+            x = min(max(x0 + (int(rng.integers(-1, 2)) if j else 0), 0), w - 1)
+            sig[i, ch, y, x] = float(rng.normal())
+    return sig
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(in_channels=5, out_channels=8, kernel_size=3, padding=1),
+        dict(in_channels=3, out_channels=8, kernel_size=11, stride=4, padding=2),
+        dict(in_channels=4, out_channels=8, kernel_size=(3, 5), stride=(2, 1), padding=(0, 2)),
+        dict(in_channels=4, out_channels=8, kernel_size=3, dilation=2, padding=2),
+        dict(in_channels=8, out_channels=8, kernel_size=3, padding=1, groups=8),  # depthwise
+        dict(in_channels=6, out_channels=8, kernel_size=3, stride=2, groups=2),
+    ],
+)
+@pytest.mark.parametrize("kind", ["one", "topk", "two-channels", "one-empty", "zero", "dense"])
+def test_windowed_transposed_convolution_equals_the_full_one(conv, kind):
+    """_conv_input against torch's conv2d_input of the whole signal, in float64: windows
+    at the map's edges (padding cut off), strides, dilation, groups, an image without signal,
+    no signal at all, and a dense signal (the full convolution)."""
+    from pyanalyzer.methods import deconvnet as dn
+
+    rng = np.random.default_rng(hash((str(conv), kind)) % 2**32)
+    module = torch.nn.Conv2d(**conv, bias=False).double()
+    x_shape = (3, conv["in_channels"], 23, 19)
+    h, w = module(torch.zeros(x_shape, dtype=torch.float64)).shape[-2:]
+    sig = _sparse_signal(rng, 3, conv["out_channels"], h, w, "one" if kind == "zero" else kind)
+    if kind == "zero":
+        sig.zero_()
+    want = torch.nn.grad.conv2d_input(x_shape, module.weight, sig, module.stride,
+                                      module.padding, module.dilation, module.groups)  # fmt: skip
+    windows = dn._windows(sig)
+    assert (windows is None) == (kind == "dense")  # the windowed path is the one tested
+    with torch.no_grad():
+        got = dn._conv_input(module, sig, x_shape)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_live_channels_and_windows_are_what_the_signal_reaches():
+    from pyanalyzer.methods import deconvnet as dn
+
+    sig = torch.zeros(2, 6, 9, 9)
+    sig[0, 4, 2, 3] = 1.0
+    sig[1, 1, 7, 8] = float("nan")  # NaN is signal
+    assert dn._live_channels(sig).tolist() == [1, 4]
+    assert dn._windows(sig) == ((1, 1), [(2, 3), (7, 8)])
+    sig[1, 1, 5, 6] = -2.0  # image 1 spans rows 5..7, cols 6..8: a 3x3 window for both
+    assert dn._windows(sig) == ((3, 3), [(2, 3), (5, 6)])
+    assert dn._live_channels(torch.ones(2, 6, 3, 3)) is None  # every channel: the full filters
+    assert dn._windows(torch.ones(2, 6, 3, 3)) is None
+    assert dn._live_channels(torch.zeros(2, 6, 3, 3)).tolist() == [0]
