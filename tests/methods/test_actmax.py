@@ -7,6 +7,8 @@ outcomes (activations rise at least tenfold; dead units move only with redirecte
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import onnx_factory as fac
 import pytest
@@ -47,15 +49,17 @@ from pyanalyzer.methods.actmax import (
     standard_transforms,
 )
 from pyanalyzer.methods.actmax import fused as fused_module
+from pyanalyzer.methods.actmax import transforms as transforms_module
 from pyanalyzer.methods.actmax.fused import fused_input
 from pyanalyzer.methods.actmax.objectives import Objective
 from pyanalyzer.methods.actmax.regularizers import blur, gaussian_kernel
-from pyanalyzer.methods.actmax.transforms import draw_index
+from pyanalyzer.methods.actmax.transforms import DrawAhead, Transform, draw_ahead, draw_index
 from pyanalyzer.model.preprocessing import PreprocessSpec
 from pyanalyzer.report.actmax import write_actmax
 from pyanalyzer.store import Key, Store
 
 FAST = {"progress": False}
+render_module = importlib.import_module("pyanalyzer.methods.actmax.render")  # not the function
 
 
 def run_actmax(model, layer, units, *, reference=None, **kw):
@@ -237,6 +241,68 @@ def test_same_generator_seed_same_transforms():
     t = standard_transforms()
     assert torch.equal(t(x, gen(3)), t(x, gen(3)))
     assert not torch.equal(t(x, gen(3)), t(x, gen(4)))
+
+
+def _copies(gens):
+    out = [torch.Generator() for _ in gens]
+    for c, g in zip(out, gens, strict=True):
+        c.set_state(g.get_state())
+    return out
+
+
+def test_draws_ahead_are_the_generators_own_draws():
+    """Every draw of a DrawAhead equals torch's randint from the generator itself, for
+    generators fresh from a seed, used for other draws before, or deep into a block, for
+    ranges from 1 to 2**24 and several words at a time, across block refills."""
+    gens = [gen(s) for s in range(5)]
+    torch.randn(7, generator=gens[1])  # normal draws (two words each, and a cached one)
+    torch.rand(3, generator=gens[2])
+    torch.randint(0, 9, (1500,), generator=gens[3])  # past MT19937's 624-word regeneration
+    before = [g.get_state().clone() for g in gens]
+    ref = _copies(gens)
+    ahead = draw_ahead(gens)
+    assert isinstance(ahead, DrawAhead) and len(ahead) == 5
+    rng = np.random.default_rng(0)
+    for i in range(1200):  # about 2400 words: two refills of DrawAhead.BLOCK
+        high = int(rng.integers(1, 2**24 + 1)) if i % 40 == 0 else int(rng.integers(1, 30))
+        k = int(rng.integers(1, 4))
+        assert torch.equal(draw_index(ahead, 5, high, k), draw_index(ref, 5, high, k))
+    assert all(torch.equal(b, g.get_state()) for b, g in zip(before, gens, strict=True))
+    with pytest.raises(ValueError, match="4 images"):
+        draw_index(ahead, 4, 3)
+    with pytest.raises(ValueError, match="below"):
+        draw_index(ahead, 5, 2**24 + 1)
+
+
+def test_draws_ahead_fall_back_to_torch_where_the_state_is_unknown(monkeypatch):
+    gens = [gen(1), gen(2)]
+    monkeypatch.setattr(transforms_module, "_STATE_BYTES", 5000)  # another layout
+    assert draw_ahead(gens) == gens
+    monkeypatch.undo()
+    # words that do not match torch's own draws (the check on a copy of the first generator)
+    monkeypatch.setattr(transforms_module, "_mersenne", lambda g: np.random.MT19937(7))
+    assert draw_ahead(gens) == gens
+
+
+class _Custom(Transform):
+    def __call__(self, x, generator):
+        return x
+
+
+def test_render_draws_ahead_only_for_the_module_transforms_and_the_same_images(model, monkeypatch):
+    lucid = Compose([*standard_transforms(), CenterCrop((8, 8))])
+    assert lucid.draws_by_index()
+    assert not Compose([_Custom(), Jitter(2)]).draws_by_index()
+    runs = {}
+    for ahead in (True, False):
+        monkeypatch.setattr(render_module, "DRAW_AHEAD", ahead)
+        for enabled in (True, False):  # the compiled pass and the torch ops
+            monkeypatch.setattr(fused_module, "ENABLED", enabled)
+            runs[ahead, enabled] = run_actmax(model, "relu2", [0, 3], steps=6, seed=3, **FAST)
+    for enabled in (True, False):
+        a, b = runs[True, enabled], runs[False, enabled]
+        assert np.array_equal(a.images, b.images)
+        assert np.array_equal(a.curve, b.curve)
 
 
 # ---- regularizers --------------------------------------------------------------------------

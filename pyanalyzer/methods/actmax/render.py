@@ -37,12 +37,13 @@ from pyanalyzer.methods.actmax.objectives import Activations, Objective, TensorR
 from pyanalyzer.methods.actmax.param import PARAMS, STARTS, make_param, mean_color
 from pyanalyzer.methods.actmax.redirect import redirected_relu
 from pyanalyzer.methods.actmax.regularizers import RegularizerSet, regularizer_set
-from pyanalyzer.methods.actmax.transforms import CenterCrop, Compose, resize
+from pyanalyzer.methods.actmax.transforms import CenterCrop, Compose, draw_ahead, resize
 
 if TYPE_CHECKING:
     from pyanalyzer.model.model import Model
 
 __all__ = [
+    "DRAW_AHEAD",
     "MAX_STEPS",
     "Net",
     "Rendering",
@@ -104,6 +105,10 @@ class Net:
         feats = self.engine.features(x, self.names)
         return Activations({k: feats[n] for k, n in zip(self.keys, self.names, strict=True)})
 
+
+DRAW_AHEAD = True
+"""Whether :func:`render` takes the transforms' draws ahead (:func:`~.transforms.draw_ahead`;
+the same values either way: False draws each from torch, as the benchmark compares)."""
 
 MAX_STEPS = 100_000
 """The most optimiser steps one call accepts (the per-step curve is kept in memory)."""
@@ -291,11 +296,14 @@ def render(
     pipeline = Compose([*(regs.transforms or ()), CenterCrop(hw)])
     # On the CPU, the transforms and the normalisation in one compiled pass where they allow
     fused = fused_input(pipeline, spec, hw, dev)
+    # The transforms' draws made ahead, from the generators' states after the start noise
+    # (the same values); custom transforms get the generators themselves.
+    draws = draw_ahead(gens) if DRAW_AHEAD and pipeline.draws_by_index() else gens
 
     def transformed(img: torch.Tensor) -> Activations:
         if fused is not None:
-            return net.on_input(fused(img, gens))
-        return net(resize(pipeline(img, gens), in_hw))
+            return net.on_input(fused(img, draws))
+        return net(resize(pipeline(img, draws), in_hw))
 
     def measure(rgb01: torch.Tensor) -> np.ndarray:
         with torch.no_grad():

@@ -10,6 +10,9 @@ identical images. ``generator`` is either one :class:`torch.Generator` (one row 
 image, taken from it in batch order) or a sequence of ``N`` generators, one per image, so that
 an image's draws do not depend on the other images in its batch (the render loop uses one
 generator per unit: a unit's picture is the same whether it is rendered alone or in a batch).
+For this module's transforms the render loop hands in the per-image generators as a
+:class:`DrawAhead` (:func:`draw_ahead`), which gives the same draws without a torch call per
+image and draw.
 
 Transforms are differentiable in ``x``; they compose with :class:`Compose`, which fuses runs
 of affine transforms (jitter, scale, rotate, crop) into a single resampling, and
@@ -23,24 +26,24 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pyanalyzer.errors import UserInputError
 
-Generators = torch.Generator | Sequence[torch.Generator]
-"""One generator for the whole batch, or one per image."""
-
 __all__ = [
     "AffineTransform",
     "CenterCrop",
     "Compose",
+    "DrawAhead",
     "Generators",
     "Jitter",
     "Pad",
     "RandomRotate",
     "RandomScale",
     "Transform",
+    "draw_ahead",
     "draw_index",
     "resize",
     "standard_transforms",
@@ -48,14 +51,105 @@ __all__ = [
 ]
 
 
+HIGH_AHEAD = 1 << 24
+"""The largest range :class:`DrawAhead` draws from (torch takes one word per draw up to it)."""
+
+_MT_N = 624  # words of MT19937's state
+_STATE_BYTES = 5056  # torch's CPU generator state: seed, left, seeded, next, 624 words, ...
+
+
+def _mersenne(g: torch.Generator) -> np.random.MT19937 | None:
+    """numpy's MT19937 in the state of the CPU generator ``g`` (the next outputs are the 32-bit
+    words ``g`` would use next), or None where ``g``'s state is not laid out as expected."""
+    raw = g.get_state().numpy()
+    if g.device.type != "cpu" or raw.size != _STATE_BYTES:
+        return None
+    left = int(raw[8:12].view("<i4")[0])
+    nxt = int(raw[16:24].view("<u8")[0])
+    key = raw[24 : 24 + 8 * _MT_N].view("<u8")
+    # torch takes word `next` after counting `left` down; at left == 1 it regenerates first
+    if not (1 <= left <= _MT_N + 1 and (left == 1 or left + nxt == _MT_N + 1)):
+        return None
+    if int(key.max()) >= 1 << 32:
+        return None
+    bits = np.random.MT19937()
+    pos = _MT_N if left == 1 else nxt
+    bits.state = {"bit_generator": "MT19937", "state": {"key": key.astype(np.uint32), "pos": pos}}
+    return bits
+
+
+class DrawAhead:
+    """Per-image generators whose :func:`draw_index` draws are made ahead, in blocks.
+
+    torch draws a small integer (``high <= 2**24``; larger ranges may take two words) on the
+    CPU as ``w % high`` of one 32-bit word ``w`` of the generator's Mersenne Twister. This reads each generator's state once
+    (:func:`draw_ahead`), takes the words in blocks of :attr:`BLOCK` from numpy's MT19937 (the
+    same algorithm), and answers :func:`draw_index` with ``w % high``: the values the
+    generators would give, in the same order, without two torch calls per image and draw.
+    The generators are left where they were: draws made from them afterwards repeat these.
+    """
+
+    BLOCK = 1024
+    """32-bit words drawn ahead per image at a time."""
+
+    def __init__(self, bits: Sequence[np.random.MT19937]):
+        self._bits = list(bits)
+        self._words = np.empty((len(self._bits), 0), np.uint64)
+        self._at = 0
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+    def take(self, n: int, high: int, k: int) -> torch.Tensor:
+        """Uniform integers in ``[0, high)``, int64 ``[n, k]``, row ``i`` from image ``i``'s
+        words (:func:`draw_index`)."""
+        if n != len(self._bits):
+            raise ValueError(f"got {len(self._bits)} generators for a batch of {n} images")
+        if not 1 <= high <= HIGH_AHEAD:
+            raise ValueError(f"draws ahead are below 1..{HIGH_AHEAD}, got {high}")
+        if self._at + k > self._words.shape[1]:
+            more = np.stack([b.random_raw(max(self.BLOCK, k)) for b in self._bits])
+            self._words = np.concatenate([self._words[:, self._at :], more], axis=1)
+            self._at = 0
+        words = self._words[:, self._at : self._at + k]
+        self._at += k
+        return torch.from_numpy((words % np.uint64(high)).astype(np.int64))
+
+
+Generators = torch.Generator | Sequence[torch.Generator] | DrawAhead
+"""One generator for the whole batch, one per image, or one per image drawn ahead
+(:func:`draw_ahead`)."""
+
+
+def draw_ahead(generators: Sequence[torch.Generator]) -> DrawAhead | list[torch.Generator]:
+    """The per-image generators as a :class:`DrawAhead`, or as a list where their states are
+    not the ones expected (another torch's layout or generator): then every draw is torch's
+    own. Checked on a copy of the first generator: 32 words against torch's ``randint``."""
+    gens = list(generators)
+    bits = [_mersenne(g) for g in gens]
+    if not gens or any(b is None for b in bits):
+        return gens
+    probe, copy = torch.Generator(), np.random.MT19937()
+    probe.set_state(gens[0].get_state())
+    copy.state = bits[0].state  # type: ignore[union-attr]
+    top = HIGH_AHEAD
+    expect = torch.randint(0, top, (32,), generator=probe).numpy()
+    if not np.array_equal(copy.random_raw(32) % np.uint64(top), expect.astype(np.uint64)):
+        return gens
+    return DrawAhead(bits)  # type: ignore[arg-type]
+
+
 def draw_index(generator: Generators, n: int, high: int, k: int = 1) -> torch.Tensor:
     """Uniform integers in ``[0, high)``, int64 ``[n, k]``: row ``i`` is image ``i``'s draws.
 
     With one generator the ``[n, k]`` block is drawn at once; with a sequence of ``n``
-    generators, row ``i`` comes from ``generator[i]`` alone.
+    generators, row ``i`` comes from ``generator[i]`` alone (a :class:`DrawAhead` gives the
+    same values).
     """
     if isinstance(generator, torch.Generator):
         return torch.randint(0, high, (n, k), generator=generator)
+    if isinstance(generator, DrawAhead):
+        return generator.take(n, high, k)
     gens = list(generator)
     if len(gens) != n:
         raise ValueError(f"got {len(gens)} generators for a batch of {n} images")
@@ -409,6 +503,14 @@ class Compose(Transform):
             raise ValueError(f"{self!r} is not one resampling")
         return self._product(run, n, size, generator)
 
+    def draws_by_index(self) -> bool:
+        """Whether every transform is one of this module's, which draw only through
+        :func:`draw_index` (so that a :class:`DrawAhead` may stand for the generators)."""
+        return all(
+            type(t) in _BY_INDEX or (type(t) is Compose and t.draws_by_index())
+            for t in self.transforms
+        )
+
     def __iter__(self) -> Iterator[Transform]:
         return iter(self.transforms)
 
@@ -417,6 +519,10 @@ class Compose(Transform):
 
     def __repr__(self) -> str:
         return f"Compose([{', '.join(map(repr, self.transforms))}])"
+
+
+_BY_INDEX = (Pad, _Shift, Jitter, RandomScale, RandomRotate, CenterCrop)
+"""The transforms that draw through :func:`draw_index` alone (:meth:`Compose.draws_by_index`)."""
 
 
 def standard_transforms() -> Compose:
