@@ -18,7 +18,8 @@ Split as lucid/lucent split it, four small modules joined by callables:
   named sets ``lucid`` (default), ``yosinski1``..``yosinski4``, ``none``;
 * :mod:`.render` — the optimisation loop alone (:func:`render`, lucent's ``render_vis``);
   :mod:`.redirect` — redirected ReLU gradients for dead units; :mod:`.directions` — direction
-  matrices for the direction objective;
+  matrices for the direction objective; :mod:`.fused` and :mod:`.selected` — the loop's
+  compiled input pass and each image's own unit computed alone;
 * :mod:`.method` — the analysis: :class:`ActivationMaximization` renders one image per unit of
   a layer, in batches, into an :class:`ActmaxResult` (cached and checkpointed in the store).
 

@@ -357,8 +357,16 @@ class _UnitObjective(Objective):
                 )
             idx = torch.tensor(self.unit, device=per_unit.device)[:, None]
             v = per_unit.gather(1, idx)[:, 0]
+        return self._masked(v)
+
+    def own_value(self, own: torch.Tensor) -> torch.Tensor:
+        """The value per image, ``[N]``, from ``own [N, 1, H, W]``: each image's own unit's map
+        alone (what :mod:`.selected` computes instead of the whole layer)."""
+        return self._masked(self._reduce(own)[:, 0])
+
+    def _masked(self, v: torch.Tensor) -> torch.Tensor:
         if self.batch is not None:
-            mask = torch.zeros(n, dtype=v.dtype, device=v.device)
+            mask = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
             mask[self.batch] = 1.0
             v = v * mask
         return v

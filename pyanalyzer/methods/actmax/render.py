@@ -8,7 +8,9 @@
    (on the CPU, steps 2 and 3 run as one compiled pass where the transforms are one
    resampling and no resize follows: :mod:`.fused`);
 4. the model's torch twin, cut after the layers the objective reads (the gradient engine's
-   :meth:`~pyanalyzer.model.gradient.GradientEngine.truncated`), runs forward;
+   :meth:`~pyanalyzer.model.gradient.GradientEngine.truncated`), runs forward; where the
+   objective reads one channel per image of a convolution (or its ReLU), the cut is at the
+   convolution's input and each image's channel is computed alone (:mod:`.selected`);
 5. Adam ascends the objective minus the penalties; pixel-editing regularizers and the
    parametrization's projection run after each step.
 
@@ -23,7 +25,7 @@ import contextlib
 import hashlib
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,6 +39,7 @@ from pyanalyzer.methods.actmax.objectives import Activations, Objective, TensorR
 from pyanalyzer.methods.actmax.param import PARAMS, STARTS, make_param, mean_color
 from pyanalyzer.methods.actmax.redirect import redirected_relu
 from pyanalyzer.methods.actmax.regularizers import RegularizerSet, regularizer_set
+from pyanalyzer.methods.actmax.selected import selected_units
 from pyanalyzer.methods.actmax.transforms import CenterCrop, Compose, draw_ahead, resize
 
 if TYPE_CHECKING:
@@ -92,12 +95,32 @@ class Net:
         # Channels-last convolutions are faster on CPU (oneDNN) and on tensor-core GPUs; the
         # values are the same.
         self.channels_last = self.spec.layout == "nchw"
+        self.redirecting = False
+        """Whether the ReLUs are redirected now (:meth:`redirected`)."""
 
     def __call__(self, rgb01: torch.Tensor) -> Activations:
+        return self.on_input(self.prepare(rgb01))
+
+    def prepare(self, rgb01: torch.Tensor) -> torch.Tensor:
+        """RGB 0..1 images in the model's input range and layout."""
         x = self.spec.normalize_torch(rgb01)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.on_input(x)
+        return x
+
+    @contextlib.contextmanager
+    def redirected(self, *modules: torch.nn.Module) -> Iterator[None]:
+        """lucid's redirected ReLU gradients inside the block (:mod:`.redirect`), on this
+        network and on ``modules`` (other cuts of it that the loop runs); :attr:`redirecting`
+        tells code that applies a ReLU itself."""
+        with contextlib.ExitStack() as stack:
+            for m in (self.module, *modules):
+                stack.enter_context(redirected_relu(m))
+            self.redirecting = True
+            try:
+                yield
+            finally:
+                self.redirecting = False
 
     def on_input(self, x: torch.Tensor) -> Activations:
         """The objective's tensors from ``x`` already in the model's input range and layout
@@ -300,10 +323,17 @@ def render(
     # (the same values); custom transforms get the generators themselves.
     draws = draw_ahead(gens) if DRAW_AHEAD and pipeline.draws_by_index() else gens
 
-    def transformed(img: torch.Tensor) -> Activations:
+    # Each image's own unit alone where the objective reads one channel of a convolution
+    select = selected_units(net, objective, n)
+
+    def transformed(img: torch.Tensor) -> torch.Tensor:  # the objective's values [N]
         if fused is not None:
-            return net.on_input(fused(img, draws))
-        return net(resize(pipeline(img, draws), in_hw))
+            x = fused(img, draws)
+        else:
+            x = net.prepare(resize(pipeline(img, draws), in_hw))
+        if select is not None:
+            return select(x)
+        return objective.value(net.on_input(x))
 
     def measure(rgb01: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -315,13 +345,13 @@ def render(
     curve = torch.zeros((steps, n), dtype=torch.float32, device=dev)
     with contextlib.ExitStack() as redirect:
         if redirect_steps > 0:
-            redirect.enter_context(redirected_relu(net.module))
+            redirect.enter_context(net.redirected(*(select.modules() if select else ())))
         for step in range(steps):
             if step == redirect_steps:
                 redirect.close()  # ordinary ReLU gradients from here on
             opt.zero_grad(set_to_none=True)
             img = image()
-            values = objective.value(transformed(img))
+            values = transformed(img)
             total = values
             for r in penalties:
                 cost = r.penalty(img, centre)
