@@ -401,7 +401,9 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
                     x = spec.normalize_torch(img).contiguous(memory_format=fmt)
                 feats = eng.features(x, names)
                 diffs = [feats[name][j::nl] - targets[j] for j, name in enumerate(names)]
-                data = torch.stack([(d * d).flatten(1).sum(1) for d in diffs], 1).flatten() / norms
+                # summed over the maps' own axes: flattening a channels-last map would copy it
+                sums = [(d * d).sum(dim=tuple(range(1, d.ndim))) for d in diffs]
+                data = torch.stack(sums, 1).flatten() / norms
                 hist[t] = data.detach().sqrt()
                 opt.zero_grad(set_to_none=True)
                 data.sum().backward()
