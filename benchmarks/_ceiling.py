@@ -84,13 +84,16 @@ def report(
     batched_ms: float | None = None,
     overhead_target: float = 1.15,
     own_ms: float | None = None,
+    method_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     """Print the network's cost per image at batch 1 and ``batch``, and the ceiling of the
-    batched/one-by-one ratio; with ``own_ms`` (the method's own work per image and step,
-    timed on :func:`trivial_model`), the floor of the overhead: what the overhead would be if
-    the network alone and that work cost exactly what they cost apart; with ``batched_ms``
-    (the method's batched cost per image and step), last, that cost over the network alone at
-    the same batch, against ``overhead_target``. Returns the ceiling."""
+    batched/one-by-one ratio; with ``method_fn`` (the network as the method runs it, where
+    that is less than ``fn``: each image's own unit alone), its cost at ``batch`` too; with
+    ``own_ms`` (the method's own work per image and step, timed on :func:`trivial_model`),
+    the floor of the overhead: what the overhead would be if the method's network and that
+    work cost exactly what they cost apart; with ``batched_ms`` (the method's batched cost per
+    image and step), last, that cost over the network alone at the same batch, against
+    ``overhead_target``. Returns the ceiling."""
     single, _ = network_ms_per_image(fn, shape, 1, repeat=50)
     many, many_median = network_ms_per_image(fn, shape, batch)
     ceiling = one_by_one_ms / many
@@ -98,15 +101,23 @@ def report(
         f"network alone ({label}, forward + backward), per image: batch 1 {single:.3f} ms, "
         f"batch {batch} {many:.3f} ms ({single / many:.2f}x)"
     )
+    runs = many
+    if method_fn is not None:
+        runs, _ = network_ms_per_image(method_fn, shape, batch)
+        print(
+            f"the method's network, per image: batch {batch} {runs:.3f} ms "
+            f"({runs / many:.2f}x the network alone: each image's own unit computed alone)"
+        )
     print(
         f"ceiling     {ceiling:8.2f}x  = one-by-one {one_by_one_ms:.3f} ms per image and step / "
         f"network alone at batch {batch}"
         + (f"; the target {target:g}x is above it on this machine" if ceiling < target else "")
     )
     if own_ms is not None:
-        floor = (many + own_ms) / many
+        floor = (runs + own_ms) / many
+        which = "the method's network" if method_fn is not None else "network alone"
         print(
-            f"floor       {floor:8.2f}x  = (network alone {many:.3f} + the method's own work "
+            f"floor       {floor:8.2f}x  = ({which} {runs:.3f} + the method's own work "
             f"{own_ms:.3f} ms per image and step, timed on a network that costs next to "
             f"nothing) / network alone"
             + (f"; the target {overhead_target:g}x is below it" if floor > overhead_target else "")

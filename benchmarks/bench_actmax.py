@@ -9,7 +9,9 @@ the two runs differ only by float rounding of batched kernels). The batched run 
 with the same run whose transforms and normalisation are torch ops instead of the compiled
 pass of :mod:`pyanalyzer.methods.actmax.fused`, and prints that ratio too, and for each round
 the batched run's cost over the network alone timed just before it (both in the same state of
-a shared machine).
+a shared machine). The network alone is the whole layer's forward + backward; the render loop
+computes each image's own unit alone where the layer is a convolution's
+(:mod:`pyanalyzer.methods.actmax.selected`), and the report prints that network's cost too.
 
     python benchmarks/bench_actmax.py                        # 64 units, 128 steps
     python benchmarks/bench_actmax.py --units 8 --steps 16   # a quick run
@@ -30,8 +32,9 @@ import torch
 
 import pyanalyzer as pa
 from pyanalyzer.methods.actmax import ActivationMaximization, fused
-from pyanalyzer.methods.actmax.objectives import resolve
+from pyanalyzer.methods.actmax.objectives import channel, resolve
 from pyanalyzer.methods.actmax.render import Net
+from pyanalyzer.methods.actmax.selected import selected_units
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _ceiling import (  # noqa: E402
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     own_ms = t_trivial * 1e3 / (len(units) * args.steps) - trivial_net
     # The render loop's network (net, above): RGB 0..1 -> preprocessing -> the torch twin cut
     # after the layer.
+    # The network as the render loop runs it: each image's own unit alone where it can
+    select = selected_units(net, channel(info.name, units), len(units))
     report(
         f"to {info.alias}",
         lambda x: net(x)(info.name),
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         args.target,
         batched_ms=t_batch * 1e3 / per_step,
         own_ms=own_ms,
+        method_fn=None if select is None else (lambda x: select(net.prepare(x))),
     )
     return 0 if ratio >= args.target else 1
 
