@@ -222,18 +222,26 @@ def test_the_compiled_transforms_are_chosen_only_where_they_apply(monkeypatch):
     assert fused_input(lucid, spec, hw, cpu) is None
 
 
+def _rendered_both_ways(model, monkeypatch, lever, layer):
+    """``(with, without)``: renderings of 1 and 12 steps of units 0, 3, 5 of ``layer`` with
+    ``lever.ENABLED`` True, then False."""
+    runs = {}
+    for enabled in (True, False):
+        monkeypatch.setattr(lever, "ENABLED", enabled)
+        runs[enabled] = [run_actmax(model, layer, [0, 3, 5], steps=s, seed=3, **FAST)
+                         for s in (1, 12)]  # fmt: skip
+    return runs[True], runs[False]
+
+
 def test_render_with_the_compiled_transforms_equals_the_torch_ops(model, monkeypatch):
     """The same rendering both ways. The two paths sample at coordinates about 1e-5 pixels
     apart; after one step the images are the same to one grey level; Adam, which scales every
     update to about the learning rate, lets such differences grow in the pixels the objective
     barely moves, so after 12 steps the objective's values are compared (they agree to 0.1 %
     here, and the units' activations rise the same way)."""
-    runs = {}
-    for enabled in (True, False):
-        monkeypatch.setattr(fused_module, "ENABLED", enabled)
-        runs[enabled] = [run_actmax(model, "relu2", [0, 3, 5], steps=s, seed=3, **FAST)
-                         for s in (1, 12)]  # fmt: skip
-    (one_fast, fast), (one_slow, slow) = runs[True], runs[False]
+    (one_fast, fast), (one_slow, slow) = _rendered_both_ways(
+        model, monkeypatch, fused_module, "relu2"
+    )
     assert np.abs(one_fast.images.astype(int) - one_slow.images.astype(int)).max() <= 1
     np.testing.assert_allclose(fast.reached, slow.reached, rtol=2e-3, atol=1e-3)
     np.testing.assert_allclose(fast.curve, slow.curve, rtol=0, atol=1e-3)
@@ -369,12 +377,9 @@ def test_render_with_selected_units_equals_the_whole_layer(model, monkeypatch):
     """The same rendering both ways: one step to one grey level, the objective's values over
     the first 5 steps to 0.05 %, over 12 steps to 2 % (Adam lets rounding grow: 1e-7 at the
     first steps, 0.9 % at the 12th here), the values reached to 0.5 %."""
-    runs = {}
-    for enabled in (True, False):
-        monkeypatch.setattr(selected_module, "ENABLED", enabled)
-        runs[enabled] = [run_actmax(model, "relu5", [0, 3, 5], steps=s, seed=3, **FAST)
-                         for s in (1, 12)]  # fmt: skip
-    (one_fast, fast), (one_slow, slow) = runs[True], runs[False]
+    (one_fast, fast), (one_slow, slow) = _rendered_both_ways(
+        model, monkeypatch, selected_module, "relu5"
+    )
     assert np.abs(one_fast.images.astype(int) - one_slow.images.astype(int)).max() <= 1
     np.testing.assert_allclose(fast.curve[:5], slow.curve[:5], rtol=5e-4, atol=1e-5)
     np.testing.assert_allclose(fast.curve, slow.curve, rtol=2e-2, atol=1e-4)

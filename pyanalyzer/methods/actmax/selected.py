@@ -19,19 +19,37 @@ always).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyanalyzer.methods.actmax.objectives import Channel, Neuron, Objective
+from pyanalyzer.methods.actmax.objectives import Channel, Neuron, Objective, TensorRef
 from pyanalyzer.methods.actmax.redirect import RedirectedReLU
 
 if TYPE_CHECKING:
-    from pyanalyzer.methods.actmax.render import Net
+    from pyanalyzer.model.gradient import GradientEngine
+    from pyanalyzer.model.preprocessing import PreprocessSpec
 
 __all__ = ["ENABLED", "SelectedUnits", "selected_units"]
+
+
+class Net(Protocol):
+    """What this module reads of the render loop's network (:class:`.render.Net`)."""
+
+    @property
+    def engine(self) -> GradientEngine: ...
+    @property
+    def refs(self) -> Mapping[str, TensorRef]: ...
+    @property
+    def spec(self) -> PreprocessSpec: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def redirecting(self) -> bool: ...
+
 
 ENABLED = True
 """Whether :func:`selected_units` may choose the path (False: the whole layer always)."""
