@@ -357,6 +357,24 @@ def test_selected_units_equal_the_whole_layer(model, objective, redirect):
     assert float(want_g.abs().max()) > 0
 
 
+@pytest.mark.parametrize("redirect", [False, True])
+def test_selected_units_through_relu6_equal_the_whole_layer(tmp_path, redirect):
+    """The same through a ReLU6 (ONNX Clip(0, 6)), whose unit 0 is dead on flat images."""
+    m = pa.load_model(fac.relu6_cnn(tmp_path), check_parity=False)
+    layer = [info for info in m.layers if info.op == "Clip"][-1].alias
+    objective = channel(layer, [0, 1, 0, 2])
+    net = Net(m, {r: resolve(m, r) for r in objective.refs()}, "cpu")
+    select = selected_units(net, objective, 4)
+    assert select is not None
+    flat = torch.linspace(0.1, 0.9, 4).view(4, 1, 1, 1).expand(4, 3, 32, 32)
+    x = net.prepare(flat + 0.05 * torch.rand(4, 3, 32, 32, generator=gen(2)))
+    want_v, want_g = _values_and_grad(net, objective, x, redirect=redirect)
+    got_v, got_g = _values_and_grad(net, objective, x, select, redirect=redirect)
+    torch.testing.assert_close(got_v, want_v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_g, want_g, rtol=0, atol=1e-5 * float(want_g.abs().max()))
+    assert float(want_g[0].abs().max()) > 0 if redirect else float(want_g[0].abs().max()) == 0
+
+
 def test_selected_units_only_where_they_apply(model, tmp_path, monkeypatch):
     def chosen(m, objective, n=2):
         net = Net(m, {r: resolve(m, r) for r in objective.refs()}, "cpu")
@@ -368,7 +386,7 @@ def test_selected_units_only_where_they_apply(model, tmp_path, monkeypatch):
     assert not chosen(model, direction("relu5", np.ones((2, 64), np.float32)))
     relu6 = pa.load_model(fac.relu6_cnn(tmp_path), check_parity=False)
     clip = [layer for layer in relu6.layers if layer.op == "Clip"][-1]
-    assert not chosen(relu6, channel(clip.alias, [0, 1]))  # Clip(0, 6), not a ReLU
+    assert chosen(relu6, channel(clip.alias, [0, 1]))  # Clip(0, 6): a ReLU6
     monkeypatch.setattr(selected_module, "ENABLED", False)
     assert not chosen(model, channel("relu5", [0, 1]))
 

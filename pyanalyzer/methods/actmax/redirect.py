@@ -15,7 +15,13 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["RedirectedReLU", "RedirectedReLU6", "redirected_relu"]
+__all__ = [
+    "REDIRECTED",
+    "RedirectedReLU",
+    "RedirectedReLU6",
+    "redirected_relu",
+    "redirected_twin",
+]
 
 
 @functools.cache
@@ -114,7 +120,16 @@ class RedirectedReLU6(nn.Module):
         return _RedirectedReLU6Function.apply(x)
 
 
-_REDIRECTED = ((nn.ReLU, RedirectedReLU), (nn.ReLU6, RedirectedReLU6))
+REDIRECTED: dict[type[nn.Module], type[nn.Module]] = {
+    nn.ReLU: RedirectedReLU,
+    nn.ReLU6: RedirectedReLU6,
+}
+"""Each activation module that is redirected, with the module that replaces it."""
+
+
+def redirected_twin(module: nn.Module) -> type[nn.Module] | None:
+    """The module class that replaces ``module`` while ReLUs are redirected, or None."""
+    return next((r for kind, r in REDIRECTED.items() if isinstance(module, kind)), None)
 
 
 @contextlib.contextmanager
@@ -133,7 +148,7 @@ def redirected_relu(module: nn.Module) -> Iterator[int]:
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     try:
         for name, sub in list(module.named_modules(remove_duplicate=False)):
-            replacement = next((r for kind, r in _REDIRECTED if isinstance(sub, kind)), None)
+            replacement = redirected_twin(sub)
             if replacement is not None and name:
                 parent_name, _, attr = name.rpartition(".")
                 parent = module.get_submodule(parent_name) if parent_name else module

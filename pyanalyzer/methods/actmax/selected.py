@@ -7,12 +7,13 @@ convolution) only to be ignored; on the default model's relu5 that is a fifth of
 cost per step. :func:`selected_units` finds such a layer, and :class:`SelectedUnits` computes
 each image's channel from the convolution's input with that channel's filter alone: a
 depthwise convolution of the image's input channels by the filter's slices, summed over
-them, plus the bias, then the ReLU. The values are the convolution's, summed in another order
+them, plus the bias, then the activation. The values are the convolution's, summed in another order
 (to float rounding); the gradient reaching the convolution's input is the one the full layer
 would pass back, since the other channels' gradients are zero.
 
 Only :class:`~.objectives.Channel` and :class:`~.objectives.Neuron` objectives on a plain 2-D
-``Conv`` (one group, zero padding), with or without a ``Relu`` after it, take this path; the
+``Conv`` (one group, zero padding), with or without a ReLU or ReLU6 after it (the activations
+that the render loop redirects in its first steps), take this path; the
 render loop keeps the whole layer for everything else (:data:`ENABLED` set to False keeps it
 always).
 """
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyanalyzer.methods.actmax.objectives import Channel, Neuron, Objective, TensorRef
-from pyanalyzer.methods.actmax.redirect import RedirectedReLU
+from pyanalyzer.methods.actmax.redirect import redirected_twin
 
 if TYPE_CHECKING:
     from pyanalyzer.model.gradient import GradientEngine
@@ -64,7 +65,8 @@ class SelectedUnits:
         objective: a channel or neuron objective.
         conv: the layer's convolution.
         source: the ONNX tensor the convolution reads (the model input itself or a tensor).
-        relu: whether a ReLU follows the convolution (the layer is its output).
+        activation: the ReLU or ReLU6 module after the convolution (the layer is its
+            output), or None (the layer is the convolution's output).
         units: one unit per image.
     """
 
@@ -74,14 +76,14 @@ class SelectedUnits:
         objective: Channel | Neuron,
         conv: nn.Conv2d,
         source: str,
-        relu: bool,
+        activation: nn.Module | None,
         units: list[int],
     ):
         self.net = net
         self.objective = objective
         self.conv = conv
         self.source = source
-        self.relu = relu
+        self.activation = activation
         self.from_input = source == net.engine.input_name
         self.module = None if self.from_input else net.engine.truncated([source])
         index = torch.tensor(units, device=net.device)
@@ -92,7 +94,8 @@ class SelectedUnits:
         bias = conv.bias
         self.bias = None if bias is None else bias.detach()[index].view(-1, 1, 1)
         self.n = len(units)
-        self._redirected = RedirectedReLU()
+        twin = None if activation is None else redirected_twin(activation)
+        self._redirected = None if twin is None else twin()
 
     def modules(self) -> list[nn.Module]:
         """The network modules this path runs (whose ReLUs the render loop redirects)."""
@@ -117,8 +120,12 @@ class SelectedUnits:
         if self.bias is not None:
             own = own + self.bias
         own = own.unsqueeze(1)  # [N, 1, h', w']: image i's unit
-        if self.relu:
-            own = self._redirected(own) if self.net.redirecting else own.clamp_min(0)
+        if self.activation is not None:
+            if self.net.redirecting:  # as redirected_relu swaps the network's own modules
+                assert self._redirected is not None
+                own = self._redirected(own)
+            else:
+                own = self.activation(own)
         return self.objective.own_value(own)
 
 
@@ -135,9 +142,10 @@ def selected_units(net: Net, objective: Objective, n: int) -> SelectedUnits | No
         return None
     node_name, k = engine.producer(ref.name)
     node = engine.onnx_nodes[node_name]
-    relu = node.op_type == "Relu"
-    if relu:
-        if not engine.has_tensor(node.input[0]):
+    activation = None
+    if node.op_type in ("Relu", "Clip"):  # as converted: ReLU, ReLU6 (redirected) or other
+        activation = engine.module.get_submodule(node_name)
+        if redirected_twin(activation) is None or not engine.has_tensor(node.input[0]):
             return None
         node_name, k = engine.producer(node.input[0])
         node = engine.onnx_nodes[node_name]
@@ -159,4 +167,4 @@ def selected_units(net: Net, objective: Objective, n: int) -> SelectedUnits | No
     units = [objective.unit] * n if isinstance(objective.unit, int) else list(objective.unit)
     if len(units) != n or ref.channels != conv.out_channels:
         return None
-    return SelectedUnits(net, objective, conv, source, relu, units)
+    return SelectedUnits(net, objective, conv, source, activation, units)
