@@ -41,12 +41,28 @@ inline Sample sample_at(const double* t, int64_t i, int64_t j, int64_t h, int64_
   return s;
 }
 
-}  // namespace
+// The common case of sample_at, without its clamps and tests: where (sx, sy) lies within the
+// clamp's range and all four corners are inside the input, the top-left corner and the
+// fractions exactly as sample_at computes them (the same shift by +2), and true; else false.
+inline bool inside_at(double sx, double sy, int64_t h, int64_t w, int64_t* x0, int64_t* y0,
+                      float* ax, float* ay) {
+  if (!(sx >= -2.0 && sx <= w + 1.0 && sy >= -2.0 && sy <= h + 1.0)) return false;
+  const double xs = sx + 2.0, ys = sy + 2.0;
+  const int64_t ix = static_cast<int64_t>(xs), iy = static_cast<int64_t>(ys);
+  if (ix < 2 || ix - 1 >= w || iy < 2 || iy - 1 >= h) return false;
+  *x0 = ix - 2;
+  *y0 = iy - 2;
+  *ax = static_cast<float>(xs - static_cast<double>(ix));
+  *ay = static_cast<float>(ys - static_cast<double>(iy));
+  return true;
+}
 
-void warp_normalize(const float* x, const double* theta, const float* scale,
-                    const float* shift, const int64_t* source, float fill,
-                    const WarpShape& shape, float* out) {
-  const int64_t n = shape.n, c = shape.channels, h = shape.in_h, w = shape.in_w;
+// kC > 0: the channel count, fixed at compile time (the loops over channels unroll); 0: any.
+template <int kC>
+void forward_impl(const float* __restrict__ x, const double* theta, const float* scale,
+                  const float* shift, const int64_t* source, float fill, const WarpShape& shape,
+                  float* __restrict__ out) {
+  const int64_t n = shape.n, c = kC > 0 ? kC : shape.channels, h = shape.in_h, w = shape.in_w;
   const int64_t oh = shape.out_h, ow = shape.out_w;
   const int64_t plane = h * w;
 #pragma omp parallel for collapse(2) schedule(static)
@@ -55,22 +71,33 @@ void warp_normalize(const float* x, const double* theta, const float* scale,
       const double* t = theta + b * 6;
       const float* planes = x + b * c * plane;
       float* row = out + ((b * oh + i) * ow) * c;
+      const double di = static_cast<double>(i);
       for (int64_t j = 0; j < ow; ++j) {
+        const double dj = static_cast<double>(j);
+        const double sx = t[0] * dj + t[1] * di + t[2], sy = t[3] * dj + t[4] * di + t[5];
+        int64_t x0, y0;
+        float ax, ay;
+        if (inside_at(sx, sy, h, w, &x0, &y0, &ax, &ay)) {  // the sum below, without its tests
+          const float w00 = (1.0f - ax) * (1.0f - ay), w01 = ax * (1.0f - ay);
+          const float w10 = (1.0f - ax) * ay, w11 = ax * ay;
+          const float* corner = planes + y0 * w + x0;
+          for (int64_t k = 0; k < c; ++k) {
+            const float* p = corner + source[k] * plane;
+            const float v = w00 * (p[0] - fill) + w01 * (p[1] - fill) + w10 * (p[w] - fill) +
+                            w11 * (p[w + 1] - fill);
+            row[j * c + k] = scale[k] * (v + fill) + shift[k];
+          }
+          continue;
+        }
         const Sample s = sample_at(t, i, j, h, w);
         const int64_t at = s.y0 * w + s.x0;  // only read where the corner is inside
         for (int64_t k = 0; k < c; ++k) {
           const float* p = planes + source[k] * plane;
-          float v;
-          if (s.inside) {  // the sum below, without its tests
-            v = s.w00 * (p[at] - fill) + s.w01 * (p[at + 1] - fill) +
-                s.w10 * (p[at + w] - fill) + s.w11 * (p[at + w + 1] - fill);
-          } else {
-            v = 0.0f;
-            if (s.top && s.left) v += s.w00 * (p[at] - fill);
-            if (s.top && s.right) v += s.w01 * (p[at + 1] - fill);
-            if (s.bottom && s.left) v += s.w10 * (p[at + w] - fill);
-            if (s.bottom && s.right) v += s.w11 * (p[at + w + 1] - fill);
-          }
+          float v = 0.0f;
+          if (s.top && s.left) v += s.w00 * (p[at] - fill);
+          if (s.top && s.right) v += s.w01 * (p[at + 1] - fill);
+          if (s.bottom && s.left) v += s.w10 * (p[at + w] - fill);
+          if (s.bottom && s.right) v += s.w11 * (p[at + w + 1] - fill);
           row[j * c + k] = scale[k] * (v + fill) + shift[k];
         }
       }
@@ -78,9 +105,10 @@ void warp_normalize(const float* x, const double* theta, const float* scale,
   }
 }
 
-void warp_normalize_backward(const float* grad_out, const double* theta, const float* scale,
-                             const int64_t* source, const WarpShape& shape, float* grad_x) {
-  const int64_t n = shape.n, c = shape.channels, h = shape.in_h, w = shape.in_w;
+template <int kC>
+void backward_impl(const float* __restrict__ grad_out, const double* theta, const float* scale,
+                   const int64_t* source, const WarpShape& shape, float* __restrict__ grad_x) {
+  const int64_t n = shape.n, c = kC > 0 ? kC : shape.channels, h = shape.in_h, w = shape.in_w;
   const int64_t oh = shape.out_h, ow = shape.out_w;
   const int64_t plane = h * w;
   // One image per thread: its planes are written by that thread alone, in a fixed order.
@@ -91,7 +119,26 @@ void warp_normalize_backward(const float* grad_out, const double* theta, const f
     const double* t = theta + b * 6;
     const float* g = grad_out + b * oh * ow * c;
     for (int64_t i = 0; i < oh; ++i) {
+      const double di = static_cast<double>(i);
       for (int64_t j = 0; j < ow; ++j, g += c) {
+        const double dj = static_cast<double>(j);
+        const double sx = t[0] * dj + t[1] * di + t[2], sy = t[3] * dj + t[4] * di + t[5];
+        int64_t x0, y0;
+        float ax, ay;
+        if (inside_at(sx, sy, h, w, &x0, &y0, &ax, &ay)) {  // the adds below, without tests
+          const float w00 = (1.0f - ax) * (1.0f - ay), w01 = ax * (1.0f - ay);
+          const float w10 = (1.0f - ax) * ay, w11 = ax * ay;
+          float* corner = gx + y0 * w + x0;
+          for (int64_t k = 0; k < c; ++k) {
+            float* p = corner + source[k] * plane;
+            const float v = g[k] * scale[k];
+            p[0] += w00 * v;
+            p[1] += w01 * v;
+            p[w] += w10 * v;
+            p[w + 1] += w11 * v;
+          }
+          continue;
+        }
         const Sample s = sample_at(t, i, j, h, w);
         const int64_t at = s.y0 * w + s.x0;
         for (int64_t k = 0; k < c; ++k) {
@@ -104,6 +151,31 @@ void warp_normalize_backward(const float* grad_out, const double* theta, const f
         }
       }
     }
+  }
+}
+
+}  // namespace
+
+void warp_normalize(const float* x, const double* theta, const float* scale,
+                    const float* shift, const int64_t* source, float fill,
+                    const WarpShape& shape, float* out) {
+  if (shape.channels == 3) {
+    forward_impl<3>(x, theta, scale, shift, source, fill, shape, out);
+  } else if (shape.channels == 1) {
+    forward_impl<1>(x, theta, scale, shift, source, fill, shape, out);
+  } else {
+    forward_impl<0>(x, theta, scale, shift, source, fill, shape, out);
+  }
+}
+
+void warp_normalize_backward(const float* grad_out, const double* theta, const float* scale,
+                             const int64_t* source, const WarpShape& shape, float* grad_x) {
+  if (shape.channels == 3) {
+    backward_impl<3>(grad_out, theta, scale, source, shape, grad_x);
+  } else if (shape.channels == 1) {
+    backward_impl<1>(grad_out, theta, scale, source, shape, grad_x);
+  } else {
+    backward_impl<0>(grad_out, theta, scale, source, shape, grad_x);
   }
 }
 
