@@ -578,6 +578,8 @@ def _windows(sig):
     would cover more than :data:`WINDOW_SHARE` of the map."""
     import torch
 
+    if sig.ndim != 4:
+        return None
     n, _, h, w = sig.shape
     nz = sig.abs().amax(dim=1) != 0  # [N, h, w]; NaN counts as nonzero
     rows, cols = nz.any(dim=2), nz.any(dim=1)  # [N, h], [N, w]

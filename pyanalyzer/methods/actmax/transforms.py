@@ -82,11 +82,12 @@ class DrawAhead:
     """Per-image generators whose :func:`draw_index` draws are made ahead, in blocks.
 
     torch draws a small integer (``high <= 2**24``; larger ranges may take two words) on the
-    CPU as ``w % high`` of one 32-bit word ``w`` of the generator's Mersenne Twister. This reads each generator's state once
-    (:func:`draw_ahead`), takes the words in blocks of :attr:`BLOCK` from numpy's MT19937 (the
-    same algorithm), and answers :func:`draw_index` with ``w % high``: the values the
-    generators would give, in the same order, without two torch calls per image and draw.
-    The generators are left where they were: draws made from them afterwards repeat these.
+    CPU as ``w % high`` of one 32-bit word ``w`` of the generator's Mersenne Twister. This
+    reads each generator's state once (:func:`draw_ahead`), takes the words in blocks of
+    :attr:`BLOCK` from numpy's MT19937 (the same algorithm), and answers :func:`draw_index`
+    with ``w % high``: the values the generators would give, in the same order, without a
+    torch call per image and draw. The generators are left where they were: draws made from
+    them afterwards repeat these.
     """
 
     BLOCK = 1024
