@@ -54,6 +54,7 @@ from pyanalyzer.methods.actmax import selected as selected_module
 from pyanalyzer.methods.actmax import transforms as transforms_module
 from pyanalyzer.methods.actmax.fused import fused_input
 from pyanalyzer.methods.actmax.objectives import Objective, resolve
+from pyanalyzer.methods.actmax.param import IMAGENET_COLOR_SQRT, FFTParam
 from pyanalyzer.methods.actmax.regularizers import blur, gaussian_kernel
 from pyanalyzer.methods.actmax.render import Net
 from pyanalyzer.methods.actmax.selected import selected_units
@@ -315,6 +316,41 @@ def test_render_draws_ahead_only_for_the_module_transforms_and_the_same_images(m
         a, b = runs[True, enabled], runs[False, enabled]
         assert np.array_equal(a.images, b.images)
         assert np.array_equal(a.curve, b.curve)
+
+
+# ---- parametrizations ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size, centre", [((6, 8), (0.485, 0.456, 0.406)), ((7, 5), (0.3,))])
+def test_fft_param_is_lucids_formula(size, centre):
+    """The image against numpy's inverse FFT in float64 of the 1/f-scaled spectrum, lucid's
+    colour square root (normalised) and the sigmoid about the centre's logit; the gradient
+    against autograd through the same formula in float64."""
+    h, w = size
+    p = FFTParam(2, size, centre, start="noise", generators=[gen(1), gen(2)], sd=0.5)
+    spec = p.spectrum.detach().double().numpy()
+    f = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2)
+    factor = 0.25 / np.maximum(f, 1.0 / max(h, w))
+    img = np.fft.irfft2((spec[..., 0] + 1j * spec[..., 1]) * factor, s=size, norm="ortho")
+    if len(centre) == 3:
+        color = IMAGENET_COLOR_SQRT.astype(np.float64)
+        color /= np.linalg.norm(color, axis=0).max()
+        img = np.einsum("ij,njhw->nihw", color, img)
+    logit = np.log(np.asarray(centre) / (1 - np.asarray(centre)))[None, :, None, None]
+    want = 1 / (1 + np.exp(-(img + logit)))
+    got = p()
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=0, atol=2e-6)
+    g = torch.rand(got.shape, generator=gen(3))
+    (got_grad,) = torch.autograd.grad(got, p.spectrum, g)
+    s64 = p.spectrum.detach().double().requires_grad_(True)
+    z = torch.fft.irfftn(
+        torch.view_as_complex(s64 * torch.from_numpy(factor)[None, None, :, :, None]),
+        s=size, dim=(-2, -1), norm="ortho",
+    )  # fmt: skip
+    if len(centre) == 3:
+        z = torch.einsum("ij,njhw->nihw", torch.from_numpy(color), z)
+    (want_grad,) = torch.autograd.grad(torch.sigmoid(z + torch.from_numpy(logit)), s64, g.double())
+    torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-5, atol=1e-6)
 
 
 # ---- each image's own unit alone -------------------------------------------------------------
