@@ -34,36 +34,29 @@ def network_ms_per_image(
     runs in, as the method does): ``(fastest, median)`` of ``repeat`` runs. On a shared machine
     noise only adds time, so the fastest run is the best estimate of the cost, and it errs on
     the side of a higher ceiling."""
-    x = torch.rand(batch, *shape, requires_grad=True)
-    times = []
-    warm = 5  # oneDNN creates and caches its primitives in the first rounds
-    for i in range(warm + repeat):
-        x.grad = None
-        t0 = time.perf_counter()
-        fn(x).sum().backward()
-        if i >= warm:
-            times.append(time.perf_counter() - t0)
-    return min(times) * 1e3 / batch, statistics.median(times) * 1e3 / batch
+    return network_ms_pair((fn,), shape, batch, repeat=repeat)[0]
 
 
 def network_ms_pair(
-    fns: tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]],
+    fns: tuple[Callable[[torch.Tensor], torch.Tensor], ...],
     shape: tuple[int, ...],
     batch: int,
     *,
     repeat: int = 20,
 ) -> list[tuple[float, float]]:
-    """:func:`network_ms_per_image` of two networks, their passes alternated (in swapped order
-    each round) so that a slow spell of the shared machine hits both: ``[(fastest, median)]``
-    for each."""
+    """:func:`network_ms_per_image` of several networks, their passes alternated (in reversed
+    order every other round) so that a slow spell of the shared machine hits all of them:
+    ``[(fastest, median)]`` for each."""
     x = torch.rand(batch, *shape, requires_grad=True)
-    times: list[list[float]] = [[], []]
-    for i in range(5 + repeat):  # oneDNN creates and caches its primitives in the first rounds
-        for k in (0, 1) if i % 2 == 0 else (1, 0):
+    times: list[list[float]] = [[] for _ in fns]
+    warm = 5  # oneDNN creates and caches its primitives in the first rounds
+    order = list(range(len(fns)))
+    for i in range(warm + repeat):
+        for k in order if i % 2 == 0 else order[::-1]:
             x.grad = None
             t0 = time.perf_counter()
             fns[k](x).sum().backward()
-            if i >= 5:
+            if i >= warm:
                 times[k].append(time.perf_counter() - t0)
     return [(min(t) * 1e3 / batch, statistics.median(t) * 1e3 / batch) for t in times]
 

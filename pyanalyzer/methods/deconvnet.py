@@ -550,11 +550,12 @@ def _conv_input(module, sig, shape):
     import torch.nn.functional as F
 
     weight, groups = module.weight, module.groups
-    live = _live_channels(sig) if groups == 1 else None
+    mag = sig.abs()  # where the signal is, for both tests below
+    live = _live_channels(mag) if groups == 1 else None
     if live is not None:
-        weight, sig = weight[live], sig[:, live]
+        weight, sig, mag = weight[live], sig[:, live], mag[:, live]
     stride, padding, dilation = module.stride, module.padding, module.dilation
-    found = None if isinstance(padding, str) else _windows(sig)
+    found = None if isinstance(padding, str) else _windows(mag)
     if found is None:
         return torch.nn.grad.conv2d_input(shape, weight, sig, stride, padding, dilation, groups)
     (hb, wb), starts = found
@@ -572,21 +573,22 @@ def _conv_input(module, sig, shape):
     return out
 
 
-def _windows(sig):
-    """``((height, width), [(top, left) per image])``: one window size for the batch that holds
-    each image's nonzero signal at its own position, inside the map; None where the windows
-    would cover more than :data:`WINDOW_SHARE` of the map."""
+def _windows(mag):
+    """``((height, width), [(top, left) per image])`` for the magnitude ``mag = |signal|`` of an
+    NCHW signal: one window size for the batch that holds each image's nonzero signal at its
+    own position, inside the map; None where the windows would cover more than
+    :data:`WINDOW_SHARE` of the map."""
     import torch
 
-    if sig.ndim != 4:
+    if mag.ndim != 4:
         return None
-    n, _, h, w = sig.shape
-    nz = sig.abs().amax(dim=1) != 0  # [N, h, w]; NaN counts as nonzero
+    n, _, h, w = mag.shape
+    nz = mag.amax(dim=1) != 0  # [N, h, w]; NaN counts as nonzero
     rows, cols = nz.any(dim=2), nz.any(dim=1)  # [N, h], [N, w]
     has = rows.any(dim=1)
     if not bool(has.any()):
         return (1, 1), [(0, 0)] * n  # no signal: one zero pixel a image gives the zeros
-    ar_h, ar_w = torch.arange(h, device=sig.device), torch.arange(w, device=sig.device)
+    ar_h, ar_w = torch.arange(h, device=mag.device), torch.arange(w, device=mag.device)
     big = max(h, w) + 1
     r0 = torch.where(rows, ar_h, big).amin(dim=1)
     r1 = torch.where(rows, ar_h, -1).amax(dim=1) + 1
@@ -600,18 +602,19 @@ def _windows(sig):
     return (hb, wb), list(zip(top, left, strict=True))
 
 
-def _live_channels(sig):
-    """The channels of an NCHW signal that are nonzero somewhere, int64 ``[K]``, when they are
-    at most half of them (a transposed convolution over those filters alone gives the same
-    result: the others add zeros; channel 0 alone for a zero signal), else None."""
+def _live_channels(mag):
+    """The channels where the magnitude ``mag = |signal|`` of an NCHW signal is nonzero
+    somewhere, int64 ``[K]``, when they are at most half of them (a transposed convolution over
+    those filters alone gives the same result: the others add zeros; channel 0 alone for a
+    zero signal), else None."""
     import torch
 
-    if sig.ndim != 4:
+    if mag.ndim != 4:
         return None
-    live = torch.nonzero(sig.abs().amax(dim=(0, 2, 3)) != 0).flatten()  # NaN counts as live
+    live = torch.nonzero(mag.amax(dim=(0, 2, 3)) != 0).flatten()  # NaN counts as live
     if len(live) == 0:  # a zero signal: one (zero) channel gives the zeros
         return live.new_zeros(1)
-    return live if 2 * len(live) <= sig.shape[1] else None
+    return live if 2 * len(live) <= mag.shape[1] else None
 
 
 def _pool_switches(node, x):

@@ -609,7 +609,7 @@ def test_windowed_transposed_convolution_equals_the_full_one(conv, kind):
         sig.zero_()
     want = torch.nn.grad.conv2d_input(x_shape, module.weight, sig, module.stride,
                                       module.padding, module.dilation, module.groups)  # fmt: skip
-    windows = dn._windows(sig)
+    windows = dn._windows(sig.abs())
     assert (windows is None) == (kind == "dense")  # the windowed path is the one tested
     with torch.no_grad():
         got = dn._conv_input(module, sig, x_shape)
@@ -622,10 +622,10 @@ def test_live_channels_and_windows_are_what_the_signal_reaches():
     sig = torch.zeros(2, 6, 9, 9)
     sig[0, 4, 2, 3] = 1.0
     sig[1, 1, 7, 8] = float("nan")  # NaN is signal
-    assert dn._live_channels(sig).tolist() == [1, 4]
-    assert dn._windows(sig) == ((1, 1), [(2, 3), (7, 8)])
+    assert dn._live_channels(sig.abs()).tolist() == [1, 4]
+    assert dn._windows(sig.abs()) == ((1, 1), [(2, 3), (7, 8)])
     sig[1, 1, 5, 6] = -2.0  # image 1 spans rows 5..7, cols 6..8: a 3x3 window for both
-    assert dn._windows(sig) == ((3, 3), [(2, 3), (5, 6)])
+    assert dn._windows(sig.abs()) == ((3, 3), [(2, 3), (5, 6)])
     assert dn._live_channels(torch.ones(2, 6, 3, 3)) is None  # every channel: the full filters
     assert dn._windows(torch.ones(2, 6, 3, 3)) is None
     assert dn._live_channels(torch.zeros(2, 6, 3, 3)).tolist() == [0]
