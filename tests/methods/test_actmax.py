@@ -393,6 +393,31 @@ def test_selected_units_equal_the_whole_layer(model, objective, redirect):
     assert float(want_g.abs().max()) > 0
 
 
+def test_selected_units_pass_the_gradient_back_in_the_maps_layout(model):
+    """The gradient reaching the convolution's input map is channels-last like the map (the
+    ReLU backward before it then reads both in one layout), with the whole layer's values."""
+    objective = channel("relu5", [3, 1, 4, 1])
+    net = Net(model, {r: resolve(model, r) for r in objective.refs()}, "cpu")
+    select = selected_units(net, objective, 4)
+    assert select is not None and select.module is not None
+    seen = []
+
+    def keep(module, args, out):
+        assert out[0].is_contiguous(memory_format=torch.channels_last)
+        out[0].register_hook(lambda g: seen.append(g))
+
+    handle = select.module.register_forward_hook(keep)
+    try:
+        x = net.prepare(torch.rand(4, 3, 64, 64, generator=gen(6)))
+        _, got = _values_and_grad(net, objective, x, select)
+    finally:
+        handle.remove()
+    (g,) = seen
+    assert not g.is_contiguous() and g.is_contiguous(memory_format=torch.channels_last)
+    _, want = _values_and_grad(net, objective, x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
 @pytest.mark.parametrize("redirect", [False, True])
 def test_selected_units_through_relu6_equal_the_whole_layer(tmp_path, redirect):
     """The same through a ReLU6 (ONNX Clip(0, 6)), whose unit 0 is dead on flat images."""

@@ -29,6 +29,7 @@ from torch import nn
 
 from pyanalyzer.methods.actmax.objectives import Channel, Neuron, Objective, TensorRef
 from pyanalyzer.methods.actmax.redirect import redirected_twin
+from pyanalyzer.model.layout import packed
 
 if TYPE_CHECKING:
     from pyanalyzer.model.gradient import GradientEngine
@@ -113,7 +114,7 @@ class SelectedUnits:
             raise ValueError(f"the selection holds {self.n} images, got {n}")
         conv = self.conv
         maps = F.conv2d(
-            src.contiguous().view(1, n * c, h, w), self.weight, None, conv.stride, conv.padding,
+            packed(src).view(1, n * c, h, w), self.weight, None, conv.stride, conv.padding,
             conv.dilation, n * c,
         )  # fmt: skip
         own = maps.view(n, c, *maps.shape[-2:]).sum(dim=1)  # [N, h', w']

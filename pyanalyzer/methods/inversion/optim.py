@@ -310,6 +310,7 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
         import torch
 
         from pyanalyzer._progress import progress_bar
+        from pyanalyzer.model.layout import take_rows
 
         p, model, spec, eng = self.params, self.model, self.model.preprocessing, self.engine
         dev = eng.device
@@ -400,7 +401,8 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
                         img = torch.roll(img, (int(shifts[t, 0]), int(shifts[t, 1])), dims=(2, 3))
                     x = spec.normalize_torch(img).contiguous(memory_format=fmt)
                 feats = eng.features(x, names)
-                diffs = [feats[name][j::nl] - targets[j] for j, name in enumerate(names)]
+                # take_rows: a slice whose gradient keeps the maps' channels-last layout
+                diffs = [take_rows(feats[name], j, nl) - targets[j] for j, name in enumerate(names)]
                 # summed over the maps' own axes: flattening a channels-last map would copy it
                 sums = [(d * d).sum(dim=tuple(range(1, d.ndim))) for d in diffs]
                 data = torch.stack(sums, 1).flatten() / norms
