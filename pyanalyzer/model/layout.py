@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["channels_last", "packed", "take_rows"]
+__all__ = ["channels_last", "grad_in_layout", "packed", "take_rows"]
 
 
 def channels_last(x: torch.Tensor) -> bool:
@@ -60,3 +60,24 @@ def take_rows(x: torch.Tensor, start: int, step: int) -> torch.Tensor:
     if start == 0 and step == 1:
         return x
     return _Rows.apply(x, start, step) if channels_last(x) else x[start::step]
+
+
+class _GradInLayout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        # only a dense gradient in the other layout is copied; an expanded or channels-last
+        # one is read as it is
+        if grad.is_contiguous() and not grad.is_contiguous(memory_format=torch.channels_last):
+            return grad.contiguous(memory_format=torch.channels_last)
+        return grad
+
+
+def grad_in_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself, for a channels-last ``x`` through an identity whose backward pass copies a
+    contiguous gradient to channels-last: what an objective's reductions and indexing pass
+    back (a mean over positions, a unit picked per image) arrives in the contiguous layout."""
+    return _GradInLayout.apply(x) if channels_last(x) else x

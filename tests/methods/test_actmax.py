@@ -418,6 +418,42 @@ def test_selected_units_pass_the_gradient_back_in_the_maps_layout(model):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize(
+    "objective",
+    [
+        direction("relu5", np.arange(6 * 64, dtype=np.float32).reshape(6, 64) % 5 - 2),
+        channel("maxpool2", [0, 5, 9, 31, 2, 2]),
+    ],
+    ids=repr,
+)
+def test_objectives_pass_the_gradient_back_in_the_maps_layout(model, objective):
+    """An objective's reductions pass back a contiguous gradient; the render loop's network
+    hands it to the channels-last map channels-last, with the values and input gradient of
+    the plain network."""
+    (ref,) = objective.refs()
+    net = Net(model, {ref: resolve(model, ref)}, "cpu")
+    seen = []
+
+    def keep(module, args, out):
+        out[0].register_hook(lambda g: seen.append(g))
+
+    x = net.prepare(torch.rand(6, 3, 64, 64, generator=gen(7)))
+    handle = net.module.register_forward_hook(keep)
+    try:
+        got_v, got_g = _values_and_grad(net, objective, x)
+    finally:
+        handle.remove()
+    (g,) = seen
+    assert not g.is_contiguous() and g.is_contiguous(memory_format=torch.channels_last)
+    plain = x.detach().clone().requires_grad_(True)
+    want_v = objective.value(
+        Activations({ref: net.engine.features(plain, net.names)[net.names[0]]})
+    )
+    (want_g,) = torch.autograd.grad(-want_v.sum(), plain)
+    torch.testing.assert_close(got_v, want_v.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(got_g, want_g, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("redirect", [False, True])
 def test_selected_units_through_relu6_equal_the_whole_layer(tmp_path, redirect):
     """The same through a ReLU6 (ONNX Clip(0, 6)), whose unit 0 is dead on flat images."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyanalyzer.model.layout import channels_last, packed, take_rows
+from pyanalyzer.model.layout import channels_last, grad_in_layout, packed, take_rows
 
 
 def _map(shape=(6, 5, 4, 3), fmt=torch.channels_last, seed=0):
@@ -53,3 +53,24 @@ def test_take_rows_equals_the_slice_and_keeps_the_layout(start, step, fmt):
     rest = torch.ones(len(x), dtype=torch.bool)
     rest[start::step] = False
     assert float(got_g[rest].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize(
+    "reduce",
+    [
+        lambda t: t.mean(dim=(2, 3)).sum(),  # a mean over positions: a contiguous gradient
+        lambda t: t[:, 1].sum(),  # one channel picked: a contiguous gradient
+        lambda t: t.sum(),  # an expanded gradient, passed on as it is
+    ],
+    ids=["mean", "channel", "sum"],
+)
+def test_grad_in_layout_is_the_identity_with_the_maps_layout(fmt, reduce):
+    x = _map(fmt=fmt)
+    out = grad_in_layout(x)
+    torch.testing.assert_close(out, x, rtol=0, atol=0)
+    (got,) = torch.autograd.grad(reduce(out), x)
+    (want,) = torch.autograd.grad(reduce(x), x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    if fmt == torch.channels_last:
+        assert got.is_contiguous(memory_format=fmt) or 0 in got.stride()

@@ -41,6 +41,7 @@ from pyanalyzer.methods.actmax.redirect import redirected_relu
 from pyanalyzer.methods.actmax.regularizers import RegularizerSet, regularizer_set
 from pyanalyzer.methods.actmax.selected import selected_units
 from pyanalyzer.methods.actmax.transforms import CenterCrop, Compose, draw_ahead, resize
+from pyanalyzer.model.layout import grad_in_layout
 
 if TYPE_CHECKING:
     from pyanalyzer.model.model import Model
@@ -126,7 +127,10 @@ class Net:
         """The objective's tensors from ``x`` already in the model's input range and layout
         (what :meth:`__call__` makes of RGB 0..1 images)."""
         feats = self.engine.features(x, self.names)
-        return Activations({k: feats[n] for k, n in zip(self.keys, self.names, strict=True)})
+        # the objective's gradient goes back to each map in the map's layout (model/layout.py)
+        return Activations(
+            {k: grad_in_layout(feats[n]) for k, n in zip(self.keys, self.names, strict=True)}
+        )
 
 
 DRAW_AHEAD = True
