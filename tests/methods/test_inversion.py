@@ -28,6 +28,7 @@ from pyanalyzer.methods.inversion import decoder as decoder_mod
 from pyanalyzer.methods.inversion import objective as obj
 from pyanalyzer.methods.inversion import upconv as upconv_mod
 from pyanalyzer.methods.inversion._common import pixel_centre
+from pyanalyzer.methods.inversion.loss import row_distance
 from pyanalyzer.report.inversion import strip, write_inversion
 from pyanalyzer.report.montage import upscale
 
@@ -568,3 +569,36 @@ def test_model_without_torch_twin_names_the_op(tmp_path):
     with pytest.raises(GradientUnavailableError, match="Shrink") as exc:
         invert_optim(m, np.zeros((1, 16, 16, 3), np.uint8), "conv1", steps=1, progress=False)
     _one_line(exc)
+
+
+@pytest.mark.parametrize(
+    "shape, fmt",
+    [((5, 6, 4, 3), torch.channels_last), ((5, 6, 4, 3), torch.contiguous_format), ((5, 7), None)],
+)
+def test_row_distance_is_the_torch_ops_bitwise(shape, fmt):
+    """Values and gradient bitwise those of the ops it replaces, near float64's, and the
+    gradient in the features' layout."""
+    g = torch.Generator().manual_seed(3)
+
+    def laid(t):
+        return t if fmt is None else t.contiguous(memory_format=fmt)
+
+    f = laid(torch.randn(shape, generator=g)).requires_grad_(True)
+    t = laid(torch.randn(shape, generator=g))
+    norms = torch.rand(shape[0], generator=g) + 0.5
+    upstream = torch.randn(shape[0], generator=g)
+    got = row_distance(f, t, norms)
+    (got_g,) = torch.autograd.grad(got, f, upstream)
+    d = f - t
+    want = (d * d).sum(dim=tuple(range(1, d.ndim))) / norms
+    (want_g,) = torch.autograd.grad(want, f, upstream)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got_g, want_g, rtol=0, atol=0)
+    f64 = f.detach().double().requires_grad_(True)
+    d64 = f64 - t.double()
+    ref = (d64 * d64).sum(dim=tuple(range(1, d64.ndim))) / norms.double()
+    (ref_g,) = torch.autograd.grad(ref, f64, upstream.double())
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_g.double(), ref_g, rtol=1e-6, atol=1e-6)
+    if fmt is not None:
+        assert got_g.is_contiguous(memory_format=fmt)

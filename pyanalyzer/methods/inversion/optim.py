@@ -310,6 +310,7 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
         import torch
 
         from pyanalyzer._progress import progress_bar
+        from pyanalyzer.methods.inversion.loss import row_distance
         from pyanalyzer.model.layout import take_rows
 
         p, model, spec, eng = self.params, self.model, self.model.preprocessing, self.engine
@@ -336,7 +337,7 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
             for t in (phi0[name] for name in names)
         ]
         norms = torch.stack([t.pow(2).flatten(1).sum(1) for t in targets], 1).clamp_min(1e-12)
-        norms = norms.flatten()
+        layer_norms = [norms[:, j].contiguous() for j in range(nl)]  # [N] for each layer
         lam_tv = torch.tensor([self.lambda_tv_for(i) for i in infos], device=dev)
         lam_tv = lam_tv.repeat(n).view(-1, 1, 1, 1)
 
@@ -401,11 +402,15 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
                         img = torch.roll(img, (int(shifts[t, 0]), int(shifts[t, 1])), dims=(2, 3))
                     x = spec.normalize_torch(img).contiguous(memory_format=fmt)
                 feats = eng.features(x, names)
+                # per layer, one node (loss.row_distance) summed over the maps' own axes;
                 # take_rows: a slice whose gradient keeps the maps' channels-last layout
-                diffs = [take_rows(feats[name], j, nl) - targets[j] for j, name in enumerate(names)]
-                # summed over the maps' own axes: flattening a channels-last map would copy it
-                sums = [(d * d).sum(dim=tuple(range(1, d.ndim))) for d in diffs]
-                data = torch.stack(sums, 1).flatten() / norms
+                data = torch.stack(
+                    [
+                        row_distance(take_rows(feats[name], j, nl), targets[j], layer_norms[j])
+                        for j, name in enumerate(names)
+                    ],
+                    1,
+                ).flatten()
                 hist[t] = data.detach().sqrt()
                 opt.zero_grad(set_to_none=True)
                 data.sum().backward()
