@@ -86,7 +86,7 @@ class FusedInput:
     def __call__(self, images: torch.Tensor, generator: Generators) -> torch.Tensor:
         n, _, h, w = images.shape
         matrix, out, fill = self.pipeline.resampling(n, (int(h), int(w)), generator)
-        theta = np.ascontiguousarray(matrix[:, :2].numpy())
+        theta = np.ascontiguousarray(matrix[:, :2])
         x = _WarpNormalize.apply(
             images, theta, self.scale, self.shift, self.source, float(fill), out
         )

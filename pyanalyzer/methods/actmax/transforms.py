@@ -157,10 +157,15 @@ def draw_index(generator: Generators, n: int, high: int, k: int = 1) -> torch.Te
     return torch.cat([torch.randint(0, high, (1, k), generator=g) for g in gens])
 
 
-def _choice(generator: Generators, n: int, values: Sequence[float]) -> torch.Tensor:
-    """One of ``values`` per image, float32 ``[n]``."""
-    idx = draw_index(generator, n, len(values))[:, 0]
-    return torch.as_tensor(values, dtype=torch.float32)[idx]
+def _choice(generator: Generators, n: int, values: Sequence[float]) -> np.ndarray:
+    """One of ``values`` per image, as float32 then float64 ``[n]``."""
+    idx = draw_index(generator, n, len(values))[:, 0].numpy()
+    return np.asarray(values, dtype=np.float32)[idx].astype(np.float64)
+
+
+def _eye(n: int) -> np.ndarray:
+    """``n`` identity matrices, float64 ``[n, 3, 3]``."""
+    return np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
 
 
 class Transform:
@@ -226,8 +231,10 @@ class AffineTransform(Transform):
 
     def matrix(
         self, n: int, size: tuple[int, int], generator: Generators
-    ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """``(M [n, 3, 3] float64, output size)`` for inputs of ``size = (H, W)``."""
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """``(M [n, 3, 3] float64, output size)`` for inputs of ``size = (H, W)``; numpy
+        arrays, made on the CPU once per step (a few hundred values: numpy's small-array ops
+        cost a fraction of torch's dispatch)."""
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, generator: Generators) -> torch.Tensor:
@@ -244,7 +251,7 @@ class _Shift(AffineTransform):
         self.fill = float(fill)
 
     def matrix(self, n, size, generator):
-        m = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+        m = _eye(n)
         m[:, 0, 2] = -self.width
         m[:, 1, 2] = -self.width
         return m, (size[0] + 2 * self.width, size[1] + 2 * self.width)
@@ -260,16 +267,15 @@ def _to_normalized(h: int, w: int) -> torch.Tensor:
 
 
 def warp(
-    x: torch.Tensor, matrix: torch.Tensor, out: tuple[int, int], fill: float = 0.0
+    x: torch.Tensor, matrix: np.ndarray | torch.Tensor, out: tuple[int, int], fill: float = 0.0
 ) -> torch.Tensor:
     """Resample ``x [N, C, H, W]`` at ``matrix @ (x, y, 1)`` of every output pixel of size
     ``out`` (pixel coordinates, see :class:`AffineTransform`): bilinear, ``fill`` outside
     (blending into it across the input's edge pixel, as zeros padding does)."""
     n, c, h, w = x.shape
     ho, wo = out
-    theta = (
-        _to_normalized(h, w) @ matrix.to(torch.float64) @ torch.linalg.inv(_to_normalized(ho, wo))
-    )
+    m = torch.as_tensor(matrix, dtype=torch.float64)
+    theta = _to_normalized(h, w) @ m @ torch.linalg.inv(_to_normalized(ho, wo))
     # The matrices are small and on the CPU (the draws are); the grid is made where x is.
     grid = F.affine_grid(theta[:, :2].to(x.device, x.dtype), [n, c, ho, wo], align_corners=False)
     if fill:
@@ -279,11 +285,11 @@ def warp(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _about_centre(a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _about_centre(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``[n, 2, 2]`` linear maps applied about the image centre, as ``[n, 3, 3]``."""
     h, w = size
-    c = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64)
-    m = torch.zeros(a.shape[0], 3, 3, dtype=torch.float64)
+    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    m = np.zeros((a.shape[0], 3, 3))
     m[:, :2, :2] = a
     m[:, :2, 2] = c - a @ c
     m[:, 2, 2] = 1.0
@@ -310,9 +316,9 @@ class Jitter(AffineTransform):
         return draw_index(generator, n, self.d + 1, 2)
 
     def matrix(self, n, size, generator):
-        m = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+        m = _eye(n)
         if self.d:
-            off = self._offsets(n, size, generator).to(torch.float64)
+            off = self._offsets(n, size, generator).numpy()
             m[:, 0, 2] = off[:, 1]
             m[:, 1, 2] = off[:, 0]
         return m, (size[0] - self.d, size[1] - self.d)
@@ -348,8 +354,8 @@ class RandomScale(AffineTransform):
         self.fill = float(fill)
 
     def matrix(self, n, size, generator):
-        inv = 1.0 / _choice(generator, n, self.scales).to(torch.float64)
-        a = torch.zeros(n, 2, 2, dtype=torch.float64)
+        inv = 1.0 / _choice(generator, n, self.scales)
+        a = np.zeros((n, 2, 2))
         a[:, 0, 0] = inv
         a[:, 1, 1] = inv
         return _about_centre(a, size), size
@@ -367,11 +373,11 @@ class RandomRotate(AffineTransform):
         self.fill = float(fill)
 
     def matrix(self, n, size, generator):
-        rad = _choice(generator, n, self.angles).to(torch.float64) * (math.pi / 180.0)
-        cos, sin = torch.cos(rad), torch.sin(rad)
+        rad = _choice(generator, n, self.angles) * (math.pi / 180.0)
+        cos, sin = np.cos(rad), np.sin(rad)
         # Output pixel (u, v) from the centre, y down, samples the input at
         # (u cos a - v sin a, u sin a + v cos a): a counter-clockwise turn on screen.
-        a = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+        a = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
         return _about_centre(a, size), size
 
 
@@ -388,7 +394,7 @@ class CenterCrop(AffineTransform):
 
     def matrix(self, n, size, generator):
         top, left, h, w = self._box(size)
-        m = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+        m = _eye(n)
         m[:, 0, 2] = left
         m[:, 1, 2] = top
         return m, (h, w)
@@ -454,7 +460,7 @@ class Compose(Transform):
     @staticmethod
     def _product(
         run: Sequence[AffineTransform], n: int, size: tuple[int, int], generator: Generators
-    ) -> tuple[torch.Tensor, tuple[int, int], float]:
+    ) -> tuple[np.ndarray, tuple[int, int], float]:
         """``(M [n, 3, 3] float64, output size, fill)`` of ``run`` applied in order to inputs
         of ``size``, drawing as applying them one by one would."""
         fills = {t.fill for t in run if t.fill is not None}
@@ -463,10 +469,10 @@ class Compose(Transform):
                 f"consecutive resampling transforms fill the outside with different values "
                 f"({sorted(fills)}): give them one fill, or put another transform between them"
             )
-        total = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+        total = _eye(n)
         for t in run:
             m, size = t.matrix(n, size, generator)
-            total = total @ m
+            total = total @ np.asarray(m, dtype=np.float64)
         return total, size, fills.pop() if fills else 0.0
 
     def as_resampling(self) -> list[AffineTransform] | None:
@@ -489,7 +495,7 @@ class Compose(Transform):
 
     def resampling(
         self, n: int, size: tuple[int, int], generator: Generators
-    ) -> tuple[torch.Tensor, tuple[int, int], float]:
+    ) -> tuple[np.ndarray, tuple[int, int], float]:
         """``(M [n, 3, 3] float64, output size, fill)``: the one resampling that this
         composition is, for inputs of ``size`` (:meth:`as_resampling`), with the draws that
         calling it would take, in the same order; ``warp(x, M, size, fill)`` is then the
