@@ -1,9 +1,9 @@
 """The optimisation loop's data term as one autograd node per layer.
 
-Per row, ``‖Φ(x) − Φ0‖² / ‖Φ0‖²`` (Mahendran & Vedaldi's normalised feature loss, squared),
-written with torch ops the loop ran a subtraction, a product, a sum and a division forward and
-five operations backward on every step. :func:`row_distance` computes the same numbers in two
-passes forward (the difference, its squared sum) and one backward (the difference times the
+Per row, ``‖Φ(x) − Φ0‖² / ‖Φ0‖²`` (Mahendran & Vedaldi's normalised feature loss, squared).
+Written with torch ops, it cost the loop a subtraction, a product, a sum and a division forward
+and five operations backward on every step. :func:`row_distance` computes the same numbers in
+two passes forward (the difference, its squared sum) and one backward (the difference times the
 row's factor), in the features' own layout; the values and the gradient are bitwise those of
 the torch ops (the product rule's ``g·d + g·d`` is ``d·(2g)`` exactly in binary floating
 point).
