@@ -336,8 +336,8 @@ class OptimInversion(ImageAnalysis[OptimParams, InversionResult]):
             t.detach().contiguous(memory_format=fmt) if t.ndim == 4 else t.detach()
             for t in (phi0[name] for name in names)
         ]
-        norms = torch.stack([t.pow(2).flatten(1).sum(1) for t in targets], 1).clamp_min(1e-12)
-        layer_norms = [norms[:, j].contiguous() for j in range(nl)]  # [N] for each layer
+        # ‖Φ0‖² per image, [N] for each layer
+        layer_norms = [t.pow(2).flatten(1).sum(1).clamp_min(1e-12) for t in targets]
         lam_tv = torch.tensor([self.lambda_tv_for(i) for i in infos], device=dev)
         lam_tv = lam_tv.repeat(n).view(-1, 1, 1, 1)
 
