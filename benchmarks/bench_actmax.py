@@ -12,6 +12,8 @@ the batched run's cost over the network alone timed just before it (both in the 
 a shared machine). The network alone is the whole layer's forward + backward; the render loop
 computes each image's own unit alone where the layer is a convolution's
 (:mod:`pyanalyzer.methods.actmax.selected`), and the report prints that network's cost too.
+Last, one more batched run with the network alone timed after each of its steps, and the
+overhead: the run's time per image and step (the passes taken out) over the mean pass.
 
     python benchmarks/bench_actmax.py                        # 64 units, 128 steps
     python benchmarks/bench_actmax.py --units 8 --steps 16   # a quick run
@@ -39,6 +41,7 @@ from pyanalyzer.methods.actmax.selected import selected_units
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _ceiling import (  # noqa: E402
     alternate,
+    interleaved,
     network_ms_per_image,
     print_paired,
     report,
@@ -150,6 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         batched_ms=t_batch * 1e3 / per_step,
         own_ms=own_ms,
         method_fn=None if select is None else (lambda x: select(net.prepare(x))),
+    )
+    # Last: the batched run once more, the network alone timed between its steps.
+    interleaved(
+        lambda: run_actmax(info.name, units, batch=True, **kw),
+        lambda x: net(x)(info.name),
+        shape,
+        len(units),
+        f"actmax {info.alias}",
     )
     return 0 if ratio >= args.target else 1
 

@@ -9,8 +9,10 @@ it then alternates the batched run with and without the compiled parts of its st
 (:mod:`pyanalyzer.methods.inversion.compiled`: the image's way to the model's input, and the
 priors, update and clamp, each in one pass) and prints that
 ratio, and for each round the batched run's cost over the network alone timed just before it
-(both in the same state of a shared machine). The last line's batched cost is the median of
-every batched run with the compiled step.
+(both in the same state of a shared machine), and the batched cost (the median of every
+batched run with the compiled step) over the network's fastest pass. Last, one more batched run
+with the network alone timed after each of its steps, and the overhead: the run's time per image
+and step (the passes taken out) over the mean pass.
 
     python benchmarks/bench_invert.py                      # 8 images, relu4, 400 steps
     python benchmarks/bench_invert.py --steps 50           # a quick run
@@ -36,6 +38,7 @@ from pyanalyzer.methods.inversion import OptimInversion, optim
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _ceiling import (  # noqa: E402
     alternate,
+    interleaved,
     network_ms_per_image,
     print_paired,
     report,
@@ -152,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         batched_ms=statistics.median(batched) * 1e3 / per_step,
         own_ms=own_ms,
     )
+    # Last: the batched run once more, the network alone timed between its steps.
+    interleaved(lambda: invert_optim(images, **kw), net, shape, rows, "invert")
     return 0 if ts / tb >= args.target else 1
 
 
