@@ -115,29 +115,36 @@ def test_whole_powers_by_squaring_match_pow(e):
     assert float(((got.double() - want) / want).abs().max()) < 1e-6
 
 
-def test_the_compiled_step_equals_the_torch_ops(model, images, monkeypatch):
+def test_the_compiled_step_equals_the_torch_ops(model, images, tmp_path, monkeypatch):
     """The CPU loop's one compiled pass (priors, momentum SGD, clamp) against the torch ops and
-    torch.optim.SGD: the same images to float rounding over a run of 6 steps (its schedule
-    switches twice, so the momentum is reset twice, with jitter); over 200 steps the runs
-    drift apart in single pixels (a ReLU of the network turns a 1e-7 difference into another
-    gradient) but reach the same errors."""
+    torch.optim.SGD. On a network with smooth activations (Tanh) the two runs stay within float
+    rounding over 20 steps (its schedule switches twice, so the momentum is reset twice, with
+    jitter). Through ReLUs and max-pools a 1e-7 difference can flip a unit and change the
+    gradient of a region at any step (on some CPUs at step 6 already), so on the default model
+    the test asks only that 200 steps reach the same errors."""
     from pyanalyzer.methods.inversion import optim
 
+    smooth = pa.load_model(fac.activation_cnn(tmp_path, "Tanh", size=32), check_parity=False)
+    scenes = synthetic.render_batch(3, seed=11, size=32)[0]
     runs = {}
     for fused in (True, False):
         monkeypatch.setattr(optim, "FUSED_STEP", fused)
         runs[fused] = [
             pa.OptimInversion(
-                model, layers=["relu4"], steps=s, jitter=2, seed=1, progress=False, device="cpu"
-            ).run(images[:3])  # fmt: skip
-            for s in (6, 200)
+                on, layers=[layer], steps=s, jitter=2, seed=1, progress=False, device="cpu"
+            ).run(batch)  # fmt: skip
+            for on, layer, s, batch in (
+                (smooth, "act2", 20, scenes),
+                (model, "relu4", 200, images[:3]),
+            )
         ]
     (short, long), (short_ref, long_ref) = runs[True], runs[False]
+    assert (short.history[-1] < 0.8 * short.history[0]).all()  # the run moved the images
     np.testing.assert_allclose(short.images, short_ref.images, rtol=0, atol=1e-5)
     np.testing.assert_allclose(short.history, short_ref.history, rtol=1e-5)
     np.testing.assert_allclose(long.pixel_error, long_ref.pixel_error, rtol=0.02)
     np.testing.assert_allclose(long.feature_error, long_ref.feature_error, rtol=0.02)
-    assert (long.feature_error < short.feature_error).all()
+    assert (long.feature_error < 0.8 * long.history[0]).all()
 
 
 @pytest.mark.parametrize("kind", ["rgb-nchw", "rgb-nchw-one-row", "caffe-bgr", "nhwc", "gray"])
@@ -269,12 +276,21 @@ def test_batch_equals_one_by_one(model, images, optimizer, jitter):
     kw = dict(steps=25, optimizer=optimizer, seed=3, jitter=jitter, progress=False)
     layers = ["relu2", "relu4"]
     together = invert_optim(model, images[:2], layers, **kw)
+    # Adam moves a pixel by up to its learning rate whatever the size of its gradient, so where
+    # the gradient is about 0 the kernels' rounding (which depends on the CPU) can decide the
+    # direction: such a pixel may differ by up to one step of the last phase (0..1 units).
+    h, w, c = together.images.shape[2:]
+    last_step = obj.Schedule(obj.ADAM_LR, kw["steps"]).rates()[-1] * obj.image_norm(h, w, c) / 255
     for i in range(2):
         for j, layer in enumerate(layers):
             alone = invert_optim(model, images[i : i + 1], layer, **kw)
-            # within a quarter of one 8-bit grey level (1/255): the kernels' rounding, which
-            # Adam amplifies, depends on the CPU (3.3e-4 seen on an AVX2 machine)
-            np.testing.assert_allclose(together.images[i, j], alone.images[0, 0], atol=1e-3)
+            # within a quarter of one 8-bit grey level (1/255), but for at most 0.1 % of the
+            # pixels with Adam (2 of 12,288 at 1.3e-3 seen on an AVX2 machine)
+            diff = np.abs(together.images[i, j] - alone.images[0, 0])
+            if optimizer == "sgd":
+                assert diff.max() <= 1e-3
+            else:
+                assert (diff > 1e-3).mean() <= 1e-3 and diff.max() <= last_step
             np.testing.assert_allclose(together.history[:, i, j], alone.history[:, 0, 0],
                                        rtol=1e-4, atol=1e-6)  # fmt: skip
             assert together.pixel_error[i, j] == pytest.approx(alone.pixel_error[0, 0], abs=1e-5)
