@@ -53,12 +53,18 @@ def network_ms_pair(
     order = list(range(len(fns)))
     for i in range(warm + repeat):
         for k in order if i % 2 == 0 else order[::-1]:
-            x.grad = None
-            t0 = time.perf_counter()
-            fns[k](x).sum().backward()
+            seconds = _timed_pass(fns[k], x)
             if i >= warm:
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(seconds)
     return [(min(t) * 1e3 / batch, statistics.median(t) * 1e3 / batch) for t in times]
+
+
+def _timed_pass(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
+    """Seconds of ``fn(x).sum().backward()``, the gradient with respect to ``x`` only."""
+    x.grad = None
+    t0 = time.perf_counter()
+    fn(x).sum().backward()
+    return time.perf_counter() - t0
 
 
 def trivial_model(like, channels: int, folder: str | Path):  # type: ignore[no-untyped-def]
@@ -163,7 +169,6 @@ def interleaved(
     label: str,
     *,
     target: float = 1.15,
-    what: str = "the batched run",
 ) -> float:
     """Run ``run()`` once with the network alone (``network``, as in :func:`report`) timed
     between its steps: a progress listener (:func:`pyanalyzer._progress.set_listener`) runs one
@@ -176,30 +181,23 @@ def interleaved(
     from pyanalyzer._progress import set_listener
 
     x = torch.rand(batch, *shape, requires_grad=True)
-
-    def one_pass() -> float:
-        x.grad = None
-        t0 = time.perf_counter()
-        network(x).sum().backward()
-        return time.perf_counter() - t0
-
     for _ in range(5):  # oneDNN creates and caches its primitives in the first passes
-        one_pass()
+        _timed_pass(network, x)
     passes: list[float] = []
     steps: list[float] = []
     inside = 0.0  # seconds spent in the listener
-    last = [0.0]  # when the listener last returned
+    left = 0.0  # when the listener last returned
 
     def listener(bar: str, done: int, total: int) -> None:
-        nonlocal inside
+        nonlocal inside, left
         if not bar.startswith(label) or done == 0:
             return
         t_in = time.perf_counter()
         if passes:  # the first step also holds the run's set-up
-            steps.append(t_in - last[0])
-        passes.append(one_pass())
-        last[0] = time.perf_counter()
-        inside += last[0] - t_in
+            steps.append(t_in - left)
+        passes.append(_timed_pass(network, x))
+        left = time.perf_counter()
+        inside += left - t_in
 
     previous = set_listener(listener)
     try:
@@ -214,14 +212,14 @@ def interleaved(
     network_ms = statistics.mean(passes) * 1e3 / batch
     step_med, pass_med = (statistics.median(v) * 1e3 / batch for v in (steps, passes))
     print(
-        f"interleaved {what} with the network alone timed after each of its {len(passes)} "
+        f"interleaved the batched run with the network alone timed after each of its {len(passes)} "
         f"steps, per image: method {method_ms:.3f} ms a step (the whole run, set-up included) "
         f"against a pass of {network_ms:.3f} ms (means); medians {step_med:.3f} against "
         f"{pass_med:.3f} ms ({step_med / pass_med:.2f}x)"
     )
     overhead = method_ms / network_ms
     print(
-        f"overhead    {overhead:8.2f}x  = {what} per image and step / the network alone timed "
+        f"overhead    {overhead:8.2f}x  = the batched run per image and step / the network alone timed "
         f"between its steps, at batch {batch} (target <= {target:g}x)"
     )
     return overhead

@@ -49,7 +49,9 @@ class _Rows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        full = grad.new_zeros(ctx.shape).contiguous(memory_format=torch.channels_last)
+        full = torch.empty(
+            ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last
+        ).zero_()  # made channels-last, not zeroed contiguous and then copied
         full[ctx.start :: ctx.step] = grad
         return full, None, None
 
